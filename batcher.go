@@ -1,0 +1,618 @@
+package batcher
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// A Batcher groups enqueued operations per [Watcher] and hands them to the
+// watchers' ProcessBatch in batches, never releasing more cost than its rate
+// limiter grants: at most Capacity in any one-second window.
+//
+// Create one per datastore with [NewBatcher], configure it with the With*
+// methods, [Batcher.Start] it, [Batcher.Enqueue] operations from any number
+// of goroutines, and [Batcher.Shutdown] it to drain what is left. A Batcher
+// cannot be restarted once shut down.
+//
+// The With* methods must be called before Start; after it they panic. Start
+// checks every setting and reports all bad ones in one error. All other
+// methods are safe for concurrent use.
+type Batcher struct {
+	cfg     config
+	startMu sync.Mutex
+	started atomic.Bool // With* panic once set
+	pacer   Pacer       // the limiter, if it paces itself
+
+	listeners Listeners
+	gate      emitGate
+	refused   atomic.Int64
+	intake    atomic.Pointer[intake] // set by Start
+	lowWater  int                    // free slots that wake blocked Enqueue calls
+
+	kick       chan struct{} // wakes the owner goroutine; holds at most one
+	intakeKick chan struct{} // asks the owner goroutine to sweep the intake
+	draining   chan struct{} // closed when Shutdown begins, waking blocked Enqueue calls
+	drained    chan struct{} // closed when a Shutdown's drain is complete
+	stopOwner  chan struct{} // closed to end the owner goroutine
+	ownerDone  chan struct{} // closed when the owner goroutine has returned
+	finished   chan struct{} // closed when Shutdown or Close is complete
+
+	runCtx      context.Context // parent of every ProcessBatch context
+	runCancel   context.CancelFunc
+	limCancel   context.CancelFunc
+	limListener int
+
+	drainOnce sync.Once
+	ending    atomic.Bool    // set by the first of finish and abort
+	batches   sync.WaitGroup // goroutines running batches
+
+	mu struct {
+		sync.Mutex
+		state       state
+		queues      map[*Watcher]*queue
+		ready       ring[*queue] // queues with operations to release, in turn
+		idle        []*queue     // queues that may be forgotten at the next flush
+		buffered    int          // operations waiting for release or retry
+		outstanding int          // buffered plus in flight
+		reserved    int          // buffer slots granted to intake shards; outstanding+reserved <= bufferSize
+		touched     []*queue     // queues that received operations since the last release
+		target      int          // cost of the buffered operations
+		inflight    int          // batches running
+		running     []*batch     // batches in flight; each knows its index
+		freeBatches []*batch     // finished batches, for reuse
+		idleWorkers []*worker
+		flushes     uint64        // flush intervals so far
+		space       chan struct{} // closed when room frees, if someone waits
+		paused      bool
+		pausedUntil time.Time
+		pauses      uint64 // throttles that began or lengthened a run of pauses
+		streak      int    // throttles in a row
+		capacity    int
+		unlimited   bool // no rate limiter
+		ledger      ledger
+		pace        pace
+		retries     retryQueue
+		roomWake    time.Time // when room may suffice for a batch that waits
+		armed       time.Time // what the owner's timer is set for
+		flushWanted bool
+		epochs      epochs
+		lastTarget  int
+		stats       Stats
+	}
+}
+
+type state uint8
+
+const (
+	stateNew state = iota
+	stateRunning
+	stateDraining
+	stateClosed
+)
+
+// queue holds one watcher's operations in a Batcher.
+type queue struct {
+	w           *Watcher
+	ops         ring[*Operation] // waiting for release, oldest first
+	unbatchable int              // operations in ops that cannot share a batch
+	inflight    int              // batches running
+	retrying    int              // operations waiting to retry
+	inReady     bool
+	inIdle      bool
+	touched     bool
+}
+
+func (q *queue) push(op *Operation) {
+	q.ops.push(op)
+	if !op.batchable {
+		q.unbatchable++
+	}
+}
+
+func (q *queue) pushFront(ops []*Operation) {
+	q.ops.pushFront(ops)
+	for _, op := range ops {
+		if !op.batchable {
+			q.unbatchable++
+		}
+	}
+}
+
+func (q *queue) popInto(dst []*Operation) {
+	q.ops.popInto(dst)
+	for _, op := range dst {
+		if !op.batchable {
+			q.unbatchable--
+		}
+	}
+}
+
+func (q *queue) isIdle() bool { return q.ops.len() == 0 && q.inflight == 0 && q.retrying == 0 }
+
+// Stats counts what a Batcher did with operations since it started. Every
+// enqueued operation is, at any time, buffered (waiting for release or a
+// retry), in flight, succeeded or failed:
+// Enqueued = Buffered + InFlight + Succeeded + Failed.
+type Stats struct {
+	Enqueued  int64 // accepted by Enqueue
+	Refused   int64 // Enqueue returned an error
+	Succeeded int64 // ended without error
+	Failed    int64 // ended with an error
+	Buffered  int64 // waiting for release or retry now
+	InFlight  int64 // in a running ProcessBatch now
+	Released  int64 // handed to ProcessBatch, counting every attempt
+	Batches   int64 // ProcessBatch calls
+	Retried   int64 // retries asked for by ProcessBatch
+	Throttled int64 // throttles reported by ProcessBatch
+	TimedOut  int64 // ProcessBatch calls that overran MaxOperationTime
+}
+
+// NewBatcher returns a Batcher with the default settings: no rate limiter, a
+// buffer of 10,000 operations, a flush every 100ms. Configure it with the
+// With* methods, then call Start.
+func NewBatcher() *Batcher {
+	return &Batcher{cfg: defaultConfig()}
+}
+
+// AddListener adds a listener for the Batcher's events, and for its rate
+// limiter's if the limiter is an [EventSource], and returns an id for
+// RemoveListener.
+//
+// Listeners are called synchronously by the goroutine that caused the event,
+// one after another; different goroutines may call them at the same time,
+// so a listener must be safe for concurrent use. A listener must not block:
+// releases wait for it. It may call any method of the Batcher, including
+// RemoveListener and Pause, except Shutdown and Close, which wait for
+// listeners to return (call those from another goroutine). No event is
+// emitted after Shutdown or Close has returned.
+func (b *Batcher) AddListener(fn func(Event)) int { return b.listeners.AddListener(fn) }
+
+// RemoveListener removes the listener with the given id.
+func (b *Batcher) RemoveListener(id int) { b.listeners.RemoveListener(id) }
+
+// emit passes e to the listeners unless the Batcher has finished.
+func (b *Batcher) emit(e Event) {
+	if b.listeners.Len() == 0 || !b.gate.enter() {
+		return
+	}
+	defer b.gate.leave()
+	b.listeners.Emit(e)
+}
+
+func (b *Batcher) emitAll(evs []Event) {
+	for _, e := range evs {
+		b.emit(e)
+	}
+}
+
+// Start checks the settings, starts the rate limiter and the Batcher's
+// background work, and returns nil; or returns an error that names every bad
+// setting (each wrapping [ErrInvalidSetting]) and leaves the Batcher
+// unstarted. Start returns ErrImproperOrder if called twice and ErrClosed
+// after Shutdown or Close.
+//
+// The Batcher runs until Shutdown, Close or the end of ctx; the end of ctx
+// acts as Close. ProcessBatch calls do not run under ctx but under a context
+// of the Batcher's own.
+func (b *Batcher) Start(ctx context.Context) error {
+	b.startMu.Lock()
+	defer b.startMu.Unlock()
+	b.mu.Lock()
+	st := b.mu.state
+	b.unlock()
+	switch {
+	case st == stateClosed:
+		return fmt.Errorf("%w: Start after Shutdown or Close", ErrClosed)
+	case b.started.Load():
+		return fmt.Errorf("%w: Start called twice", ErrImproperOrder)
+	}
+	if err := b.cfg.validate(); err != nil {
+		return err
+	}
+	lim := b.cfg.limiter
+	limCtx, limCancel := context.WithCancel(context.WithoutCancel(ctx))
+	if lim != nil {
+		if err := lim.Start(limCtx); err != nil {
+			limCancel()
+			return fmt.Errorf("batcher: starting the rate limiter: %w", err)
+		}
+		if src, ok := lim.(EventSource); ok {
+			b.limListener = src.AddListener(b.emit)
+		}
+		b.pacer, _ = lim.(Pacer)
+	}
+	b.started.Store(true)
+	b.limCancel = limCancel
+	b.runCtx, b.runCancel = context.WithCancel(context.WithoutCancel(ctx))
+	b.kick = make(chan struct{}, 1)
+	b.intakeKick = make(chan struct{}, 1)
+	b.draining = make(chan struct{})
+	b.drained = make(chan struct{})
+	b.stopOwner = make(chan struct{})
+	b.ownerDone = make(chan struct{})
+	b.finished = make(chan struct{})
+
+	now := time.Now()
+	in := newIntake(b.cfg.bufferSize)
+	b.intake.Store(in)
+	// Wake blocked Enqueue calls when there is room for a few grants, not
+	// at every free slot: they would only fight over the lock.
+	b.lowWater = min(max(b.cfg.bufferSize/8, 1), 4*in.grant)
+	b.mu.Lock()
+	b.mu.state = stateRunning
+	b.mu.queues = make(map[*Watcher]*queue)
+	b.mu.epochs.init()
+	b.mu.unlimited = lim == nil
+	b.unlock()
+	if lim != nil {
+		c := lim.Capacity()
+		b.mu.Lock()
+		b.setCapacityLocked(now, c)
+		b.unlock()
+	}
+	go b.loop(ctx)
+	return nil
+}
+
+// Enqueue adds op to the buffer; it is EnqueueContext without a deadline.
+func (b *Batcher) Enqueue(op *Operation) error {
+	return b.EnqueueContext(context.Background(), op)
+}
+
+// EnqueueContext adds op to the buffer, for release to its watcher's
+// ProcessBatch. If the buffer is full it blocks until there is room, ctx
+// ends (it returns ctx.Err()) or Shutdown begins (ErrClosed); with
+// WithErrorOnFullBuffer it returns ErrBufferFull instead.
+//
+// It refuses, with an error wrapping one of the package's sentinels, a nil
+// operation (ErrNoOperation), one without a watcher (ErrNoWatcher) or whose
+// watcher has a bad setting (ErrInvalidSetting), a negative cost
+// (ErrNegativeCost), a cost above the rate limiter's MaxCapacity
+// (ErrTooExpensive), an operation already enqueued (ErrImproperOrder), and
+// any operation before Start (ErrImproperOrder) or after Shutdown or Close
+// has begun (ErrClosed). A refused operation is left as it was, and nothing
+// else changes.
+//
+// ctx governs only the wait for room; it has nothing to do with the
+// operation's processing.
+func (b *Batcher) EnqueueContext(ctx context.Context, op *Operation) error {
+	if err := b.check(op); err != nil {
+		b.refused.Add(1)
+		return err
+	}
+	if !op.claim() {
+		b.refused.Add(1)
+		return fmt.Errorf("%w: the operation was enqueued before", ErrImproperOrder)
+	}
+	if err := b.enqueue(ctx, op); err != nil {
+		op.unclaim()
+		b.refused.Add(1)
+		return err
+	}
+	return nil
+}
+
+// check returns why op cannot be enqueued, whatever the Batcher's state.
+func (b *Batcher) check(op *Operation) error {
+	switch {
+	case op == nil:
+		return ErrNoOperation
+	case op.watcher == nil:
+		return ErrNoWatcher
+	case op.cost < 0:
+		return fmt.Errorf("%w: cost %d", ErrNegativeCost, op.cost)
+	}
+	if err := op.watcher.seal(); err != nil {
+		return err
+	}
+	if lim := b.cfg.limiter; lim != nil && b.started.Load() {
+		if m := lim.MaxCapacity(); op.cost > m {
+			return fmt.Errorf("%w: cost %d, maximum capacity %d", ErrTooExpensive, op.cost, m)
+		}
+	}
+	return nil
+}
+
+// queueLocked returns w's queue, making it if need be.
+func (b *Batcher) queueLocked(w *Watcher) *queue {
+	q := b.mu.queues[w]
+	if q == nil {
+		q = &queue{w: w}
+		b.mu.queues[w] = q
+	}
+	return q
+}
+
+// Pause stops releases for the pause time (see WithPauseTime), or until the
+// current pause ends if that is later. Batches already running go on.
+func (b *Batcher) Pause() {
+	now := time.Now()
+	b.mu.Lock()
+	if b.mu.state != stateRunning && b.mu.state != stateDraining {
+		b.unlock()
+		return
+	}
+	b.pauseLocked(now, b.cfg.pauseTime)
+	kick := b.wantsKickLocked()
+	b.unlock()
+	b.emit(Event{Kind: Paused, Duration: b.cfg.pauseTime})
+	if kick {
+		b.kickOwner()
+	}
+}
+
+// pauseLocked makes sure releases stay stopped until now+d.
+func (b *Batcher) pauseLocked(now time.Time, d time.Duration) {
+	if until := now.Add(d); !b.mu.paused || until.After(b.mu.pausedUntil) {
+		b.mu.pausedUntil = until
+	}
+	b.mu.paused = true
+}
+
+// Flush releases at once what the rate limiter allows, then waits until
+// every operation enqueued before the call has ended (succeeded or failed),
+// and returns nil; or returns ctx.Err() if ctx ends first. Releases still
+// keep within capacity: under a backlog Flush may wait long. It returns
+// ErrImproperOrder before Start; after Shutdown or Close has finished it
+// returns nil at once.
+func (b *Batcher) Flush(ctx context.Context) error {
+	b.mu.Lock()
+	switch b.mu.state {
+	case stateNew:
+		b.unlock()
+		return fmt.Errorf("%w: Flush before Start", ErrImproperOrder)
+	case stateClosed:
+		b.unlock()
+		return nil
+	}
+	b.sweepLocked() // operations enqueued before the call may be in the intake
+	done := b.mu.epochs.barrier()
+	b.mu.flushWanted = true
+	b.unlock()
+	b.kickOwner()
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// Inflight returns the number of ProcessBatch calls running.
+func (b *Batcher) Inflight() int {
+	b.mu.Lock()
+	b.sweepLocked()
+	defer b.unlock()
+	return b.mu.inflight
+}
+
+// OperationsInBuffer returns the number of operations waiting for release,
+// including those waiting to be retried.
+func (b *Batcher) OperationsInBuffer() int {
+	b.mu.Lock()
+	b.sweepLocked()
+	defer b.unlock()
+	return b.mu.buffered
+}
+
+// NeedsCapacity returns the target: the cost of the operations waiting for
+// release, which the Batcher asks its rate limiter for.
+func (b *Batcher) NeedsCapacity() int {
+	b.mu.Lock()
+	b.sweepLocked()
+	defer b.unlock()
+	return b.mu.target
+}
+
+// Stats returns the Batcher's counts.
+func (b *Batcher) Stats() Stats {
+	b.mu.Lock()
+	b.sweepLocked()
+	s := b.mu.stats
+	s.Buffered = int64(b.mu.buffered)
+	s.InFlight = int64(b.mu.outstanding - b.mu.buffered)
+	b.unlock()
+	s.Refused = b.refused.Load()
+	return s
+}
+
+// Shutdown shuts the Batcher down gracefully: it stops intake (Enqueue
+// returns ErrClosed from then on, including calls blocked on a full buffer),
+// releases what is buffered through the rate limiter, waits for every
+// ProcessBatch call to return and for retries to finish, stops the rate
+// limiter (releasing its leases, if it is a [Stopper]) and returns nil.
+//
+// If ctx ends first, Shutdown gives up: it cancels the running ProcessBatch
+// calls, ends every operation it could not finish with an error wrapping
+// ErrClosed (each reported in a [Failed] event), and returns ctx.Err(). It
+// does not wait for ProcessBatch calls that ignore their context; their
+// results are dropped when they return.
+//
+// Shutdown may be called more than once and concurrently; each call waits
+// for the same drain. Shutdown before Start marks the Batcher closed.
+func (b *Batcher) Shutdown(ctx context.Context) error {
+	b.mu.Lock()
+	switch {
+	case !b.started.Load():
+		b.mu.state = stateClosed // never started: nothing to drain
+		b.unlock()
+		return nil
+	case b.mu.state == stateRunning:
+		b.mu.state = stateDraining
+		close(b.draining)
+		b.closeIntakeLocked()
+		b.sweepLocked()
+		b.wakeSpaceLocked()
+		b.checkDrainedLocked()
+	}
+	b.unlock()
+	b.kickOwner()
+	select {
+	case <-b.drained:
+		return b.finish(ctx)
+	case <-b.finished:
+		return nil
+	default:
+	}
+	select {
+	case <-b.drained:
+		return b.finish(ctx)
+	case <-b.finished:
+		return nil
+	case <-ctx.Done():
+		b.abort(fmt.Errorf("%w: Shutdown gave up: %w", ErrClosed, ctx.Err()), false)
+		return ctx.Err()
+	}
+}
+
+// Close shuts the Batcher down at once: it stops intake, cancels the running
+// ProcessBatch calls without waiting for them, ends every operation not yet
+// ended with ErrClosed (each reported in a [Failed] event), and stops the
+// rate limiter. It returns nil. Close may follow a Shutdown that gave up.
+func (b *Batcher) Close() error {
+	b.mu.Lock()
+	if !b.started.Load() {
+		b.mu.state = stateClosed // never started: nothing to end
+		b.unlock()
+		return nil
+	}
+	b.unlock()
+	b.abort(ErrClosed, false)
+	return nil
+}
+
+// finish completes a graceful Shutdown once the buffer is drained.
+func (b *Batcher) finish(ctx context.Context) error {
+	if !b.ending.CompareAndSwap(false, true) {
+		select {
+		case <-b.finished:
+			return nil
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	close(b.stopOwner)
+	<-b.ownerDone
+	b.mu.Lock()
+	b.mu.state = stateClosed
+	idle := b.retireLocked(true)
+	b.unlock()
+	retire(idle)
+	b.batches.Wait()
+	var err error
+	if s, ok := b.cfg.limiter.(Stopper); ok {
+		err = s.Stop(ctx)
+	}
+	b.end(nil)
+	return err
+}
+
+// abort ends everything at once with cause; fromOwner says it runs on the
+// owner goroutine, which returns by itself afterwards.
+func (b *Batcher) abort(cause error, fromOwner bool) {
+	if !b.ending.CompareAndSwap(false, true) {
+		if !fromOwner {
+			<-b.finished
+		}
+		return
+	}
+	b.mu.Lock()
+	if b.mu.state == stateRunning {
+		close(b.draining)
+	}
+	b.closeIntakeLocked()
+	b.sweepLocked()
+	b.mu.state = stateClosed
+	var lost []*Operation
+	for _, q := range b.mu.queues {
+		for q.ops.len() > 0 {
+			lost = append(lost, q.ops.popFront())
+		}
+	}
+	for _, r := range b.mu.retries.drain() {
+		lost = append(lost, r.ops...)
+	}
+	for _, bt := range b.mu.running {
+		bt.abandoned = true
+		lost = append(lost, bt.ops...)
+	}
+	b.mu.running = nil
+	idle := b.retireLocked(true)
+	b.mu.queues = map[*Watcher]*queue{}
+	b.mu.ready = ring[*queue]{}
+	b.mu.idle = nil
+	b.mu.buffered, b.mu.outstanding, b.mu.target, b.mu.inflight = 0, 0, 0, 0
+	clear(b.mu.touched)
+	b.mu.touched = b.mu.touched[:0]
+	b.wakeSpaceLocked()
+	b.unlock()
+
+	retire(idle)
+	b.runCancel()
+	var failed int64
+	for _, op := range lost {
+		if op.end(cause) {
+			failed++
+			b.emit(Event{Kind: Failed, Batch: []*Operation{op}, Err: cause})
+		}
+	}
+	b.mu.Lock()
+	b.mu.stats.Failed += failed
+	b.mu.epochs.releaseAll()
+	b.unlock()
+	if !fromOwner {
+		close(b.stopOwner)
+		<-b.ownerDone
+	}
+	b.end(cause)
+}
+
+// end stops the rate limiter and the events, and marks the Batcher finished.
+func (b *Batcher) end(cause error) {
+	b.runCancel()
+	b.limCancel()
+	if src, ok := b.cfg.limiter.(EventSource); ok {
+		src.RemoveListener(b.limListener)
+	}
+	b.mu.Lock()
+	b.mu.state = stateClosed
+	b.unlock()
+	b.emit(Event{Kind: ShutdownDone, Err: cause})
+	<-b.gate.stop()
+	close(b.finished)
+}
+
+// kickOwner wakes the owner goroutine.
+func (b *Batcher) kickOwner() {
+	select {
+	case b.kick <- struct{}{}:
+	default:
+	}
+}
+
+// wantsKickLocked reports whether the owner's timer must be set earlier.
+func (b *Batcher) wantsKickLocked() bool {
+	next := b.nextWakeLocked()
+	return !next.IsZero() && (b.mu.armed.IsZero() || next.Before(b.mu.armed))
+}
+
+// wakeSpaceLocked wakes Enqueue calls that wait for room.
+func (b *Batcher) wakeSpaceLocked() {
+	if b.mu.space != nil {
+		close(b.mu.space)
+		b.mu.space = nil
+	}
+}
+
+// checkDrainedLocked signals a waiting Shutdown once nothing is left.
+func (b *Batcher) checkDrainedLocked() {
+	if b.mu.state == stateDraining && b.mu.outstanding == 0 {
+		b.drainOnce.Do(func() { close(b.drained) })
+	}
+}
+
+var errNilFailure = errors.New("batcher: operation failed")

@@ -1,0 +1,343 @@
+package batcher_test
+
+import (
+	"context"
+	"math/rand/v2"
+	"sync"
+	"testing"
+	"testing/synctest"
+	"time"
+
+	"github.com/ratebatch/batcher"
+	"github.com/ratebatch/batcher/internal/releases"
+	"github.com/ratebatch/batcher/ratelimiter"
+)
+
+// G1 and G2: every one-second sliding window of what the Batcher released
+// holds at most the capacity, and under a backlog it releases at least 99%
+// of the capacity every second.
+
+type backlogCase struct {
+	name     string
+	capacity int
+	cost     int
+	batch    int
+	flush    time.Duration
+	eager    bool
+	bucket   int // burst of a token bucket limiter; 0 for a provisioned one
+	run      time.Duration
+}
+
+var backlogCases = []backlogCase{
+	{name: "ordinary ops", capacity: 10000, cost: 10, batch: 100, flush: 100 * time.Millisecond, run: 30 * time.Second},
+	{name: "ops costing half of C", capacity: 10000, cost: 5000, batch: 100, flush: 100 * time.Millisecond, run: 30 * time.Second},
+	{name: "C=5 units per second", capacity: 5, cost: 1, batch: 10, flush: 100 * time.Millisecond, run: 30 * time.Second},
+	{name: "C=15 and cost 2", capacity: 15, cost: 2, batch: 10, flush: 100 * time.Millisecond, run: 30 * time.Second},
+	{name: "ops costing all of C", capacity: 700, cost: 700, batch: 5, flush: 100 * time.Millisecond, run: 20 * time.Second},
+	{name: "unlimited batch size", capacity: 10000, cost: 7, batch: 0, flush: 100 * time.Millisecond, run: 20 * time.Second},
+	{name: "odd flush interval", capacity: 999, cost: 3, batch: 17, flush: 37 * time.Millisecond, run: 20 * time.Second},
+	{name: "flush longer than a second", capacity: 1000, cost: 10, batch: 50, flush: 1700 * time.Millisecond, run: 30 * time.Second},
+	{name: "eager", capacity: 10000, cost: 10, batch: 100, flush: 100 * time.Millisecond, eager: true, run: 30 * time.Second},
+	{name: "eager, half of C", capacity: 10000, cost: 5000, batch: 10, flush: 100 * time.Millisecond, eager: true, run: 20 * time.Second},
+	{name: "token bucket", capacity: 10000, cost: 10, batch: 100, flush: 100 * time.Millisecond, bucket: 10000, run: 30 * time.Second},
+	{name: "token bucket, small burst", capacity: 1000, cost: 10, batch: 100, flush: 100 * time.Millisecond, bucket: 50, run: 20 * time.Second},
+}
+
+func TestBacklogStaysWithinCapacityAndUsesIt(t *testing.T) {
+	for _, c := range backlogCases {
+		t.Run(c.name, func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				var lim batcher.RateLimiter = ratelimiter.NewProvisioned(c.capacity)
+				if c.bucket > 0 {
+					lim = ratelimiter.NewTokenBucket(c.capacity, c.bucket)
+				}
+				b := batcher.NewBatcher().WithRateLimiter(lim).WithFlushInterval(c.flush)
+				if c.eager {
+					b.WithEagerRelease().WithMaxConcurrentBatches(4)
+				}
+				start(t, b)
+				s := &sink{}
+				w := s.watcher().WithMaxBatchSize(c.batch)
+				ctx, cancel := context.WithCancel(t.Context())
+				defer cancel()
+				t0 := time.Now()
+				feed(ctx, b, w, c.cost)
+				time.Sleep(c.run)
+				cancel()
+
+				checkWindows(t, &s.log, c.capacity)
+				// With every operation costing cost, no window can hold more
+				// than the largest multiple of cost within the capacity.
+				checkUse(t, s.log.All(), t0, c.run, c.capacity/c.cost*c.cost)
+			})
+		})
+	}
+}
+
+// checkUse fails t unless every whole second of [t0+2s, t0+run) released at
+// least 99% of capacity. (The first seconds are left out: the Batcher may
+// start below capacity while its pacing fills.)
+func checkUse(t *testing.T, rs []releases.Release, t0 time.Time, run time.Duration, capacity int) {
+	t.Helper()
+	total, n := 0, 0
+	for s := 2 * time.Second; s+time.Second <= run; s += time.Second {
+		from := t0.Add(s)
+		got := releases.Between(rs, from, from.Add(time.Second))
+		if float64(got) < 0.99*float64(capacity) {
+			t.Errorf("second %v..%v released %d, under 99%% of %d", s, s+time.Second, got, capacity)
+		}
+		total += got
+		n++
+	}
+	if n == 0 {
+		t.Fatal("the run is too short to measure use")
+	}
+	t.Logf("released %.4f of capacity per second on average over %d seconds", float64(total)/float64(n)/float64(capacity), n)
+}
+
+func TestFlushInATightLoopStaysWithinCapacity(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		const capacity = 10000
+		b := start(t, batcher.NewBatcher().WithRateLimiter(ratelimiter.NewProvisioned(capacity)))
+		s := &sink{}
+		w := s.watcher().WithMaxBatchSize(100)
+		enqueue(t, b, w, 10000, 10) // a backlog of ten seconds
+		done, cancel := context.WithCancel(t.Context())
+		cancel()
+		for range 5000 { // 5s, with 100 flushes every millisecond
+			for range 100 {
+				if err := b.Flush(done); err != context.Canceled {
+					t.Fatalf("Flush with a cancelled context = %v, want context.Canceled", err)
+				}
+			}
+			time.Sleep(time.Millisecond)
+		}
+		peak := checkWindows(t, &s.log, capacity)
+		if got := s.log.Total(); got > 6*capacity {
+			t.Errorf("released %d in 5s with flushes in a loop, more than 6 seconds' worth", got)
+		}
+		t.Logf("peak window %d of %d", peak, capacity)
+	})
+}
+
+func TestJitterStaysWithinCapacity(t *testing.T) {
+	// Irregular flushes (manual ones at random moments besides the
+	// interval), random costs and batch sizes, several watchers and
+	// producers, capacity changed at random.
+	for seed := range uint64(5) {
+		t.Run("", func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				rng := rand.New(rand.NewPCG(seed, 7))
+				capacity := 100 + rng.IntN(20000)
+				lim := ratelimiter.NewProvisioned(capacity)
+				b := batcher.NewBatcher().WithRateLimiter(lim).
+					WithFlushInterval(time.Duration(1+rng.IntN(300)) * time.Millisecond)
+				if seed%2 == 1 {
+					b.WithEagerRelease()
+				}
+				start(t, b)
+				var log releases.Log
+				capAt := &capLog{}
+				capAt.set(time.Now(), capacity)
+				ctx, cancel := context.WithCancel(t.Context())
+				defer cancel()
+				var wg sync.WaitGroup
+				for p := range 3 {
+					s := &sink{}
+					s.handle = func(ctx context.Context, _ []*batcher.Operation) error {
+						return sleep(ctx, time.Duration(rand.IntN(50))*time.Millisecond)
+					}
+					w := batcher.NewWatcher(func(ctx context.Context, batch []*batcher.Operation) error {
+						cost := 0
+						for _, op := range batch {
+							cost += op.Cost()
+						}
+						log.Add(cost)
+						return s.process(ctx, batch)
+					}).WithMaxBatchSize(rng.IntN(50))
+					maxCost := max(1, capacity/(1+p*3))
+					costs := make([]int, 500)
+					for i := range costs {
+						costs[i] = 1 + rng.IntN(maxCost)
+					}
+					wg.Go(func() {
+						for i := 0; ; i++ {
+							if b.EnqueueContext(ctx, batcher.NewOperation(w, costs[i%len(costs)], i, i%7 != 0)) != nil {
+								return
+							}
+						}
+					})
+				}
+				for range 200 {
+					time.Sleep(time.Duration(rng.IntN(100)) * time.Millisecond)
+					switch rng.IntN(10) {
+					case 0:
+						capacity = max(capacity/2, 1)
+						lim.SetCapacity(capacity)
+						capAt.set(time.Now(), capacity)
+					case 1:
+						capacity = min(capacity*2, 40000)
+						lim.SetCapacity(capacity)
+						capAt.set(time.Now(), capacity)
+					default:
+						short, stop := context.WithTimeout(ctx, time.Duration(rng.IntN(3))*time.Millisecond)
+						b.Flush(short)
+						stop()
+					}
+				}
+				cancel()
+				wg.Wait()
+				capAt.check(t, log.All())
+			})
+		})
+	}
+}
+
+// capLog records the capacity over time, to check releases against the
+// capacity that was in force.
+type capLog struct {
+	at  []time.Time
+	cap []int
+}
+
+func (c *capLog) set(t time.Time, capacity int) {
+	c.at = append(c.at, t)
+	c.cap = append(c.cap, capacity)
+}
+
+// check fails t if a one-second window holds more than the highest
+// capacity in force during that window and the second before it (a
+// Batcher applies a new capacity at its next flush, and a lower one holds
+// back releases until the last second fits under it).
+func (c *capLog) check(t *testing.T, rs []releases.Release) {
+	t.Helper()
+	limit := func(from, to time.Time) int {
+		m := 0
+		for i := range c.at {
+			end := to
+			if i+1 < len(c.at) {
+				end = c.at[i+1]
+			}
+			if c.at[i].Before(to) && !end.Before(from) {
+				m = max(m, c.cap[i])
+			}
+		}
+		return m
+	}
+	for i := range rs {
+		end := rs[i].At.Add(time.Second)
+		sum := 0
+		for j := i; j < len(rs) && rs[j].At.Before(end); j++ {
+			sum += rs[j].Cost
+		}
+		if l := limit(rs[i].At.Add(-time.Second), end); sum > l {
+			t.Fatalf("the window starting %v released %d, over the capacity %d", rs[i].At.Format("05.000000"), sum, l)
+		}
+	}
+}
+
+func TestLowerCapacityHoldsBackReleases(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		lim := ratelimiter.NewProvisioned(10000)
+		b := start(t, batcher.NewBatcher().WithRateLimiter(lim))
+		s := &sink{}
+		w := s.watcher().WithMaxBatchSize(100)
+		ctx, cancel := context.WithCancel(t.Context())
+		defer cancel()
+		t0 := time.Now()
+		feed(ctx, b, w, 10)
+		time.Sleep(5 * time.Second)
+		if err := lim.SetCapacity(2000); err != nil {
+			t.Fatal(err)
+		}
+		changed := time.Now()
+		time.Sleep(10 * time.Second)
+		cancel()
+
+		rs := s.log.All()
+		checkWindows(t, &s.log, 10000)
+		// Every window holding a release made after the Batcher saw the new
+		// capacity (at its next flush) holds at most the new capacity.
+		applied := changed.Add(100 * time.Millisecond)
+		for i, r := range rs {
+			if !r.At.After(applied) {
+				continue
+			}
+			from := r.At.Add(-time.Second)
+			got := releases.Between(rs[:i+1], from.Add(time.Nanosecond), r.At.Add(time.Nanosecond))
+			if got > 2000 {
+				t.Fatalf("the second up to %v released %d after the capacity dropped to 2000", r.At.Sub(t0), got)
+			}
+		}
+		// Nothing goes out until the last second's releases fit under 2000.
+		if got := releases.Between(rs, applied, changed.Add(800*time.Millisecond)); got > 0 {
+			t.Errorf("released %d within 0.8s of the drop, while the last second held 10000", got)
+		}
+		checkUse(t, rs, changed, 10*time.Second, 2000)
+	})
+}
+
+func TestCustomLimiterCannotMakeItOvershoot(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		// A pacer that always says "plenty of tokens".
+		lim := &lyingPacer{capacity: 1000}
+		b := start(t, batcher.NewBatcher().WithRateLimiter(lim).WithEagerRelease())
+		s := &sink{}
+		w := s.watcher().WithMaxBatchSize(10)
+		ctx, cancel := context.WithCancel(t.Context())
+		defer cancel()
+		t0 := time.Now()
+		feed(ctx, b, w, 1)
+		time.Sleep(10 * time.Second)
+		cancel()
+		checkWindows(t, &s.log, 1000)
+		checkUse(t, s.log.All(), t0, 10*time.Second, 1000)
+	})
+}
+
+type lyingPacer struct{ capacity int }
+
+func (l *lyingPacer) MaxCapacity() int               { return l.capacity }
+func (l *lyingPacer) Capacity() int                  { return l.capacity }
+func (l *lyingPacer) GiveMe(int)                     {}
+func (l *lyingPacer) Start(context.Context) error    { return nil }
+func (l *lyingPacer) TokensAt(now time.Time) float64 { return 1e12 }
+func (l *lyingPacer) TakeAt(now time.Time, n int)    {}
+func (l *lyingPacer) Burst() int                     { return 1e9 }
+func (l *lyingPacer) String() string                 { return "lying pacer" }
+
+func TestActualCostIsAccounted(t *testing.T) {
+	// Operations declare 10 but really cost 20: the Batcher counts 20 against
+	// the second they went out in, so the real cost stays within capacity
+	// once the first reports are in.
+	synctest.Test(t, func(t *testing.T) {
+		b := start(t, batcher.NewBatcher().WithRateLimiter(ratelimiter.NewProvisioned(1000)))
+		var real releases.Log
+		w := batcher.NewWatcher(func(ctx context.Context, batch []*batcher.Operation) error {
+			real.Add(20 * len(batch))
+			for _, op := range batch {
+				op.SetActualCost(20)
+			}
+			return nil
+		}).WithMaxBatchSize(5)
+		ctx, cancel := context.WithCancel(t.Context())
+		defer cancel()
+		feed(ctx, b, w, 10)
+		time.Sleep(20 * time.Second)
+		cancel()
+		rs := real.All()
+		late := rs[:0:0]
+		for _, r := range rs {
+			if r.At.Sub(rs[0].At) > time.Second {
+				late = append(late, r)
+			}
+		}
+		peak, _ := releases.MaxWindow(late, time.Second)
+		if peak > 1000 {
+			t.Errorf("a window released a real cost of %d, over the capacity 1000", peak)
+		}
+		if got := releases.Between(rs, rs[0].At.Add(5*time.Second), rs[0].At.Add(15*time.Second)); got < 9900 {
+			t.Errorf("released a real cost of %d in 10s, under 99%% of the capacity", got)
+		}
+	})
+}

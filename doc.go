@@ -1,0 +1,45 @@
+// Package batcher releases writes to a datastore as fast as the datastore
+// allows and never faster.
+//
+// Services write to datastores that sell throughput by the second: Azure
+// Cosmos DB in request units, ClickHouse in inserts it can merge, an API in
+// calls per second. A caller wraps each write in an [Operation] with a cost
+// and enqueues it to a [Batcher], one per datastore. The Batcher groups
+// operations per [Watcher] and hands them to the watcher's ProcessBatch in
+// batches, releasing no more cost than its [RateLimiter] grants.
+//
+// # Guarantees
+//
+//   - Never over capacity: with capacity C, the cost released in any
+//     one-second window is at most C, whatever the flush interval, manual
+//     flushes, operation costs or concurrency. An operation costing more than
+//     the limiter's MaxCapacity is refused by Enqueue.
+//   - Uses what it is given: under a backlog the Batcher releases C per
+//     second, for any C > 0; fractional shares of a flush accumulate.
+//   - Every operation has exactly one end: refused by Enqueue, or succeeded,
+//     or failed and reported in a [Failed] event. [Batcher.Stats] counts them.
+//   - Lossless shutdown: [Batcher.Shutdown] drains the buffer through the
+//     limiter and waits for running batches; what it cannot finish before its
+//     context ends is reported operation by operation.
+//   - Latency without losing batching: a full batch goes out at once; with
+//     [Batcher.WithEagerRelease] any operation does, as soon as a slot and
+//     capacity allow.
+//   - Bounded memory: the buffer is bounded; a full buffer blocks Enqueue or
+//     fails it with [ErrBufferFull].
+//
+// # Feedback from the datastore
+//
+// ProcessBatch says how a batch went: nil for done, [Retry] to try again
+// after a back-off, [Throttle] when the datastore answered "too many
+// requests" (the Batcher pauses, doubling the pause while throttles repeat),
+// any other error for a permanent failure; and per operation, with
+// [Operation.Retry], [Operation.Throttle], [Operation.Fail] and
+// [Operation.SetActualCost].
+//
+// # What it does not do
+//
+// The Batcher does not persist its buffer: operations buffered when the
+// process dies are lost, as with any in-memory queue. It does not order
+// batches: batches of one watcher may run concurrently unless its
+// MaxConcurrentBatches is 1. It does not recover panics in ProcessBatch.
+package batcher

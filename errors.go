@@ -1,0 +1,45 @@
+package batcher
+
+import "errors"
+
+// Sentinel errors. Match them with [errors.Is]: the errors the package
+// returns wrap them with details (the setting, the value, the cause). The
+// text of an error message is not part of the API and may change.
+var (
+	// ErrNoOperation is returned by Enqueue for a nil operation.
+	ErrNoOperation = errors.New("batcher: no operation")
+
+	// ErrNoWatcher is returned by Enqueue for an operation without a watcher.
+	ErrNoWatcher = errors.New("batcher: operation has no watcher")
+
+	// ErrNegativeCost is returned by Enqueue for an operation whose cost is
+	// below zero.
+	ErrNegativeCost = errors.New("batcher: operation cost is negative")
+
+	// ErrTooExpensive is returned by Enqueue for an operation that costs more
+	// than the rate limiter's MaxCapacity: it could never be released.
+	ErrTooExpensive = errors.New("batcher: operation costs more than the rate limiter's maximum capacity")
+
+	// ErrTooManyAttempts ends an operation that ProcessBatch asked to retry
+	// once it has been attempted its watcher's MaxAttempts times. The error
+	// that ends it wraps this and the last error ProcessBatch gave.
+	ErrTooManyAttempts = errors.New("batcher: too many attempts")
+
+	// ErrBufferFull is returned by Enqueue when the buffer is full and the
+	// Batcher was configured with WithErrorOnFullBuffer.
+	ErrBufferFull = errors.New("batcher: buffer full")
+
+	// ErrClosed is returned by Enqueue and Flush once Shutdown or Close has
+	// begun, and ends the operations that Close, or a Shutdown whose context
+	// ended, could not finish.
+	ErrClosed = errors.New("batcher: closed")
+
+	// ErrImproperOrder is returned for calls made out of order: Enqueue or
+	// Flush before Start, Start twice, or an operation enqueued a second time.
+	ErrImproperOrder = errors.New("batcher: improper order")
+
+	// ErrInvalidSetting is wrapped by every error about a setting of a
+	// Batcher, a Watcher or a rate limiter; the message names the setting
+	// and its value.
+	ErrInvalidSetting = errors.New("batcher: invalid setting")
+)

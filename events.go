@@ -1,0 +1,251 @@
+package batcher
+
+import (
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// EventKind says what an [Event] reports. Its String form is the seed's
+// event name ("batch", "pause", "audit-fail", ...).
+type EventKind int
+
+// The kinds of events. The doc of each says which fields it sets.
+const (
+	_ EventKind = iota
+
+	// BatchReleased: a batch was handed to ProcessBatch. Batch holds its
+	// operations, Val its declared cost. Only with WithEmitBatch.
+	BatchReleased
+	// Paused: releases stopped for Duration, by Pause or, with Err set, by a
+	// throttle.
+	Paused
+	// Resumed: a pause ended.
+	Resumed
+	// ShutdownDone: Shutdown or Close finished; the last event a Batcher
+	// emits. Err is the context's error if Shutdown gave up.
+	ShutdownDone
+	// AuditPassed: the periodic audit found the buffer's bookkeeping right.
+	AuditPassed
+	// AuditFailed: the audit found the bookkeeping wrong and corrected it;
+	// Msg says what was wrong.
+	AuditFailed
+	// AuditSkipped: the audit had nothing to check (an empty Batcher).
+	AuditSkipped
+	// CapacityRequested: the Batcher asked its rate limiter for capacity;
+	// Val is the target it asked for. Only with WithEmitRequest.
+	CapacityRequested
+	// FlushStarted: a flush (on the interval or by Flush) began. Only with
+	// WithEmitFlush.
+	FlushStarted
+	// FlushDone: a flush ended; Val is the number of operations it
+	// released. Only with WithEmitFlush.
+	FlushDone
+	// CapacityChanged: a rate limiter's capacity changed; Val is the new
+	// capacity in cost units per second. Emitted by rate limiters, and
+	// passed on by a Batcher that uses one.
+	CapacityChanged
+	// TargetChanged: the cost waiting for capacity changed since the last
+	// capacity interval; Val is the new target.
+	TargetChanged
+	// Retrying: ProcessBatch asked for operations to be retried. Batch holds
+	// them, Err the reason, Duration the back-off before they are buffered
+	// again.
+	Retrying
+	// Throttled: the datastore said "too many requests". Batch holds the
+	// operations to retry, Duration the pause that follows, Err the reason.
+	Throttled
+	// Failed: operations ended in failure. Batch holds them, Err the error
+	// each one's Wait returns.
+	Failed
+	// TimedOut: a ProcessBatch call overran its MaxOperationTime; its
+	// context was cancelled. Batch holds its operations, Duration the
+	// limit. The batch keeps its slot until ProcessBatch returns.
+	TimedOut
+
+	// kindCount is one past the last kind.
+	kindCount
+)
+
+var kindNames = [...]string{
+	BatchReleased:     "batch",
+	Paused:            "pause",
+	Resumed:           "resume",
+	ShutdownDone:      "shutdown",
+	AuditPassed:       "audit-pass",
+	AuditFailed:       "audit-fail",
+	AuditSkipped:      "audit-skip",
+	CapacityRequested: "request",
+	FlushStarted:      "flush-start",
+	FlushDone:         "flush-done",
+	CapacityChanged:   "capacity",
+	TargetChanged:     "target",
+	Retrying:          "retry",
+	Throttled:         "throttled",
+	Failed:            "failed",
+	TimedOut:          "timeout",
+}
+
+// String returns the seed's name for the kind, such as "audit-fail".
+func (k EventKind) String() string {
+	if k > 0 && k < kindCount {
+		return kindNames[k]
+	}
+	return fmt.Sprintf("EventKind(%d)", int(k))
+}
+
+// An Event reports something a Batcher or a rate limiter did. Which fields
+// are set depends on Kind; see the kinds' docs. Listeners must not modify
+// Batch or its operations.
+type Event struct {
+	Kind     EventKind
+	Val      int           // a count or a cost, per Kind
+	Duration time.Duration // a pause, back-off or time limit, per Kind
+	Msg      string        // a human-readable detail, per Kind
+	Batch    []*Operation  // the operations concerned, per Kind
+	Err      error         // the cause, per Kind
+}
+
+// String returns a short description for logs.
+func (e Event) String() string {
+	s := e.Kind.String()
+	if e.Val != 0 {
+		s += fmt.Sprintf(" val=%d", e.Val)
+	}
+	if e.Duration != 0 {
+		s += " duration=" + e.Duration.String()
+	}
+	if len(e.Batch) > 0 {
+		s += fmt.Sprintf(" ops=%d", len(e.Batch))
+	}
+	if e.Msg != "" {
+		s += " msg=" + e.Msg
+	}
+	if e.Err != nil {
+		s += " err=" + e.Err.Error()
+	}
+	return s
+}
+
+// Listeners is a set of event listeners. [Batcher] and the limiters in
+// package ratelimiter use one each; a custom rate limiter may too.
+//
+// The zero value is an empty set, ready to use. It is safe for concurrent
+// use. Emit calls the listeners one after another on the calling goroutine;
+// a listener added or removed during an Emit may or may not be called by it.
+type Listeners struct {
+	mu   sync.Mutex // serialises changes; Emit does not take it
+	next int
+	list atomic.Pointer[[]listener]
+}
+
+type listener struct {
+	id int
+	fn func(Event)
+}
+
+// AddListener adds fn and returns an id for RemoveListener. A nil fn is
+// ignored and gets id 0, which RemoveListener ignores too.
+func (l *Listeners) AddListener(fn func(Event)) int {
+	if fn == nil {
+		return 0
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.next++
+	var old []listener
+	if p := l.list.Load(); p != nil {
+		old = *p
+	}
+	list := make([]listener, len(old), len(old)+1)
+	copy(list, old)
+	list = append(list, listener{l.next, fn})
+	l.list.Store(&list)
+	return l.next
+}
+
+// RemoveListener removes the listener with the given id. Removing an
+// unknown id does nothing.
+func (l *Listeners) RemoveListener(id int) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	p := l.list.Load()
+	if p == nil {
+		return
+	}
+	list := make([]listener, 0, len(*p))
+	for _, x := range *p {
+		if x.id != id {
+			list = append(list, x)
+		}
+	}
+	l.list.Store(&list)
+}
+
+// Len reports how many listeners there are.
+func (l *Listeners) Len() int {
+	if p := l.list.Load(); p != nil {
+		return len(*p)
+	}
+	return 0
+}
+
+// Emit calls every listener with e, in the order they were added.
+func (l *Listeners) Emit(e Event) {
+	p := l.list.Load()
+	if p == nil {
+		return
+	}
+	for _, x := range *p {
+		x.fn(e)
+	}
+}
+
+// emitGate lets a Batcher promise that nothing is emitted after Shutdown
+// returns: emissions in progress are counted, and stop waits for them.
+type emitGate struct {
+	mu      sync.Mutex
+	active  int
+	stopped bool
+	idle    chan struct{} // closed when active drops to 0 after stop
+}
+
+// enter reports whether an emission may go ahead; if so, leave must follow.
+func (g *emitGate) enter() bool {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.stopped {
+		return false
+	}
+	g.active++
+	return true
+}
+
+func (g *emitGate) leave() {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.active--
+	if g.active == 0 && g.idle != nil {
+		close(g.idle)
+		g.idle = nil
+	}
+}
+
+// stop refuses further emissions and returns a channel that is closed once
+// the ones in progress have finished.
+func (g *emitGate) stop() <-chan struct{} {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.stopped = true
+	if g.idle != nil {
+		return g.idle
+	}
+	ch := make(chan struct{})
+	if g.active == 0 {
+		close(ch)
+	} else {
+		g.idle = ch
+	}
+	return ch
+}

@@ -1,0 +1,157 @@
+package batcher_test
+
+import (
+	"context"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/ratebatch/batcher"
+	"github.com/ratebatch/batcher/internal/releases"
+)
+
+// sink records what ProcessBatch receives. Its fields are guarded by mu:
+// fake time moving is not a happens-before edge.
+type sink struct {
+	mu       sync.Mutex
+	log      releases.Log
+	batches  [][]*batcher.Operation
+	running  int
+	peak     int // most ProcessBatch calls running at once
+	handle   func(ctx context.Context, batch []*batcher.Operation) error
+	payloads []any
+}
+
+func (s *sink) process(ctx context.Context, batch []*batcher.Operation) error {
+	cost := 0
+	for _, op := range batch {
+		cost += op.Cost()
+	}
+	s.log.Add(cost)
+	s.mu.Lock()
+	s.batches = append(s.batches, batch)
+	for _, op := range batch {
+		s.payloads = append(s.payloads, op.Payload())
+	}
+	s.running++
+	s.peak = max(s.peak, s.running)
+	h := s.handle
+	s.mu.Unlock()
+	var err error
+	if h != nil {
+		err = h(ctx, batch)
+	}
+	s.mu.Lock()
+	s.running--
+	s.mu.Unlock()
+	return err
+}
+
+func (s *sink) watcher() *batcher.Watcher { return batcher.NewWatcher(s.process) }
+
+func (s *sink) numBatches() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.batches)
+}
+
+func (s *sink) ops() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.payloads)
+}
+
+func (s *sink) batchSizes() []int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := make([]int, len(s.batches))
+	for i, b := range s.batches {
+		out[i] = len(b)
+	}
+	return out
+}
+
+// events records a Batcher's events.
+type events struct {
+	mu   sync.Mutex
+	list []batcher.Event
+}
+
+func (e *events) add(ev batcher.Event) {
+	e.mu.Lock()
+	e.list = append(e.list, ev)
+	e.mu.Unlock()
+}
+
+func (e *events) of(kind batcher.EventKind) []batcher.Event {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	var out []batcher.Event
+	for _, ev := range e.list {
+		if ev.Kind == kind {
+			out = append(out, ev)
+		}
+	}
+	return out
+}
+
+func (e *events) count(kind batcher.EventKind) int { return len(e.of(kind)) }
+
+// start starts b under t's context and shuts it down when the test ends.
+func start(t *testing.T, b *batcher.Batcher) *batcher.Batcher {
+	t.Helper()
+	if err := b.Start(t.Context()); err != nil {
+		t.Fatalf("Start: %v", err)
+	}
+	t.Cleanup(func() { b.Close() })
+	return b
+}
+
+// enqueue enqueues n operations of cost each for w, failing the test on
+// an error.
+func enqueue(t *testing.T, b *batcher.Batcher, w *batcher.Watcher, n, cost int) []*batcher.Operation {
+	t.Helper()
+	ops := make([]*batcher.Operation, n)
+	for i := range ops {
+		ops[i] = batcher.NewOperation(w, cost, i, true)
+		if err := b.Enqueue(ops[i]); err != nil {
+			t.Fatalf("Enqueue #%d: %v", i, err)
+		}
+	}
+	return ops
+}
+
+// feed keeps the buffer of b topped up with operations of cost for w from
+// a goroutine until ctx ends; Enqueue blocks when the buffer is full.
+func feed(ctx context.Context, b *batcher.Batcher, w *batcher.Watcher, cost int) {
+	go func() {
+		for i := 0; ; i++ {
+			if err := b.EnqueueContext(ctx, batcher.NewOperation(w, cost, i, true)); err != nil {
+				return
+			}
+		}
+	}()
+}
+
+// checkWindows fails t if any one-second window of log holds more than
+// capacity, and returns the peak.
+func checkWindows(t *testing.T, log *releases.Log, capacity int) int {
+	t.Helper()
+	peak, at := releases.MaxWindow(log.All(), time.Second)
+	if peak > capacity {
+		t.Errorf("the window starting %v released %d, over the capacity %d", at.Format("15:04:05.000000"), peak, capacity)
+	}
+	return peak
+}
+
+// sleep waits for d, or until ctx ends, as a datastore call would.
+func sleep(ctx context.Context, d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}

@@ -1,0 +1,312 @@
+package batcher
+
+import (
+	"context"
+	"fmt"
+	"runtime"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// The intake lets many goroutines enqueue at once without fighting over the
+// Batcher's lock. Each CPU (through a sync.Pool, which is per-P) appends to a
+// shard of its own, under the shard's lock, spending buffer slots reserved
+// for the shard beforehand (credits), so the buffer's bound stays exact.
+//
+// The shards are swept into the watchers' queues, many operations at a
+// time, by whoever holds the Batcher's lock next: every unlock sweeps. An
+// Enqueue that finds its shard empty kicks the owner goroutine, which sweeps
+// within microseconds, so nothing waits in a shard for long; one that runs
+// out of credits sweeps itself when it takes the lock for more; one that
+// wants its operation out at once (eager release, an operation that cannot
+// share a batch) sweeps itself if the lock is free.
+type intake struct {
+	shards []*shard
+	pool   sync.Pool // hands each P its shard
+	next   atomic.Uint32
+	grant  int // credits a shard takes at a time
+}
+
+type shard struct {
+	mu      sync.Mutex
+	ops     []*Operation
+	spare   []*Operation // swapped in by a sweep
+	credits int          // buffer slots reserved for this shard
+	closed  bool         // no more appends: the Batcher is shutting down
+	_       [64]byte     // n apart: other CPUs read it at every unlock
+	n       atomic.Int32 // len(ops), to look without the lock; set when it becomes 1 or 0
+	_       [60]byte     // keep shards on cache lines of their own
+}
+
+func newIntake(bufferSize int) *intake {
+	n := runtime.GOMAXPROCS(0)
+	in := &intake{
+		shards: make([]*shard, n),
+		grant:  min(256, max(bufferSize/(8*n), 1)),
+	}
+	for i := range in.shards {
+		in.shards[i] = &shard{}
+	}
+	in.pool.New = func() any { return in.shards[int(in.next.Add(1))%len(in.shards)] }
+	return in
+}
+
+// pending reports whether any shard holds operations.
+func (in *intake) pending() bool {
+	for _, sh := range in.shards {
+		if sh.n.Load() > 0 {
+			return true
+		}
+	}
+	return false
+}
+
+// tryAppend appends op to the calling P's shard if that shard has a credit,
+// and returns the shard either way, and whether it was empty before.
+func (in *intake) tryAppend(op *Operation) (sh *shard, ok, first bool) {
+	sh = in.pool.Get().(*shard)
+	sh.mu.Lock()
+	if sh.closed || sh.credits == 0 {
+		sh.mu.Unlock()
+		in.pool.Put(sh)
+		return sh, false, false
+	}
+	sh.credits--
+	sh.ops = append(sh.ops, op)
+	first = len(sh.ops) == 1
+	if first {
+		sh.n.Store(1)
+	}
+	sh.mu.Unlock()
+	in.pool.Put(sh)
+	return sh, true, first
+}
+
+// EnqueueContext and the sweeping follow.
+
+func (b *Batcher) enqueue(ctx context.Context, op *Operation) error {
+	in := b.intake.Load()
+	if in == nil {
+		return b.admitSlow(ctx, op, nil)
+	}
+	sh, ok, first := in.tryAppend(op)
+	if !ok {
+		return b.admitSlow(ctx, op, sh)
+	}
+	if (b.cfg.eager || !op.batchable) && b.mu.TryLock() {
+		b.unlock()
+	} else if first {
+		b.kickIntake()
+	}
+	return nil
+}
+
+// admitSlow accepts op under the Batcher's lock, waiting for room if need
+// be, and gives sh a new grant of credits.
+func (b *Batcher) admitSlow(ctx context.Context, op *Operation, sh *shard) error {
+	b.mu.Lock()
+	for {
+		switch b.mu.state {
+		case stateNew:
+			b.unlock()
+			return fmt.Errorf("%w: Enqueue before Start", ErrImproperOrder)
+		case stateDraining, stateClosed:
+			b.unlock()
+			return ErrClosed
+		}
+		if b.freeLocked() <= 0 {
+			b.reclaimLocked()
+		}
+		if free := b.freeLocked(); free > 0 {
+			if sh != nil {
+				grant := min(b.intake.Load().grant, free-1)
+				sh.mu.Lock()
+				if !sh.closed {
+					sh.credits += grant
+					b.mu.reserved += grant
+				}
+				sh.mu.Unlock()
+			}
+			break
+		}
+		if b.cfg.errorOnFull {
+			b.unlock()
+			return fmt.Errorf("%w: %d operations held", ErrBufferFull, b.cfg.bufferSize)
+		}
+		if b.mu.space == nil {
+			b.mu.space = make(chan struct{})
+		}
+		space := b.mu.space
+		b.unlock()
+		select {
+		case <-space:
+		case <-b.draining:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+		b.mu.Lock()
+	}
+	b.acceptLocked(op)
+	b.unlock()
+	return nil
+}
+
+// freeLocked returns the buffer slots neither held nor reserved.
+func (b *Batcher) freeLocked() int {
+	return b.cfg.bufferSize - b.mu.outstanding - b.mu.reserved
+}
+
+// reclaimLocked takes back the credits the shards have not spent.
+func (b *Batcher) reclaimLocked() {
+	in := b.intake.Load()
+	if in == nil {
+		return
+	}
+	for _, sh := range in.shards {
+		sh.mu.Lock()
+		b.mu.reserved -= sh.credits
+		sh.credits = 0
+		sh.mu.Unlock()
+	}
+}
+
+// closeIntakeLocked stops appends to the shards and takes back their
+// credits; what they hold is swept as usual.
+func (b *Batcher) closeIntakeLocked() {
+	in := b.intake.Load()
+	if in == nil {
+		return
+	}
+	for _, sh := range in.shards {
+		sh.mu.Lock()
+		sh.closed = true
+		b.mu.reserved -= sh.credits
+		sh.credits = 0
+		sh.mu.Unlock()
+	}
+}
+
+// acceptLocked puts op in its watcher's queue.
+func (b *Batcher) acceptLocked(op *Operation) {
+	q := b.queueLocked(op.watcher)
+	q.push(op)
+	op.epoch = b.mu.epochs.addN(1)
+	b.mu.buffered++
+	b.mu.outstanding++
+	b.mu.target += op.cost
+	b.mu.stats.Enqueued++
+	b.markLocked(q)
+}
+
+// markLocked notes that q has received operations.
+func (b *Batcher) markLocked(q *queue) {
+	if !q.inReady {
+		q.inReady = true
+		b.mu.ready.push(q)
+	}
+	if !q.touched {
+		q.touched = true
+		b.mu.touched = append(b.mu.touched, q)
+	}
+}
+
+// sweepLocked moves what the shards hold into the queues. Those operations
+// were already counted in reserved.
+func (b *Batcher) sweepLocked() {
+	in := b.intake.Load()
+	if in == nil {
+		return
+	}
+	for _, sh := range in.shards {
+		if sh.n.Load() == 0 {
+			continue
+		}
+		sh.mu.Lock()
+		ops := sh.ops
+		sh.ops, sh.spare = sh.spare[:0], nil
+		sh.n.Store(0)
+		sh.mu.Unlock()
+
+		epoch := b.mu.epochs.addN(len(ops))
+		var q *queue
+		cost := 0
+		for i, op := range ops {
+			if q == nil || op.watcher != q.w {
+				q = b.queueLocked(op.watcher)
+				b.markLocked(q)
+			}
+			q.push(op)
+			op.epoch = epoch
+			cost += op.cost
+			ops[i] = nil
+		}
+		n := len(ops)
+		b.mu.reserved -= n
+		b.mu.buffered += n
+		b.mu.outstanding += n
+		b.mu.target += cost
+		b.mu.stats.Enqueued += int64(n)
+
+		sh.mu.Lock()
+		if sh.spare == nil {
+			sh.spare = ops[:0]
+		}
+		sh.mu.Unlock()
+	}
+}
+
+// releaseTouchedLocked releases what may go from the queues that received
+// operations since the last call, and appends the batches to out.
+func (b *Batcher) releaseTouchedLocked(now time.Time, out []*batch) []*batch {
+	for _, q := range b.mu.touched {
+		q.touched = false
+		n := q.w.maxBatchSize
+		if !b.cfg.eager && b.mu.state != stateDraining && q.unbatchable == 0 && (n == 0 || q.ops.len() < n) {
+			continue // no full batch: it waits for the flush
+		}
+		for {
+			bt := b.releaseFromLocked(now, q)
+			if bt == nil {
+				break
+			}
+			out = append(out, bt)
+		}
+	}
+	clear(b.mu.touched)
+	b.mu.touched = b.mu.touched[:0]
+	return out
+}
+
+// unlock sweeps the intake, releases what became releasable, and unlocks
+// b.mu. Every unlock of b.mu goes through here.
+func (b *Batcher) unlock() {
+	var buf [8]*batch
+	out := buf[:0]
+	if in := b.intake.Load(); in != nil && (b.mu.state == stateRunning || b.mu.state == stateDraining) {
+		if in.pending() {
+			b.sweepLocked()
+		}
+		if len(b.mu.touched) > 0 {
+			var now time.Time
+			if !b.mu.unlimited {
+				now = time.Now()
+			}
+			out = b.releaseTouchedLocked(now, out)
+		}
+	}
+	kick := b.wantsKickLocked()
+	b.mu.Unlock()
+	b.dispatch(out)
+	if kick {
+		b.kickOwner()
+	}
+}
+
+// kickIntake asks the owner goroutine to sweep the intake.
+func (b *Batcher) kickIntake() {
+	select {
+	case b.intakeKick <- struct{}{}:
+	default:
+	}
+}

@@ -1,0 +1,67 @@
+package batcher
+
+import (
+	"context"
+	"time"
+)
+
+// A RateLimiter grants a [Batcher] the capacity it may release, in cost
+// units per second. Package ratelimiter has a fixed provisioned capacity, a
+// token bucket and, for several instances, a shared capacity leased from a
+// store.
+//
+// Whatever the limiter says, the Batcher itself never releases more than
+// Capacity() in any one-second window, so a custom limiter cannot make it
+// overshoot: a limiter only decides how much capacity there is.
+//
+// The Batcher calls the methods from its own goroutines, never while holding
+// its locks; they must be safe for concurrent use and must not block.
+type RateLimiter interface {
+	// MaxCapacity returns the most capacity the limiter could ever grant.
+	// Enqueue refuses operations that cost more with ErrTooExpensive.
+	MaxCapacity() int
+
+	// Capacity returns the capacity granted now, in cost units per second.
+	// The Batcher reads it every capacity interval and every flush.
+	Capacity() int
+
+	// GiveMe tells the limiter the target: the cost of the operations that
+	// wait for capacity. The Batcher calls it every capacity interval. A
+	// limiter that acquires capacity, such as a shared one, acquires enough
+	// for the target, and lets go of what it does not need.
+	GiveMe(target int)
+
+	// Start starts the limiter's own work, if any, until ctx is cancelled.
+	// The Batcher calls it from its own Start and reports its error.
+	Start(ctx context.Context) error
+}
+
+// A Pacer is a [RateLimiter] that also decides when, within each second, cost
+// may go out, as a token bucket does. A Batcher whose limiter is a Pacer
+// releases only what TokensAt allows, instead of spreading each second's
+// capacity evenly over its flushes; the one-second bound on Capacity still
+// holds.
+type Pacer interface {
+	// TokensAt returns the cost that may go out at now.
+	TokensAt(now time.Time) float64
+	// TakeAt records that cost n went out at now.
+	TakeAt(now time.Time, n int)
+	// Burst returns the most cost TokensAt can ever return.
+	Burst() int
+}
+
+// An EventSource emits events; the rate limiters in package ratelimiter are
+// ones. A Batcher whose rate limiter is an EventSource passes the limiter's
+// events on to its own listeners until it has shut down.
+type EventSource interface {
+	AddListener(fn func(Event)) int
+	RemoveListener(id int)
+}
+
+// A Stopper is a [RateLimiter] with work to finish when the Batcher stops,
+// such as releasing leases. Shutdown calls Stop, after in-flight batches have
+// returned, with Shutdown's own context; Close and a Shutdown that gave up
+// only cancel the context given to Start.
+type Stopper interface {
+	Stop(ctx context.Context) error
+}

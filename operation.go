@@ -1,0 +1,286 @@
+package batcher
+
+import (
+	"context"
+	"math"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// An Operation is one write (or any unit of work) for a [Watcher], with a
+// cost in the rate limiter's units (request units, rows, calls). Create it
+// with [NewOperation], hand it to [Batcher.Enqueue], and, if you want to know
+// how it ended, wait on [Operation.Done] or call [Operation.Wait].
+//
+// Every enqueued operation ends exactly once: it succeeds, or it fails and
+// [Operation.Err] says why (the Batcher also reports the failure with a
+// [Failed] event). An operation can be enqueued only once, even after it
+// ended; create a new one to write again.
+//
+// During [Watcher]'s ProcessBatch, the methods Retry, Fail, Throttle and
+// SetActualCost tell the Batcher how this operation went, overriding what
+// ProcessBatch returns for the batch as a whole. They may be called from any
+// goroutine, one at a time for a given operation, until ProcessBatch
+// returns.
+//
+// The accessors and Done, Wait and Err are safe for concurrent use.
+type Operation struct {
+	watcher   *Watcher
+	payload   any
+	cost      int
+	ext       atomic.Pointer[opExt] // made when first needed
+	state     atomic.Uint32         // opNew, opQueued, opEnding or opEnded, and opWaiter
+	attempt   atomic.Int32          // times handed to ProcessBatch
+	epoch     uint32                // the Flush epoch it was enqueued in; under the Batcher's lock
+	actual    int32                 // actual cost + 1 from ProcessBatch, or 0
+	batchable bool
+	verdict   verdict // what ProcessBatch said
+}
+
+// opExt holds what most operations never need, so that an Operation fits in
+// 64 bytes: the channel for Done, the failure, the feedback's details.
+type opExt struct {
+	mu        sync.Mutex
+	done      chan struct{}
+	closed    bool
+	err       error         // the result, once ended
+	feedback  error         // the error given with Retry, Throttle or Fail
+	after     time.Duration // the retry-after given with Throttle
+	throttles uint32        // attempts that ended in a throttle
+}
+
+// The states of an Operation, in the low bits of state.
+const (
+	opNew     uint32 = 0
+	opQueued  uint32 = 1
+	opEnding  uint32 = 2 // its result is being written
+	opEnded   uint32 = 3
+	stateMask uint32 = 3
+	opWaiter  uint32 = 4 // someone asked for Done
+)
+
+// verdict is what ProcessBatch said of an operation.
+type verdict uint8
+
+const (
+	verdictNone     verdict = iota // as the batch goes
+	verdictRetry                   // retry after the watcher's back-off
+	verdictThrottle                // retry after a pause
+	verdictFail                    // failed for good
+)
+
+// NewOperation returns an operation for watcher w that costs cost units of
+// the rate limiter's capacity and carries payload for ProcessBatch. If
+// batchable is false, the operation is always released in a batch of its own.
+// Enqueue checks w and cost.
+func NewOperation(w *Watcher, cost int, payload any, batchable bool) *Operation {
+	return &Operation{watcher: w, cost: cost, payload: payload, batchable: batchable}
+}
+
+// Watcher returns the watcher the operation belongs to.
+func (op *Operation) Watcher() *Watcher { return op.watcher }
+
+// Cost returns the operation's declared cost.
+func (op *Operation) Cost() int { return op.cost }
+
+// Payload returns what the operation carries.
+func (op *Operation) Payload() any { return op.payload }
+
+// Batchable reports whether the operation may share a batch with others.
+func (op *Operation) Batchable() bool { return op.batchable }
+
+// Attempt returns how many times the operation has been handed to
+// ProcessBatch: 1 during its first ProcessBatch call.
+func (op *Operation) Attempt() int { return int(op.attempt.Load()) }
+
+// Retry asks, during ProcessBatch, for the operation to be tried again after
+// its watcher's back-off, because of err. Once it has been attempted
+// MaxAttempts times it fails instead, with an error wrapping
+// [ErrTooManyAttempts] and err.
+func (op *Operation) Retry(err error) {
+	op.verdict = verdictRetry
+	op.extOrNew().feedback = err
+}
+
+// Throttle says, during ProcessBatch, that the datastore refused the
+// operation for now ("too many requests") and asked for a wait of after (0
+// if it did not say). The Batcher pauses all releases (see
+// [Batcher.WithPauseTime]) and retries the operation; throttles do not count
+// towards MaxAttempts.
+func (op *Operation) Throttle(after time.Duration, err error) {
+	op.verdict = verdictThrottle
+	e := op.extOrNew()
+	e.feedback, e.after = err, after
+}
+
+// Fail says, during ProcessBatch, that the operation failed for good because
+// of err (nil is replaced by a generic error). It is not retried.
+func (op *Operation) Fail(err error) {
+	op.verdict = verdictFail
+	op.extOrNew().feedback = err
+}
+
+// SetActualCost reports, during ProcessBatch, what the operation really cost
+// (Cosmos DB returns the request charge of each call). The Batcher accounts
+// the difference from the declared cost against the moment the batch was
+// released.
+func (op *Operation) SetActualCost(cost int) {
+	op.actual = int32(min(max(cost, 0), math.MaxInt32-1)) + 1
+}
+
+// actualCost returns the reported actual cost, if any.
+func (op *Operation) actualCost() (int, bool) { return int(op.actual) - 1, op.actual != 0 }
+
+// feedback returns the error and retry-after given with Retry, Throttle or
+// Fail.
+func (op *Operation) feedback() (error, time.Duration) {
+	if e := op.ext.Load(); e != nil {
+		return e.feedback, e.after
+	}
+	return nil, 0
+}
+
+// throttles returns how many attempts ended in a throttle.
+func (op *Operation) throttles() int {
+	if e := op.ext.Load(); e != nil {
+		return int(e.throttles)
+	}
+	return 0
+}
+
+// clearFeedback forgets what ProcessBatch said, before another attempt.
+func (op *Operation) clearFeedback() {
+	op.verdict, op.actual = verdictNone, 0
+	if e := op.ext.Load(); e != nil {
+		e.feedback, e.after = nil, 0
+	}
+}
+
+func (op *Operation) extOrNew() *opExt {
+	if e := op.ext.Load(); e != nil {
+		return e
+	}
+	e := new(opExt)
+	if !op.ext.CompareAndSwap(nil, e) {
+		e = op.ext.Load()
+	}
+	return e
+}
+
+// closedChan is returned by Done for operations that ended before anyone
+// asked.
+var closedChan = func() chan struct{} {
+	c := make(chan struct{})
+	close(c)
+	return c
+}()
+
+// Done returns a channel that is closed when the operation has ended.
+func (op *Operation) Done() <-chan struct{} {
+	if op.state.Load()&stateMask == opEnded {
+		return closedChan
+	}
+	e := op.extOrNew()
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.done == nil {
+		e.done = make(chan struct{})
+	}
+	if old := op.state.Or(opWaiter); old&stateMask == opEnded {
+		e.closeLocked() // it ended before the ender could see a waiter
+	}
+	return e.done
+}
+
+func (e *opExt) closeLocked() {
+	if e.done != nil && !e.closed {
+		close(e.done)
+		e.closed = true
+	}
+}
+
+// Err returns nil if the operation succeeded or has not ended yet, and the
+// reason it failed otherwise. Wait for Done first to tell the two apart.
+func (op *Operation) Err() error {
+	if op.state.Load()&stateMask != opEnded {
+		return nil
+	}
+	if e := op.ext.Load(); e != nil {
+		return e.err
+	}
+	return nil
+}
+
+// Wait blocks until the operation ends and returns nil if it succeeded or
+// the reason it failed. If ctx ends first, Wait returns ctx.Err(); the
+// operation is not affected. If the operation has already ended, Wait
+// returns its result even when ctx is done.
+func (op *Operation) Wait(ctx context.Context) error {
+	if op.state.Load()&stateMask != opEnded {
+		done := op.Done()
+		select {
+		case <-done:
+		case <-ctx.Done():
+			select {
+			case <-done:
+			default:
+				return ctx.Err()
+			}
+		}
+	}
+	return op.Err()
+}
+
+// end ends the operation with err and reports whether it was still running;
+// only the first call has any effect.
+func (op *Operation) end(err error) bool {
+	for {
+		s := op.state.Load()
+		if s&stateMask != opQueued {
+			return false
+		}
+		if err == nil {
+			if !op.state.CompareAndSwap(s, s|opEnded) {
+				continue
+			}
+			if s&opWaiter != 0 {
+				op.ext.Load().closeDone()
+			}
+			return true
+		}
+		if !op.state.CompareAndSwap(s, s&^stateMask|opEnding) {
+			continue
+		}
+		op.extOrNew().err = err
+		if old := op.state.Or(opEnded); old&opWaiter != 0 {
+			op.ext.Load().closeDone()
+		}
+		return true
+	}
+}
+
+func (e *opExt) closeDone() {
+	e.mu.Lock()
+	e.closeLocked()
+	e.mu.Unlock()
+}
+
+// claim marks a new operation as enqueued, and reports whether it was new.
+func (op *Operation) claim() bool {
+	for {
+		s := op.state.Load()
+		if s&stateMask != opNew {
+			return false
+		}
+		if op.state.CompareAndSwap(s, s|opQueued) {
+			return true
+		}
+	}
+}
+
+// unclaim undoes claim, for an operation Enqueue refused.
+func (op *Operation) unclaim() { op.state.And(^stateMask) }
+
+// hasEnded reports whether end has been called.
+func (op *Operation) hasEnded() bool { return op.state.Load()&stateMask >= opEnding }

@@ -1,0 +1,25 @@
+// Package ratelimiter holds the rate limiters a [batcher.Batcher] can use:
+// a fixed provisioned capacity ([NewProvisioned]) and a token bucket
+// ([NewTokenBucket]).
+//
+// Whatever the limiter, the Batcher keeps the one-second bound on capacity
+// itself; a limiter only says how much capacity there is, and a token bucket
+// also how it is spread within the second.
+package ratelimiter
+
+import (
+	"errors"
+
+	"github.com/ratebatch/batcher"
+)
+
+// ErrWouldExceedDeadline is returned by a limiter's Wait when the capacity
+// asked for would not be available before the context's deadline.
+var ErrWouldExceedDeadline = errors.New("ratelimiter: would exceed context deadline")
+
+// RateLimiter is the interface a Batcher uses; see [batcher.RateLimiter].
+type RateLimiter = batcher.RateLimiter
+
+// Pacer is the interface of limiters that pace releases within each second;
+// see [batcher.Pacer].
+type Pacer = batcher.Pacer

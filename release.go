@@ -1,0 +1,504 @@
+package batcher
+
+import (
+	"errors"
+	"fmt"
+	"math"
+	"time"
+)
+
+// A batch is a group of one watcher's operations released together.
+type batch struct {
+	q         *queue
+	ops       []*Operation
+	cost      int     // declared
+	pauses    uint64  // Batcher.mu.pauses when it went out
+	entry     uint64  // its ledger entry, 0 without a limiter
+	index     int     // in Batcher.mu.running
+	worker    *worker // the idle worker chosen to run it, or nil for a new one
+	err       error   // what ProcessBatch returned
+	abandoned bool    // Close or a failed Shutdown ended its operations; under mu
+}
+
+// setCapacityLocked records the rate limiter's capacity.
+func (b *Batcher) setCapacityLocked(now time.Time, c int) {
+	c = max(c, 0)
+	if c == b.mu.capacity && !b.mu.pace.last.IsZero() {
+		return
+	}
+	b.mu.capacity = c
+	b.mu.pace.set(now, c, b.cfg.flushInterval)
+}
+
+// releasableLocked reports whether releases may happen at all.
+func (b *Batcher) releasableLocked() bool {
+	st := b.mu.state
+	return (st == stateRunning || st == stateDraining) && !b.mu.paused
+}
+
+// slotFreeLocked reports whether the Batcher-wide concurrency allows one
+// more batch.
+func (b *Batcher) slotFreeLocked() bool {
+	return b.cfg.maxConcurrent == 0 || b.mu.inflight < b.cfg.maxConcurrent
+}
+
+// releaseLocked releases batches from every queue in turn, as long as
+// capacity and slots allow, and appends them to out. With tick set, it
+// releases batches that are not full too (a flush); otherwise only full
+// ones, or any with eager release, or while draining.
+func (b *Batcher) releaseLocked(now time.Time, tick bool, out []*batch) []*batch {
+	if !b.releasableLocked() {
+		return out
+	}
+	b.advanceLocked(now)
+	misses := 0
+	for b.mu.ready.len() > 0 && misses < b.mu.ready.len() && b.slotFreeLocked() {
+		q := b.mu.ready.front()
+		if q.ops.len() == 0 {
+			q.inReady = false
+			b.mu.ready.popFront()
+			b.noteIdleLocked(q)
+			continue
+		}
+		bt := b.formLocked(now, q, tick)
+		if bt == nil {
+			misses++
+			b.mu.ready.rotate()
+			continue
+		}
+		misses = 0
+		out = append(out, bt)
+		if q.ops.len() == 0 {
+			q.inReady = false
+			b.mu.ready.popFront()
+		} else {
+			b.mu.ready.rotate()
+		}
+	}
+	b.mu.pace.backlog = b.mu.buffered > 0
+	return out
+}
+
+// releaseFromLocked releases one batch from q if it may go now.
+func (b *Batcher) releaseFromLocked(now time.Time, q *queue) *batch {
+	if !b.releasableLocked() || !b.slotFreeLocked() {
+		return nil
+	}
+	b.advanceLocked(now)
+	bt := b.formLocked(now, q, false)
+	b.mu.pace.backlog = b.mu.buffered > 0
+	return bt
+}
+
+// advanceLocked brings the capacity bookkeeping up to now.
+func (b *Batcher) advanceLocked(now time.Time) {
+	if !b.mu.unlimited && b.pacer == nil {
+		b.mu.pace.advance(now)
+	}
+}
+
+// formLocked takes a batch from the front of q and records its release, or
+// returns nil if q has nothing that may go now. Without tick (or eager
+// release, or a drain), only a full batch may go: MaxBatchSize operations,
+// or as many as come before an operation that cannot share a batch.
+func (b *Batcher) formLocked(now time.Time, q *queue, tick bool) *batch {
+	w := q.w
+	if w.maxConcurrent > 0 && q.inflight >= w.maxConcurrent {
+		return nil
+	}
+	pending := q.ops.len()
+	if pending == 0 {
+		return nil
+	}
+	limit := pending
+	if w.maxBatchSize > 0 {
+		limit = min(limit, w.maxBatchSize)
+	}
+	// The candidate: the front operations that may share a batch.
+	n, cost := 1, q.ops.at(0).cost
+	if q.ops.at(0).batchable {
+		for n < limit {
+			op := q.ops.at(n)
+			if !op.batchable {
+				break
+			}
+			cost += op.cost
+			n++
+		}
+	}
+	full := !q.ops.at(0).batchable || n < pending || (w.maxBatchSize > 0 && n == w.maxBatchSize)
+	partial := tick || b.cfg.eager || b.mu.state == stateDraining
+	if !full && !partial {
+		return nil
+	}
+	if !b.mu.unlimited {
+		f := b.fitLocked(now, q, n)
+		// Short of room for the batch (or for as much of it as the capacity
+		// can ever hold at once), release what fits only at a flush, while
+		// draining, or when an external pacer is full (waiting would waste
+		// what it cannot hold: the last second's releases are what holds
+		// this one back); otherwise wait for the room.
+		if f.k < f.want && (f.k == 0 || !(tick || f.paceFull || b.mu.state == stateDraining)) {
+			b.noteRoomLocked(now, f.wantCost)
+			return nil
+		}
+		n, cost = f.k, f.kCost
+	}
+	return b.takeLocked(now, q, n, cost)
+}
+
+// fit says how much of a batch may go now.
+type fit struct {
+	k, kCost       int  // the first k operations, costing kCost, may go now
+	want, wantCost int  // the batch waits for room for the first want operations
+	paceFull       bool // an external pacer holds all it can
+}
+
+// fitLocked finds how many of the first n operations of q may go now: as
+// many as fit both in the room the last second leaves (the ledger) and in
+// the pacing; with an external pacer that is full, as many as fit in the
+// room, up to the pacer's burst. The batch waits for all n operations,
+// unless they cost more than the capacity or the pacing can ever hold at
+// once.
+func (b *Batcher) fitLocked(now time.Time, q *queue, n int) fit {
+	c := b.mu.capacity
+	room := c - b.mu.ledger.used(now)
+	var (
+		tokens   float64 // external pacer
+		paceFull bool
+		ceiling  = c // the most one batch can cost, with the pacing not in debt
+	)
+	if b.pacer != nil {
+		tokens = b.pacer.TokensAt(now)
+		burst := b.pacer.Burst()
+		ceiling = max(min(ceiling, burst), 1)
+		paceFull = tokens >= float64(burst)
+	} else {
+		ceiling = max(min(ceiling, int(b.mu.pace.burst/nano)), 1)
+	}
+	f := fit{paceFull: paceFull}
+	// The batch to wait for: the candidate, or as much of it as fits under
+	// the ceiling (at least one operation).
+	f.want, f.wantCost = n, 0
+	for i := range n {
+		cost := q.ops.at(i).cost
+		if i > 0 && f.wantCost+cost > ceiling {
+			f.want = i
+			break
+		}
+		f.wantCost += cost
+	}
+	// What may go now.
+	sum := 0
+	paced := true // the prefix so far fits the pacing
+	for i := range n {
+		sum += q.ops.at(i).cost
+		if sum > room {
+			break
+		}
+		if b.pacer != nil {
+			// An external pacer cannot take more than its burst at once.
+			paced = paced && (float64(sum) <= tokens || (paceFull && sum <= ceiling))
+		} else {
+			paced = paced && b.mu.pace.fits(sum, i == 0)
+		}
+		if !paced {
+			break
+		}
+		f.k, f.kCost = i+1, sum
+	}
+	return f
+}
+
+// noteRoomLocked asks the owner to try again when need fits in capacity.
+func (b *Batcher) noteRoomLocked(now time.Time, need int) {
+	d, ok := b.mu.ledger.wait(now, b.mu.capacity, need)
+	if !ok {
+		return // never at this capacity; the capacity interval looks again
+	}
+	if b.pacer == nil {
+		p, ok := b.mu.pace.wait(need)
+		if !ok {
+			return
+		}
+		d = max(d, p)
+	} else if t := b.pacer.TokensAt(now); float64(need) > t && b.mu.capacity > 0 {
+		// Assume the pacer fills at the capacity rate; a wake that comes
+		// early, through rounding, just looks again.
+		wait := math.Ceil((float64(need) - t) / float64(b.mu.capacity) * float64(time.Second))
+		d = max(d, time.Duration(wait))
+	}
+	if at := now.Add(d); b.mu.roomWake.IsZero() || at.Before(b.mu.roomWake) {
+		b.mu.roomWake = at
+	}
+}
+
+// takeLocked takes the first n operations of q, costing cost, as a batch,
+// and gives it an idle worker if there is one.
+func (b *Batcher) takeLocked(now time.Time, q *queue, n, cost int) *batch {
+	var bt *batch
+	if k := len(b.mu.freeBatches); k > 0 && cap(b.mu.freeBatches[k-1].ops) >= n {
+		bt = b.mu.freeBatches[k-1]
+		b.mu.freeBatches[k-1] = nil
+		b.mu.freeBatches = b.mu.freeBatches[:k-1]
+		bt.ops = bt.ops[:n]
+	} else {
+		bt = &batch{ops: make([]*Operation, n)}
+	}
+	ops := bt.ops
+	q.popInto(ops)
+	bt.q, bt.cost, bt.pauses, bt.worker = q, cost, b.mu.pauses, b.popIdleLocked()
+	if !b.mu.unlimited {
+		bt.entry = b.mu.ledger.add(now, cost)
+		if b.pacer != nil {
+			b.pacer.TakeAt(now, cost)
+		} else {
+			b.mu.pace.take(cost)
+		}
+	}
+	b.mu.buffered -= n
+	b.mu.target -= cost
+	b.mu.inflight++
+	q.inflight++
+	bt.index = len(b.mu.running)
+	b.mu.running = append(b.mu.running, bt)
+	b.mu.stats.Released += int64(n)
+	b.mu.stats.Batches++
+	return bt
+}
+
+// complete accounts for what ProcessBatch said of bt, and returns the next
+// batch for worker w to run, if any; if there is none, whether w is to wait
+// for one (idle) rather than leave.
+func (b *Batcher) complete(bt *batch, w *worker) (next *batch, idle bool) {
+	var (
+		batchVerdict = verdictNone
+		batchErr     = bt.err
+		batchAfter   time.Duration
+	)
+	if bt.err != nil {
+		batchVerdict = verdictFail
+		if fb, ok := errors.AsType[*feedback](bt.err); ok {
+			batchVerdict, batchErr, batchAfter = fb.verdict, fb.err, fb.after
+		}
+	}
+
+	// End what succeeded or failed for good; set aside what is retried.
+	var (
+		succeeded, failedN int
+		retry, throttle    []*Operation
+		failed             []Event
+		delta              int // actual cost minus declared
+		after              time.Duration
+		retryErr           error
+	)
+	for _, op := range bt.ops {
+		if a, ok := op.actualCost(); ok {
+			delta += a - op.cost
+		}
+		v, err, ra := op.verdict, batchErr, batchAfter
+		if v == verdictNone {
+			v = batchVerdict
+		} else {
+			err, ra = op.feedback()
+		}
+		if v == verdictRetry && op.Attempt()-op.throttles() >= bt.q.w.maxAttempts {
+			v = verdictFail
+			err = fmt.Errorf("%w (%d): %w", ErrTooManyAttempts, op.Attempt(), orFailure(err))
+		}
+		switch v {
+		case verdictNone:
+			if op.end(nil) {
+				succeeded++
+			}
+		case verdictFail:
+			err = orFailure(err)
+			if op.end(err) {
+				failedN++
+				failed = append(failed, Event{Kind: Failed, Batch: []*Operation{op}, Err: err})
+			}
+		case verdictRetry:
+			op.clearFeedback()
+			retry = append(retry, op)
+			retryErr = err
+		case verdictThrottle:
+			op.clearFeedback()
+			op.extOrNew().throttles++
+			throttle = append(throttle, op)
+			after = max(after, ra)
+			retryErr = err
+		}
+		op.verdict = v // the final word, read below under the lock
+	}
+
+	var evs []Event
+	var now time.Time // only needed with a limiter or retries: time.Now is not free
+	if !b.mu.unlimited || len(retry) > 0 || len(throttle) > 0 {
+		now = time.Now()
+	}
+	b.mu.Lock()
+	b.mu.stats.Succeeded += int64(succeeded)
+	b.mu.stats.Failed += int64(failedN)
+	if bt.abandoned {
+		// Close or a failed Shutdown has already ended the rest and taken
+		// the batch off the books.
+		b.unlock()
+		b.emitAll(failed)
+		return nil, false
+	}
+	b.removeRunningLocked(bt)
+	b.mu.inflight--
+	bt.q.inflight--
+	ended := len(bt.ops) - len(retry) - len(throttle)
+	b.mu.outstanding -= ended
+	for i := 0; i < len(bt.ops); {
+		// Operations of a batch mostly share an epoch: count them off in runs.
+		ep, n := bt.ops[i].epoch, 0
+		for ; i < len(bt.ops) && bt.ops[i].epoch == ep; i++ {
+			switch op := bt.ops[i]; op.verdict {
+			case verdictNone, verdictFail:
+				n++
+			default:
+				op.verdict = verdictNone // for its next attempt
+			}
+		}
+		b.mu.epochs.done(ep, n)
+	}
+	if delta != 0 && !b.mu.unlimited {
+		b.mu.ledger.adjust(bt.entry, delta)
+		if b.pacer != nil {
+			if delta > 0 {
+				b.pacer.TakeAt(now, delta)
+			}
+		} else {
+			b.mu.pace.take(delta)
+		}
+	}
+	if len(retry) > 0 {
+		b.mu.stats.Retried += int64(len(retry))
+		d := bt.q.w.backoff(retry[0].Attempt())
+		b.mu.retries.push(retryEntry{due: now.Add(d), q: bt.q, ops: retry})
+		bt.q.retrying += len(retry)
+		b.bufferAgainLocked(retry)
+		evs = append(evs, Event{Kind: Retrying, Batch: retry, Duration: d, Err: retryErr})
+	}
+	if len(throttle) > 0 {
+		b.mu.stats.Throttled++
+		d := b.throttledLocked(now, bt, after)
+		bt.q.pushFront(throttle)
+		b.bufferAgainLocked(throttle)
+		if !bt.q.inReady {
+			bt.q.inReady = true
+			b.mu.ready.push(bt.q)
+		}
+		evs = append(evs, Event{Kind: Throttled, Batch: throttle, Duration: d, Err: retryErr},
+			Event{Kind: Paused, Duration: d, Err: retryErr})
+	} else if bt.pauses == b.mu.pauses {
+		b.mu.streak = 0 // released after the last throttle, and not throttled
+	}
+	if ended > 0 && b.mu.space != nil && b.freeLocked() >= b.lowWater {
+		b.wakeSpaceLocked()
+	}
+	b.checkDrainedLocked()
+	b.noteIdleLocked(bt.q)
+
+	b.recycleLocked(bt)
+
+	// Take the next batch for this worker; start any others that may go.
+	b.sweepLocked()
+	var buf [4]*batch
+	out := b.releaseLocked(now, false, buf[:0])
+	if len(out) > 0 {
+		next = out[0]
+		if next.worker != nil {
+			// takeLocked gave it an idle worker; this one will do.
+			b.mu.idleWorkers = append(b.mu.idleWorkers, next.worker)
+			next.worker = nil
+		}
+		out = out[1:]
+	} else {
+		idle = b.idleLocked(w)
+	}
+	b.unlock()
+	b.dispatch(out)
+	b.emitAll(failed)
+	b.emitAll(evs)
+	return next, idle
+}
+
+// recycleLocked keeps bt for reuse by takeLocked.
+func (b *Batcher) recycleLocked(bt *batch) {
+	if len(b.mu.freeBatches) >= 256 {
+		return
+	}
+	clear(bt.ops)
+	*bt = batch{ops: bt.ops[:0]}
+	b.mu.freeBatches = append(b.mu.freeBatches, bt)
+}
+
+// removeRunningLocked takes bt off the list of running batches.
+func (b *Batcher) removeRunningLocked(bt *batch) {
+	last := len(b.mu.running) - 1
+	moved := b.mu.running[last]
+	b.mu.running[bt.index], moved.index = moved, bt.index
+	b.mu.running[last] = nil
+	b.mu.running = b.mu.running[:last]
+}
+
+// bufferAgainLocked puts operations that will be retried back on the books.
+func (b *Batcher) bufferAgainLocked(ops []*Operation) {
+	for _, op := range ops {
+		b.mu.target += op.cost
+	}
+	b.mu.buffered += len(ops)
+}
+
+// throttledLocked pauses releases after a throttle and returns the pause.
+// The pause is the datastore's retry-after, or PauseTime if it gave none,
+// doubled for each throttle in a row, at most MaxPauseTime, and never less
+// than the retry-after. A throttle of a batch released before the current
+// run of pauses began does not count as a repeat.
+func (b *Batcher) throttledLocked(now time.Time, bt *batch, retryAfter time.Duration) time.Duration {
+	if b.mu.streak == 0 || bt.pauses == b.mu.pauses {
+		b.mu.streak++
+		b.mu.pauses++
+	}
+	base := retryAfter
+	if base <= 0 {
+		base = b.cfg.pauseTime
+	}
+	d := base
+	for i := 1; i < b.mu.streak && d < b.cfg.maxPauseTime; i++ {
+		d *= 2
+	}
+	d = max(min(d, b.cfg.maxPauseTime), retryAfter)
+	b.pauseLocked(now, d)
+	return d
+}
+
+// noteIdleLocked marks q to be forgotten at the next flush if it stays idle.
+func (b *Batcher) noteIdleLocked(q *queue) {
+	if q.isIdle() && !q.inIdle {
+		q.inIdle = true
+		b.mu.idle = append(b.mu.idle, q)
+	}
+}
+
+// sweepIdleLocked forgets the queues of watchers that have gone idle.
+func (b *Batcher) sweepIdleLocked() {
+	for _, q := range b.mu.idle {
+		q.inIdle = false
+		if q.isIdle() && !q.inReady && b.mu.queues[q.w] == q {
+			delete(b.mu.queues, q.w)
+		}
+	}
+	clear(b.mu.idle)
+	b.mu.idle = b.mu.idle[:0]
+}
+
+func orFailure(err error) error {
+	if err == nil {
+		return errNilFailure
+	}
+	return err
+}

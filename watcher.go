@@ -1,0 +1,251 @@
+package batcher
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// A Processor does the work of a batch: it writes the batch's operations to
+// the datastore. Implement it on your own type and pass it to
+// [NewWatcherFor], or pass a function to [NewWatcher].
+//
+// ProcessBatch says how the batch went by what it returns:
+//
+//   - nil: every operation succeeded;
+//   - an error made by [Retry]: try the operations again after the watcher's
+//     back-off, up to its MaxAttempts;
+//   - an error made by [Throttle]: the datastore throttled the batch; the
+//     Batcher pauses releases and retries the operations;
+//   - any other error: the operations failed for good with that error.
+//
+// Before returning, it may override that answer for single operations with
+// [Operation.Retry], [Operation.Throttle] and [Operation.Fail], and report
+// what each really cost with [Operation.SetActualCost].
+//
+// ctx is cancelled when the call overruns the watcher's MaxOperationTime
+// (ctx.Err() is then context.DeadlineExceeded) and when the Batcher is
+// closed; ProcessBatch should return soon after. ctx, the batch slice and the
+// operations' feedback methods must not be used after ProcessBatch returns,
+// and contexts derived from ctx must be cancelled before it returns (as go
+// vet's lostcancel check asks). The Batcher does not recover panics in
+// ProcessBatch.
+type Processor interface {
+	ProcessBatch(ctx context.Context, batch []*Operation) error
+}
+
+// ProcessorFunc adapts a function to a [Processor].
+type ProcessorFunc func(ctx context.Context, batch []*Operation) error
+
+// ProcessBatch calls f(ctx, batch).
+func (f ProcessorFunc) ProcessBatch(ctx context.Context, batch []*Operation) error {
+	return f(ctx, batch)
+}
+
+// A Watcher receives batches of its operations, through its [Processor].
+// Create one per kind of work or per request with [NewWatcher] or
+// [NewWatcherFor], configure it with the With* methods, then enqueue
+// operations that name it. A Watcher needs no closing: once its operations
+// have ended, the Batcher forgets it.
+//
+// The With* methods must be called before the watcher's first operation is
+// enqueued; after that they panic. A bad setting is reported by Enqueue with
+// an error wrapping [ErrInvalidSetting]. A Watcher may be used by several
+// Batchers, and is then batched separately in each.
+type Watcher struct {
+	p Processor
+
+	maxAttempts      int
+	maxBatchSize     int
+	maxOperationTime time.Duration
+	maxConcurrent    int
+	retryBackoff     time.Duration
+	maxRetryBackoff  time.Duration
+
+	sealed  atomic.Bool
+	sealMu  sync.Mutex
+	invalid error // set once sealed
+}
+
+// Watcher defaults.
+const (
+	DefaultMaxAttempts     = 3
+	DefaultRetryBackoff    = 100 * time.Millisecond
+	DefaultMaxRetryBackoff = 10 * time.Second
+)
+
+// NewWatcher returns a watcher whose batches are processed by fn.
+func NewWatcher(fn func(ctx context.Context, batch []*Operation) error) *Watcher {
+	var p Processor
+	if fn != nil {
+		p = ProcessorFunc(fn)
+	}
+	return NewWatcherFor(p)
+}
+
+// NewWatcherFor returns a watcher whose batches are processed by p.
+func NewWatcherFor(p Processor) *Watcher {
+	return &Watcher{
+		p:               p,
+		maxAttempts:     DefaultMaxAttempts,
+		retryBackoff:    DefaultRetryBackoff,
+		maxRetryBackoff: DefaultMaxRetryBackoff,
+	}
+}
+
+func (w *Watcher) mustNotBeSealed(method string) {
+	if w.sealed.Load() {
+		panic("batcher: Watcher." + method + " called after the watcher's first Enqueue")
+	}
+}
+
+// WithMaxAttempts sets how many times an operation is handed to
+// ProcessBatch before a Retry ends it in failure. The default is 3; n must
+// be at least 1 (1 means no retries). Throttles do not count.
+func (w *Watcher) WithMaxAttempts(n int) *Watcher {
+	w.mustNotBeSealed("WithMaxAttempts")
+	w.maxAttempts = n
+	return w
+}
+
+// WithMaxBatchSize sets the most operations in one batch. The default, 0,
+// means no limit: each flush releases all the watcher's operations that the
+// rate limiter allows in one batch. Negative values are invalid. A batch of
+// exactly n operations is released as soon as it is complete, without
+// waiting for the flush interval.
+func (w *Watcher) WithMaxBatchSize(n int) *Watcher {
+	w.mustNotBeSealed("WithMaxBatchSize")
+	w.maxBatchSize = n
+	return w
+}
+
+// WithMaxOperationTime sets how long one ProcessBatch call may run before
+// its context is cancelled and a [TimedOut] event is emitted. The default,
+// 0, means the Batcher's MaxOperationTime. Negative values are invalid.
+func (w *Watcher) WithMaxOperationTime(d time.Duration) *Watcher {
+	w.mustNotBeSealed("WithMaxOperationTime")
+	w.maxOperationTime = d
+	return w
+}
+
+// WithMaxConcurrentBatches sets how many of this watcher's batches may run
+// at once. The default, 0, means no limit of its own (the Batcher's
+// MaxConcurrentBatches still applies). Negative values are invalid.
+func (w *Watcher) WithMaxConcurrentBatches(n int) *Watcher {
+	w.mustNotBeSealed("WithMaxConcurrentBatches")
+	w.maxConcurrent = n
+	return w
+}
+
+// WithRetryBackoff sets the wait before a retried operation is buffered
+// again: base after the first attempt, doubling after each further one, at
+// most max. The defaults are 100ms and 10s; base must be > 0 and max >= base.
+func (w *Watcher) WithRetryBackoff(base, max time.Duration) *Watcher {
+	w.mustNotBeSealed("WithRetryBackoff")
+	w.retryBackoff, w.maxRetryBackoff = base, max
+	return w
+}
+
+// MaxAttempts returns the watcher's MaxAttempts setting.
+func (w *Watcher) MaxAttempts() int { return w.maxAttempts }
+
+// MaxBatchSize returns the watcher's MaxBatchSize setting.
+func (w *Watcher) MaxBatchSize() int { return w.maxBatchSize }
+
+// MaxOperationTime returns the watcher's MaxOperationTime setting.
+func (w *Watcher) MaxOperationTime() time.Duration { return w.maxOperationTime }
+
+// MaxConcurrentBatches returns the watcher's MaxConcurrentBatches setting.
+func (w *Watcher) MaxConcurrentBatches() int { return w.maxConcurrent }
+
+// seal freezes the settings and returns the error that makes them invalid,
+// if any. It is cheap after the first call.
+func (w *Watcher) seal() error {
+	if w.sealed.Load() {
+		return w.invalid
+	}
+	w.sealMu.Lock()
+	defer w.sealMu.Unlock()
+	if !w.sealed.Load() {
+		w.invalid = w.validate()
+		w.sealed.Store(true)
+	}
+	return w.invalid
+}
+
+func (w *Watcher) validate() error {
+	var errs []error
+	bad := func(format string, args ...any) {
+		errs = append(errs, fmt.Errorf("%w: Watcher "+format, append([]any{ErrInvalidSetting}, args...)...))
+	}
+	if w.p == nil {
+		bad("Processor is nil")
+	}
+	if w.maxAttempts < 1 {
+		bad("MaxAttempts is %d; it must be at least 1", w.maxAttempts)
+	}
+	if w.maxBatchSize < 0 {
+		bad("MaxBatchSize is %d; it must be 0 (no limit) or more", w.maxBatchSize)
+	}
+	if w.maxOperationTime < 0 {
+		bad("MaxOperationTime is %v; it must be 0 (the Batcher's) or more", w.maxOperationTime)
+	}
+	if w.maxConcurrent < 0 {
+		bad("MaxConcurrentBatches is %d; it must be 0 (no limit) or more", w.maxConcurrent)
+	}
+	if w.retryBackoff <= 0 {
+		bad("RetryBackoff base is %v; it must be more than 0", w.retryBackoff)
+	}
+	if w.maxRetryBackoff < w.retryBackoff {
+		bad("RetryBackoff max is %v; it must be at least the base, %v", w.maxRetryBackoff, w.retryBackoff)
+	}
+	return errors.Join(errs...)
+}
+
+// backoff returns the wait before retrying an operation that has been
+// attempted n times.
+func (w *Watcher) backoff(n int) time.Duration {
+	d := w.retryBackoff
+	for i := 1; i < n && d < w.maxRetryBackoff; i++ {
+		d *= 2
+	}
+	return min(d, w.maxRetryBackoff)
+}
+
+// Retry returns an error that tells the Batcher, as ProcessBatch's result,
+// to retry the batch's operations after the watcher's back-off. err is the
+// reason; it is what a failed operation's Err wraps once its attempts run
+// out.
+func Retry(err error) error {
+	return &feedback{verdict: verdictRetry, err: err}
+}
+
+// Throttle returns an error that tells the Batcher, as ProcessBatch's
+// result, that the datastore throttled the batch and asked for a wait of
+// after (0 if it did not say). The Batcher pauses releases for at least
+// after and retries the operations.
+func Throttle(after time.Duration, err error) error {
+	return &feedback{verdict: verdictThrottle, err: err, after: after}
+}
+
+type feedback struct {
+	verdict verdict
+	err     error
+	after   time.Duration
+}
+
+func (f *feedback) Error() string {
+	what := "retry"
+	if f.verdict == verdictThrottle {
+		what = "throttled"
+	}
+	if f.err == nil {
+		return "batcher: " + what
+	}
+	return "batcher: " + what + ": " + f.err.Error()
+}
+
+func (f *feedback) Unwrap() error { return f.err }

@@ -1,0 +1,188 @@
+package batcher
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"sync"
+	"time"
+)
+
+// A worker is a goroutine that runs batches one after another. Workers that
+// find nothing to run wait, idle, for the next batch, and leave once they
+// have been idle for a whole flush interval, so a burst leaves no goroutines
+// behind; Shutdown and Close end them all.
+type worker struct {
+	b      *Batcher
+	next   chan *batch // a batch to run, or nil to leave; holds one
+	base   context.Context
+	cancel context.CancelFunc
+	timer  *time.Timer // reports the current batch when it overruns
+	idleAt uint64      // the flush count when it went idle; under b.mu
+
+	ctx       context.Context // for ProcessBatch calls until cancelled; see batchCtx
+	cancelCtx context.CancelCauseFunc
+
+	mu      sync.Mutex // guards the current batch, for the timer
+	cur     *batch
+	started time.Time
+	limit   time.Duration
+}
+
+// dispatch hands each batch to the worker takeLocked chose for it, or to a
+// new one.
+func (b *Batcher) dispatch(bts []*batch) {
+	for _, bt := range bts {
+		if w := bt.worker; w != nil {
+			w.next <- bt // never blocks: an idle worker's channel is empty
+			continue
+		}
+		w := &worker{b: b, next: make(chan *batch, 1)}
+		w.base, w.cancel = context.WithCancel(b.runCtx)
+		w.timer = time.AfterFunc(time.Hour, w.overran)
+		w.timer.Stop()
+		b.batches.Go(func() { w.loop(bt) })
+	}
+}
+
+func (w *worker) loop(bt *batch) {
+	defer w.cancel()
+	defer w.timer.Stop()
+	for {
+		for bt != nil {
+			w.process(bt)
+			var idle bool
+			bt, idle = w.b.complete(bt, w)
+			if bt == nil && !idle {
+				return
+			}
+		}
+		if bt = <-w.next; bt == nil {
+			return
+		}
+	}
+}
+
+// process calls ProcessBatch for bt under the watcher's time limit.
+func (w *worker) process(bt *batch) {
+	b := w.b
+	for _, op := range bt.ops {
+		op.attempt.Add(1)
+	}
+	if b.cfg.emitBatch {
+		b.emit(Event{Kind: BatchReleased, Batch: slices.Clone(bt.ops), Val: bt.cost})
+	}
+	limit := bt.q.w.maxOperationTime
+	if limit == 0 {
+		limit = b.cfg.maxOperationTime
+	}
+	if w.ctx == nil || w.ctx.Err() != nil {
+		w.ctx, w.cancelCtx = context.WithCancelCause(w.base)
+	}
+	now := time.Now()
+	ctx := &batchCtx{Context: w.ctx, deadline: now.Add(limit)}
+	w.mu.Lock()
+	w.cur, w.started, w.limit = bt, now, limit
+	w.mu.Unlock()
+	w.timer.Reset(limit)
+	bt.err = bt.q.w.p.ProcessBatch(ctx, bt.ops)
+	w.timer.Stop()
+	w.mu.Lock()
+	w.cur = nil
+	w.mu.Unlock()
+}
+
+// batchCtx is the context of a ProcessBatch call: the worker's cancel
+// context, which its timer cancels, with context.DeadlineExceeded as the
+// cause, when a call overruns, and the Batcher's Close cancels. It reports the
+// call's deadline, and DeadlineExceeded as its error then, as a
+// context.WithTimeout would. The worker uses its cancel context for batch
+// after batch until one cancels it: a context and a timer per batch cost
+// more than the rest of the batch's bookkeeping.
+type batchCtx struct {
+	context.Context
+	deadline time.Time
+}
+
+func (c *batchCtx) Deadline() (time.Time, bool) { return c.deadline, true }
+
+func (c *batchCtx) Err() error {
+	err := c.Context.Err()
+	if err != nil && context.Cause(c.Context) == context.DeadlineExceeded {
+		return context.DeadlineExceeded
+	}
+	return err
+}
+
+// overran runs on the timer: it reports the current batch if it has run
+// longer than its limit. (A timer that fires late for a batch that has
+// already returned finds another batch, or none, that has not overrun.)
+func (w *worker) overran() {
+	w.mu.Lock()
+	bt, limit := w.cur, w.limit
+	late := bt != nil && time.Since(w.started) >= limit
+	if late {
+		w.cancelCtx(context.DeadlineExceeded)
+	}
+	w.mu.Unlock()
+	if !late {
+		return
+	}
+	b := w.b
+	b.mu.Lock()
+	abandoned := bt.abandoned
+	if !abandoned {
+		b.mu.stats.TimedOut++
+	}
+	b.unlock()
+	if !abandoned {
+		b.emit(Event{Kind: TimedOut, Batch: slices.Clone(bt.ops), Duration: limit,
+			Err: fmt.Errorf("batcher: ProcessBatch ran longer than %v", limit)})
+	}
+}
+
+// idleLocked parks w until it gets a batch, and reports whether it may park
+// (not once the Batcher has finished).
+func (b *Batcher) idleLocked(w *worker) bool {
+	if b.mu.state != stateRunning && b.mu.state != stateDraining {
+		return false
+	}
+	w.idleAt = b.mu.flushes
+	b.mu.idleWorkers = append(b.mu.idleWorkers, w)
+	return true
+}
+
+// popIdleLocked returns an idle worker, the most recently idle, or nil.
+func (b *Batcher) popIdleLocked() *worker {
+	n := len(b.mu.idleWorkers)
+	if n == 0 {
+		return nil
+	}
+	w := b.mu.idleWorkers[n-1]
+	b.mu.idleWorkers[n-1] = nil
+	b.mu.idleWorkers = b.mu.idleWorkers[:n-1]
+	return w
+}
+
+// retireLocked takes the workers idle since before the previous flush (all
+// of them if all is set) off the idle list; the caller sends them nil.
+func (b *Batcher) retireLocked(all bool) []*worker {
+	k := 0
+	for k < len(b.mu.idleWorkers) && (all || b.mu.idleWorkers[k].idleAt+1 < b.mu.flushes) {
+		k++
+	}
+	if k == 0 {
+		return nil
+	}
+	out := slices.Clone(b.mu.idleWorkers[:k])
+	n := copy(b.mu.idleWorkers, b.mu.idleWorkers[k:])
+	clear(b.mu.idleWorkers[n:])
+	b.mu.idleWorkers = b.mu.idleWorkers[:n]
+	return out
+}
+
+func retire(ws []*worker) {
+	for _, w := range ws {
+		w.next <- nil
+	}
+}
