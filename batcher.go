@@ -63,7 +63,6 @@ type Batcher struct {
 		target      int          // cost of the buffered operations
 		inflight    int          // batches running
 		running     []*batch     // batches in flight; each knows its index
-		freeBatches []*batch     // finished batches, for reuse
 		idleWorkers []*worker
 		flushes     uint64        // flush intervals so far
 		space       chan struct{} // closed when room frees, if someone waits
@@ -552,7 +551,8 @@ func (b *Batcher) abort(cause error, fromOwner bool) {
 	b.unlock()
 
 	retire(idle)
-	b.runCancel()
+	// End the operations before cancelling the running ProcessBatch calls,
+	// so that they end with cause, not with what those calls return.
 	var failed int64
 	for _, op := range lost {
 		if op.end(cause) {
@@ -560,6 +560,7 @@ func (b *Batcher) abort(cause error, fromOwner bool) {
 			b.emit(Event{Kind: Failed, Batch: []*Operation{op}, Err: cause})
 		}
 	}
+	b.runCancel()
 	b.mu.Lock()
 	b.mu.stats.Failed += failed
 	b.mu.epochs.releaseAll()

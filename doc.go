@@ -39,7 +39,11 @@
 // # What it does not do
 //
 // The Batcher does not persist its buffer: operations buffered when the
-// process dies are lost, as with any in-memory queue. It does not order
-// batches: batches of one watcher may run concurrently unless its
-// MaxConcurrentBatches is 1. It does not recover panics in ProcessBatch.
+// process dies are lost, as with any in-memory queue. It does not keep
+// order: operations are released roughly in the order they were enqueued,
+// but one may overtake others enqueued just before it (the intake is split
+// per CPU, so even one goroutine's operations may be reordered when the Go
+// scheduler moves it), and batches of one watcher run concurrently unless
+// its MaxConcurrentBatches is 1. Carry what ordering needs in the payload
+// (a timestamp or a version). It does not recover panics in ProcessBatch.
 package batcher

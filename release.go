@@ -134,11 +134,16 @@ func (b *Batcher) formLocked(now time.Time, q *queue, tick bool) *batch {
 	if !b.mu.unlimited {
 		f := b.fitLocked(now, q, n)
 		// Short of room for the batch (or for as much of it as the capacity
-		// can ever hold at once), release what fits only at a flush, while
-		// draining, or when an external pacer is full (waiting would waste
-		// what it cannot hold: the last second's releases are what holds
-		// this one back); otherwise wait for the room.
-		if f.k < f.want && (f.k == 0 || !(tick || f.paceFull || b.mu.state == stateDraining)) {
+		// can ever hold at once), release what fits now only while
+		// draining; when an external pacer is full (waiting would waste
+		// what it cannot hold); or at a flush if the last second's releases
+		// are what holds it back: the gap they leave would otherwise stay
+		// unused second after second, as the ledger repeats their pattern.
+		// When it is the pacing that is short, wait for it: it will be
+		// there soon, and a part batch would only break the batches up.
+		// Otherwise wait for the room.
+		ledgerShort := f.room < f.wantCost
+		if f.k < f.want && (f.k == 0 || !(b.mu.state == stateDraining || f.paceFull || (tick && ledgerShort))) {
 			b.noteRoomLocked(now, f.wantCost)
 			return nil
 		}
@@ -151,6 +156,7 @@ func (b *Batcher) formLocked(now time.Time, q *queue, tick bool) *batch {
 type fit struct {
 	k, kCost       int  // the first k operations, costing kCost, may go now
 	want, wantCost int  // the batch waits for room for the first want operations
+	room           int  // what the last second leaves of the capacity
 	paceFull       bool // an external pacer holds all it can
 }
 
@@ -176,7 +182,7 @@ func (b *Batcher) fitLocked(now time.Time, q *queue, n int) fit {
 	} else {
 		ceiling = max(min(ceiling, int(b.mu.pace.burst/nano)), 1)
 	}
-	f := fit{paceFull: paceFull}
+	f := fit{room: room, paceFull: paceFull}
 	// The batch to wait for: the candidate, or as much of it as fits under
 	// the ceiling (at least one operation).
 	f.want, f.wantCost = n, 0
@@ -236,18 +242,11 @@ func (b *Batcher) noteRoomLocked(now time.Time, need int) {
 // takeLocked takes the first n operations of q, costing cost, as a batch,
 // and gives it an idle worker if there is one.
 func (b *Batcher) takeLocked(now time.Time, q *queue, n, cost int) *batch {
-	var bt *batch
-	if k := len(b.mu.freeBatches); k > 0 && cap(b.mu.freeBatches[k-1].ops) >= n {
-		bt = b.mu.freeBatches[k-1]
-		b.mu.freeBatches[k-1] = nil
-		b.mu.freeBatches = b.mu.freeBatches[:k-1]
-		bt.ops = bt.ops[:n]
-	} else {
-		bt = &batch{ops: make([]*Operation, n)}
-	}
-	ops := bt.ops
+	// The slice is ProcessBatch's to keep: a new one for every batch. (So is
+	// the batch: a worker's timer may still look at it after it ends.)
+	ops := make([]*Operation, n)
 	q.popInto(ops)
-	bt.q, bt.cost, bt.pauses, bt.worker = q, cost, b.mu.pauses, b.popIdleLocked()
+	bt := &batch{q: q, ops: ops, cost: cost, pauses: b.mu.pauses, worker: b.popIdleLocked()}
 	if !b.mu.unlimited {
 		bt.entry = b.mu.ledger.add(now, cost)
 		if b.pacer != nil {
@@ -402,8 +401,6 @@ func (b *Batcher) complete(bt *batch, w *worker) (next *batch, idle bool) {
 	b.checkDrainedLocked()
 	b.noteIdleLocked(bt.q)
 
-	b.recycleLocked(bt)
-
 	// Take the next batch for this worker; start any others that may go.
 	b.sweepLocked()
 	var buf [4]*batch
@@ -424,16 +421,6 @@ func (b *Batcher) complete(bt *batch, w *worker) (next *batch, idle bool) {
 	b.emitAll(failed)
 	b.emitAll(evs)
 	return next, idle
-}
-
-// recycleLocked keeps bt for reuse by takeLocked.
-func (b *Batcher) recycleLocked(bt *batch) {
-	if len(b.mu.freeBatches) >= 256 {
-		return
-	}
-	clear(bt.ops)
-	*bt = batch{ops: bt.ops[:0]}
-	b.mu.freeBatches = append(b.mu.freeBatches, bt)
 }
 
 // removeRunningLocked takes bt off the list of running batches.

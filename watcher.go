@@ -28,11 +28,11 @@ import (
 //
 // ctx is cancelled when the call overruns the watcher's MaxOperationTime
 // (ctx.Err() is then context.DeadlineExceeded) and when the Batcher is
-// closed; ProcessBatch should return soon after. ctx, the batch slice and the
-// operations' feedback methods must not be used after ProcessBatch returns,
-// and contexts derived from ctx must be cancelled before it returns (as go
-// vet's lostcancel check asks). The Batcher does not recover panics in
-// ProcessBatch.
+// closed; ProcessBatch should return soon after. ctx and the operations'
+// feedback methods must not be used after ProcessBatch returns, and
+// contexts derived from ctx must be cancelled before it returns (as go vet's
+// lostcancel check asks). The batch slice is ProcessBatch's to keep. The
+// Batcher does not recover panics in ProcessBatch.
 type Processor interface {
 	ProcessBatch(ctx context.Context, batch []*Operation) error
 }

@@ -119,15 +119,13 @@ func (c *batchCtx) Err() error {
 // already returned finds another batch, or none, that has not overrun.)
 func (w *worker) overran() {
 	w.mu.Lock()
+	defer w.mu.Unlock()
 	bt, limit := w.cur, w.limit
-	late := bt != nil && time.Since(w.started) >= limit
-	if late {
-		w.cancelCtx(context.DeadlineExceeded)
-	}
-	w.mu.Unlock()
-	if !late {
+	if bt == nil || time.Since(w.started) < limit {
 		return
 	}
+	w.cancelCtx(context.DeadlineExceeded)
+	ops := slices.Clone(bt.ops) // while w.cur holds bt, its batch is not done
 	b := w.b
 	b.mu.Lock()
 	abandoned := bt.abandoned
@@ -136,7 +134,7 @@ func (w *worker) overran() {
 	}
 	b.unlock()
 	if !abandoned {
-		b.emit(Event{Kind: TimedOut, Batch: slices.Clone(bt.ops), Duration: limit,
+		b.emit(Event{Kind: TimedOut, Batch: ops, Duration: limit,
 			Err: fmt.Errorf("batcher: ProcessBatch ran longer than %v", limit)})
 	}
 }

@@ -35,11 +35,13 @@ func (p *Provisioned) Start(context.Context) error {
 	return nil
 }
 
-// SetCapacity changes the capacity and emits a [batcher.CapacityChanged]
-// event. A Batcher applies it at its next flush or capacity interval; a
-// lower capacity holds back releases until the last second's releases fit
-// under it. A negative capacity is refused with an error wrapping
-// [batcher.ErrInvalidSetting].
+// SetCapacity changes the capacity and, if it changed, emits a
+// [batcher.CapacityChanged] event. A Batcher applies it at its next flush or
+// capacity interval; a lower capacity holds back releases until the last
+// second's releases fit under it. Events of SetCapacity calls made at the
+// same time may reach listeners in another order than the calls took
+// effect; Capacity is the truth. A negative capacity is refused, and nothing
+// changes, with an error wrapping [batcher.ErrInvalidSetting].
 func (p *Provisioned) SetCapacity(capacity int) error {
 	if capacity < 0 {
 		return fmt.Errorf("%w: Provisioned capacity is %d; it must be 0 or more", batcher.ErrInvalidSetting, capacity)

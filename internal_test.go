@@ -1,0 +1,329 @@
+package batcher
+
+import (
+	"context"
+	"sync"
+	"testing"
+	"testing/synctest"
+	"time"
+)
+
+// Unit tests of the bookkeeping, with explicit times.
+
+var t0 = time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+
+func at(ms int) time.Time { return t0.Add(time.Duration(ms) * time.Millisecond) }
+
+func TestLedgerSteps(t *testing.T) {
+	var l ledger
+	steps := []struct {
+		add      int // cost released at ms (0: none, only a look)
+		ms       int
+		wantUsed int // after the step
+	}{
+		{10, 0, 10},
+		{5, 0, 15},    // same instant: merged
+		{5, 1, 20},    // a millisecond later: a new entry
+		{0, 999, 20},  // both still in the window ending at 0.999s
+		{0, 1000, 5},  // the entries at 0 end exactly one window later
+		{7, 1000, 12}, //
+		{0, 1001, 7},  // the entry at 1ms is gone
+		{0, 2000, 0},
+	}
+	for i, s := range steps {
+		if s.add > 0 {
+			l.add(at(s.ms), s.add)
+		}
+		if got := l.used(at(s.ms)); got != s.wantUsed {
+			t.Fatalf("step %d at %dms: used %d, want %d", i, s.ms, got, s.wantUsed)
+		}
+	}
+}
+
+func TestLedgerMergesWithinAMillisecondButNotAcrossIt(t *testing.T) {
+	var l ledger
+	// A release every 0.5ms for 2s: entries start at most 1ms apart, so
+	// none is held for more than a millisecond longer than its releases.
+	for us := 0; us < 2_000_000; us += 500 {
+		l.add(t0.Add(time.Duration(us)*time.Microsecond), 1)
+	}
+	now := t0.Add(2 * time.Second)
+	// The window ending now holds the releases of the last second, and at
+	// most a millisecond's worth more.
+	if got := l.used(now); got < 2000 || got > 2002 {
+		t.Errorf("used %d, want about 2000", got)
+	}
+	if l.n > 1100 {
+		t.Errorf("%d entries for one second of releases every 0.5 ms", l.n)
+	}
+}
+
+func TestLedgerWait(t *testing.T) {
+	var l ledger
+	l.add(at(0), 60)
+	l.add(at(300), 30)
+	l.add(at(600), 10)
+	for _, c := range []struct {
+		now, capacity, need int
+		wantMS              int
+		ok                  bool
+	}{
+		{700, 100, 0, 700, true},    // fits now
+		{700, 100, 10, 1000, true},  // 100 used: the 60 released at 0 ends at 1000
+		{700, 100, 61, 1300, true},  // needs the 60 and the 30 gone
+		{700, 100, 101, 0, false},   // never
+		{1100, 100, 70, 1300, true}, // 40 used, 30 ends at 1300
+	} {
+		d, ok := l.wait(at(c.now), c.capacity, c.need)
+		if ok != c.ok {
+			t.Errorf("wait(now %d, cap %d, need %d) ok = %v", c.now, c.capacity, c.need, ok)
+			continue
+		}
+		want := time.Duration(c.wantMS-c.now) * time.Millisecond
+		if ok && d != want {
+			t.Errorf("wait(now %d, cap %d, need %d) = %v, want %v", c.now, c.capacity, c.need, d, want)
+		}
+	}
+}
+
+func TestLedgerAdjust(t *testing.T) {
+	var l ledger
+	id := l.add(at(0), 10)
+	l.add(at(5), 10)
+	l.adjust(id, 15)
+	if got := l.used(at(10)); got != 35 {
+		t.Errorf("used %d after adjusting +15, want 35", got)
+	}
+	l.adjust(id, -100)
+	if got := l.used(at(10)); got != 10 {
+		t.Errorf("used %d after adjusting below zero, want the entry at 0", got)
+	}
+	l.used(at(1000)) // the first entry ends
+	l.adjust(id, 50) // too late: nothing changes
+	if got := l.used(at(1000)); got != 10 {
+		t.Errorf("used %d after adjusting an ended entry", got)
+	}
+}
+
+func TestPaceSteps(t *testing.T) {
+	// Capacity 1000/s, flush 100ms: the bucket holds 100.
+	var p pace
+	p.set(at(0), 1000, 100*time.Millisecond)
+	steps := []struct {
+		ms      int
+		backlog bool
+		take    int
+		want    float64 // tokens after
+	}{
+		{0, false, 60, 40},
+		{10, false, 0, 50},
+		{500, false, 0, 100},    // full: no more while nothing waits
+		{500, false, 250, -150}, // a single costly op may go into debt
+		{600, true, 0, -50},
+		{900, true, 0, 250},    // while operations wait it holds up to a second
+		{3000, true, 0, 1000},  // ... and no more
+		{3000, false, 0, 1000}, // no change without time passing
+		{3001, false, 0, 100},  // back to a flush's worth once nothing waits
+	}
+	for i, s := range steps {
+		p.advance(at(s.ms))
+		p.take(s.take)
+		p.backlog = s.backlog
+		if got := float64(p.tokens) / float64(nano); got != s.want {
+			t.Fatalf("step %d at %dms: tokens %v, want %v", i, s.ms, got, s.want)
+		}
+	}
+}
+
+func TestPaceFitsAndWait(t *testing.T) {
+	var p pace
+	p.set(at(0), 5, 100*time.Millisecond) // 5/s: the bucket holds 0.5
+	if !p.fits(1, true) || p.fits(1, false) {
+		t.Fatal("a full bucket of 0.5 lets one op of 1 go as the first of a batch only")
+	}
+	p.take(1)
+	if d, ok := p.wait(1); !ok || d != 200*time.Millisecond {
+		t.Errorf("wait = %v, %v; want 200ms to pay back the debt and fill the bucket", d, ok)
+	}
+	var zero pace
+	zero.set(at(0), 0, 100*time.Millisecond)
+	zero.take(1)
+	if _, ok := zero.wait(1); ok {
+		t.Error("a zero-capacity bucket never has room")
+	}
+}
+
+func TestRing(t *testing.T) {
+	var r ring[int]
+	for i := range 20 {
+		r.push(i)
+	}
+	dst := make([]int, 5)
+	r.popInto(dst)
+	r.pushFront([]int{-2, -1})
+	if r.len() != 17 || r.front() != -2 || r.at(2) != 5 {
+		t.Fatalf("len %d front %d at(2) %d", r.len(), r.front(), r.at(2))
+	}
+	r.rotate()
+	if r.front() != -1 || r.at(r.len()-1) != -2 {
+		t.Errorf("rotate: front %d last %d", r.front(), r.at(r.len()-1))
+	}
+	for r.len() > 0 {
+		r.popFront()
+	}
+	r.push(42)
+	if r.front() != 42 {
+		t.Error("reuse after emptying")
+	}
+}
+
+func TestEpochs(t *testing.T) {
+	var e epochs
+	e.init()
+	a := e.addN(3)
+	first := e.barrier()
+	same := e.barrier() // nothing enqueued between: shares the channel
+	if first != same {
+		t.Error("back-to-back barriers do not share a channel")
+	}
+	b := e.addN(2)
+	second := e.barrier()
+	e.done(b, 2)
+	select {
+	case <-second:
+		t.Fatal("the second barrier released while the first epoch has operations")
+	default:
+	}
+	e.done(a, 3)
+	for i, ch := range []<-chan struct{}{first, second} {
+		select {
+		case <-ch:
+		default:
+			t.Errorf("barrier %d not released", i)
+		}
+	}
+	if len(e.counts) != 1 || len(e.waiters) != 0 {
+		t.Errorf("%d epochs and %d waiters left", len(e.counts), len(e.waiters))
+	}
+}
+
+// G8: nothing grows with the watchers that have come and gone, idle workers
+// leave, and Flush in a loop costs no memory.
+
+func TestWatchersThatComeAndGoLeaveNothingBehind(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		b := NewBatcher().WithEagerRelease().WithMaxConcurrentBatches(8)
+		if err := b.Start(t.Context()); err != nil {
+			t.Fatal(err)
+		}
+		defer b.Close()
+		noop := func(ctx context.Context, _ []*Operation) error { return nil }
+		for round := range 100 {
+			for range 100 {
+				w := NewWatcher(noop).WithMaxBatchSize(3)
+				for i := range 5 {
+					if err := b.Enqueue(NewOperation(w, 1, i, true)); err != nil {
+						t.Fatal(err)
+					}
+				}
+			}
+			time.Sleep(50 * time.Millisecond)
+			if round%10 == 0 {
+				b.mu.Lock()
+				n := len(b.mu.queues)
+				b.mu.Unlock()
+				if n > 200 {
+					t.Fatalf("round %d: %d watcher queues kept", round, n)
+				}
+			}
+		}
+		time.Sleep(300 * time.Millisecond)
+		b.mu.Lock()
+		defer b.mu.Unlock()
+		if n, idle, workers := len(b.mu.queues), len(b.mu.idle), len(b.mu.idleWorkers); n != 0 || idle != 0 || workers != 0 {
+			t.Errorf("after 10,000 watchers came and went: %d queues, %d marked idle, %d idle workers", n, idle, workers)
+		}
+		if st := b.mu.stats; st.Succeeded != 50000 {
+			t.Errorf("%d operations succeeded", st.Succeeded)
+		}
+	})
+}
+
+func TestFlushInALoopCostsNoMemory(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		b := NewBatcher().WithRateLimiter(fixedLimiter(10))
+		if err := b.Start(t.Context()); err != nil {
+			t.Fatal(err)
+		}
+		defer b.Close()
+		w := NewWatcher(func(ctx context.Context, _ []*Operation) error { return nil })
+		for range 100 {
+			if err := b.Enqueue(NewOperation(w, 1, nil, true)); err != nil {
+				t.Fatal(err)
+			}
+		}
+		done, cancel := context.WithCancel(t.Context())
+		cancel()
+		for range 100000 {
+			b.Flush(done)
+		}
+		b.mu.Lock()
+		defer b.mu.Unlock()
+		if n, m := len(b.mu.epochs.counts), len(b.mu.epochs.waiters); n > 2 || m > 1 {
+			t.Errorf("%d epochs and %d waiters after 100,000 flushes", n, m)
+		}
+	})
+}
+
+func TestAuditCorrectsWrongBookkeeping(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		b := NewBatcher().WithRateLimiter(fixedLimiter(0)).WithAuditInterval(time.Second)
+		var mu sync.Mutex
+		var got []Event
+		b.AddListener(func(e Event) {
+			if e.Kind == AuditFailed || e.Kind == AuditPassed {
+				mu.Lock()
+				got = append(got, e)
+				mu.Unlock()
+			}
+		})
+		if err := b.Start(t.Context()); err != nil {
+			t.Fatal(err)
+		}
+		defer b.Close()
+		w := NewWatcher(func(ctx context.Context, _ []*Operation) error { return nil })
+		for range 3 {
+			if err := b.Enqueue(NewOperation(w, 4, nil, true)); err != nil {
+				t.Fatal(err)
+			}
+		}
+		b.mu.Lock()
+		b.sweepLocked()
+		b.mu.target = 99 // a bug would do this
+		b.mu.Unlock()
+		time.Sleep(time.Second)
+		synctest.Wait()
+		mu.Lock()
+		defer mu.Unlock()
+		if len(got) != 1 || got[0].Kind != AuditFailed || got[0].Msg != "target was 99, not 12" {
+			t.Fatalf("audit events %v, want one failure about the target", got)
+		}
+		mu.Unlock()
+		if n := b.NeedsCapacity(); n != 12 {
+			t.Errorf("target %d after the audit, want 12", n)
+		}
+		time.Sleep(time.Second)
+		synctest.Wait()
+		mu.Lock()
+		if len(got) != 2 || got[1].Kind != AuditPassed {
+			t.Errorf("audit events %v, want a pass after the correction", got)
+		}
+	})
+}
+
+type fixedLimiter int
+
+func (f fixedLimiter) MaxCapacity() int            { return max(int(f), 100) }
+func (f fixedLimiter) Capacity() int               { return int(f) }
+func (f fixedLimiter) GiveMe(int)                  {}
+func (f fixedLimiter) Start(context.Context) error { return nil }

@@ -1,0 +1,174 @@
+package batcher_test
+
+import (
+	"context"
+	"testing"
+	"testing/synctest"
+	"time"
+
+	"github.com/ratebatch/batcher"
+	"github.com/ratebatch/batcher/ratelimiter"
+)
+
+// G5: a full batch goes out at once; with eager release any operation does
+// while a slot and capacity are free, and batches still fill at saturation.
+
+func TestPartialBatchGoesOutOnTheFlushInterval(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		s := &sink{}
+		w := s.watcher().WithMaxBatchSize(10)
+		b := start(t, batcher.NewBatcher().WithFlushInterval(100*time.Millisecond))
+		enqueue(t, b, w, 3, 1)
+		time.Sleep(100*time.Millisecond - time.Nanosecond)
+		synctest.Wait()
+		if n := s.numBatches(); n != 0 {
+			t.Fatalf("%d batches before the flush interval, want 0", n)
+		}
+		time.Sleep(time.Nanosecond)
+		synctest.Wait()
+		if got := s.batchSizes(); len(got) != 1 || got[0] != 3 {
+			t.Fatalf("batches %v at the flush interval, want one of 3", got)
+		}
+	})
+}
+
+func TestFullBatchGoesOutAtOnce(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		s := &sink{}
+		w := s.watcher().WithMaxBatchSize(10)
+		b := start(t, batcher.NewBatcher().WithRateLimiter(ratelimiter.NewProvisioned(1000)))
+		time.Sleep(30 * time.Millisecond)
+		enqueue(t, b, w, 25, 1)
+		synctest.Wait() // no time passes
+		if got := s.batchSizes(); len(got) != 2 || got[0] != 10 || got[1] != 10 {
+			t.Fatalf("batches %v right after 25 enqueues, want two full ones of 10", got)
+		}
+		time.Sleep(70 * time.Millisecond)
+		synctest.Wait()
+		if got := s.batchSizes(); len(got) != 3 || got[2] != 5 {
+			t.Fatalf("batches %v after the flush, want the last 5 too", got)
+		}
+	})
+}
+
+func TestOperationThatCannotShareABatchGoesAloneAndAtOnce(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		s := &sink{}
+		w := s.watcher().WithMaxBatchSize(10)
+		b := start(t, batcher.NewBatcher())
+		time.Sleep(30 * time.Millisecond)
+		enqueue(t, b, w, 3, 1)
+		alone := batcher.NewOperation(w, 1, "alone", false)
+		if err := b.Enqueue(alone); err != nil {
+			t.Fatal(err)
+		}
+		enqueue(t, b, w, 2, 1)
+		synctest.Wait() // no time passes
+		s.mu.Lock()
+		var found []*batcher.Operation
+		for _, bt := range s.batches {
+			for _, op := range bt {
+				if op == alone {
+					found = bt
+				}
+			}
+		}
+		s.mu.Unlock()
+		if len(found) != 1 {
+			t.Fatalf("the operation that cannot share a batch went out in %v, want at once and alone", found)
+		}
+		time.Sleep(70 * time.Millisecond)
+		synctest.Wait()
+		if n := s.ops(); n != 6 {
+			t.Fatalf("%d operations out after the flush, want 6", n)
+		}
+	})
+}
+
+func TestEagerReleaseIsImmediate(t *testing.T) {
+	for _, limited := range []bool{false, true} {
+		t.Run(map[bool]string{false: "no limiter", true: "provisioned"}[limited], func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				s := &sink{}
+				w := s.watcher().WithMaxBatchSize(100)
+				b := batcher.NewBatcher().WithEagerRelease().WithMaxConcurrentBatches(4)
+				if limited {
+					b.WithRateLimiter(ratelimiter.NewProvisioned(1000))
+				}
+				start(t, b)
+				for i := range 50 {
+					time.Sleep(7 * time.Millisecond) // off the flush ticks
+					enqueue(t, b, w, 1, 1)
+					synctest.Wait() // no time passes
+					if n := s.ops(); n != i+1 {
+						t.Fatalf("op %d: ProcessBatch has seen %d operations at once, want %d", i, n, i+1)
+					}
+				}
+			})
+		})
+	}
+}
+
+func TestEagerBatchesFillWhenSlotsAreBusy(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		s := &sink{}
+		s.handle = func(ctx context.Context, _ []*batcher.Operation) error { return sleep(ctx, 10*time.Millisecond) }
+		w := s.watcher().WithMaxBatchSize(100).WithMaxConcurrentBatches(1)
+		b := start(t, batcher.NewBatcher().WithEagerRelease())
+		ctx, cancel := context.WithCancel(t.Context())
+		defer cancel()
+		feed(ctx, b, w, 1)
+		time.Sleep(5 * time.Second)
+		cancel()
+		sizes := s.batchSizes()
+		s.mu.Lock()
+		peak := s.peak
+		s.mu.Unlock()
+		if peak > 1 {
+			t.Errorf("%d batches of the watcher ran at once, its limit is 1", peak)
+		}
+		checkFill(t, sizes[1:], 100)
+	})
+}
+
+func TestEagerBatchesFillWhenCapacityIsShort(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		s := &sink{}
+		w := s.watcher().WithMaxBatchSize(100)
+		b := start(t, batcher.NewBatcher().WithEagerRelease().WithRateLimiter(ratelimiter.NewProvisioned(10000)))
+		ctx, cancel := context.WithCancel(t.Context())
+		defer cancel()
+		t0 := time.Now()
+		feed(ctx, b, w, 1)
+		time.Sleep(5 * time.Second)
+		cancel()
+		checkWindows(t, &s.log, 10000)
+		// In the first flush interval the capacity is there and the slots
+		// are free: eager release sends operations as they come. After that
+		// the capacity is short, and batches fill.
+		var sizes []int
+		for _, r := range s.log.All() {
+			if r.At.Sub(t0) > time.Second {
+				sizes = append(sizes, r.Cost) // operations cost 1
+			}
+		}
+		checkFill(t, sizes, 100)
+	})
+}
+
+// checkFill fails t unless the mean batch size is at least 90% of max.
+func checkFill(t *testing.T, sizes []int, max int) {
+	t.Helper()
+	if len(sizes) == 0 {
+		t.Fatal("no batches")
+	}
+	sum := 0
+	for _, n := range sizes {
+		sum += n
+	}
+	mean := float64(sum) / float64(len(sizes))
+	if mean < 0.9*float64(max) {
+		t.Errorf("mean batch size %.1f over %d batches, under 90%% of %d", mean, len(sizes), max)
+	}
+	t.Logf("mean batch size %.1f of %d over %d batches", mean, max, len(sizes))
+}
