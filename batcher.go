@@ -77,7 +77,8 @@ type Batcher struct {
 		retries     retryQueue
 		roomWake    time.Time // when room may suffice for a batch that waits
 		armed       time.Time // what the owner's timer is set for
-		flushWanted bool
+		flushWanted bool      // Flush asked for a flush
+		flushOwed   bool      // a flush found the capacity short: it goes on when room frees
 		epochs      epochs
 		lastTarget  int
 		stats       Stats
@@ -100,6 +101,7 @@ type queue struct {
 	unbatchable int              // operations in ops that cannot share a batch
 	inflight    int              // batches running
 	retrying    int              // operations waiting to retry
+	lastRelease time.Time        // with eager release: when it last sent a batch
 	inReady     bool
 	inIdle      bool
 	touched     bool

@@ -14,7 +14,15 @@ var t0 = time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
 
 func at(ms int) time.Time { return t0.Add(time.Duration(ms) * time.Millisecond) }
 
+// release records a batch taken and started at ms.
+func release(l *ledger, ms, cost int) uint64 {
+	id := l.add(at(ms), cost)
+	l.started(id, at(ms))
+	return id
+}
+
 func TestLedgerSteps(t *testing.T) {
+	// A release counts from its start for a second and the slack (1ms).
 	var l ledger
 	steps := []struct {
 		add      int // cost released at ms (0: none, only a look)
@@ -24,19 +32,41 @@ func TestLedgerSteps(t *testing.T) {
 		{10, 0, 10},
 		{5, 0, 15},    // same instant: merged
 		{5, 1, 20},    // a millisecond later: a new entry
-		{0, 999, 20},  // both still in the window ending at 0.999s
-		{0, 1000, 5},  // the entries at 0 end exactly one window later
-		{7, 1000, 12}, //
-		{0, 1001, 7},  // the entry at 1ms is gone
-		{0, 2000, 0},
+		{0, 1000, 20}, // both still count: a second and the slack
+		{0, 1001, 5},  // the entry at 0 ends
+		{7, 1001, 12}, //
+		{0, 1002, 7},  // the entry at 1ms is gone
+		{0, 3000, 0},
 	}
 	for i, s := range steps {
 		if s.add > 0 {
-			l.add(at(s.ms), s.add)
+			release(&l, s.ms, s.add)
 		}
 		if got := l.used(at(s.ms)); got != s.wantUsed {
 			t.Fatalf("step %d at %dms: used %d, want %d", i, s.ms, got, s.wantUsed)
 		}
+	}
+}
+
+func TestLedgerCountsFromTheStart(t *testing.T) {
+	var l ledger
+	a := l.add(at(0), 10)
+	b := l.add(at(0), 5)
+	// Pending batches count however long they wait.
+	if got := l.used(at(5000)); got != 15 {
+		t.Fatalf("used %d with two batches pending, want 15", got)
+	}
+	l.started(a, at(5000))
+	if got := l.used(at(7000)); got != 15 {
+		t.Fatalf("used %d with one batch still pending, want 15", got)
+	}
+	l.started(b, at(6500))
+	// The entry counts until a second after its last start.
+	if got := l.used(at(7500)); got != 15 {
+		t.Errorf("used %d at 7.5s, want 15 (the entry's last start was 6.5s)", got)
+	}
+	if got := l.used(at(7501)); got != 0 {
+		t.Errorf("used %d at 7.501s, want 0", got)
 	}
 }
 
@@ -45,13 +75,14 @@ func TestLedgerMergesWithinAMillisecondButNotAcrossIt(t *testing.T) {
 	// A release every 0.5ms for 2s: entries start at most 1ms apart, so
 	// none is held for more than a millisecond longer than its releases.
 	for us := 0; us < 2_000_000; us += 500 {
-		l.add(t0.Add(time.Duration(us)*time.Microsecond), 1)
+		now := t0.Add(time.Duration(us) * time.Microsecond)
+		l.started(l.add(now, 1), now)
 	}
 	now := t0.Add(2 * time.Second)
-	// The window ending now holds the releases of the last second, and at
-	// most a millisecond's worth more.
-	if got := l.used(now); got < 2000 || got > 2002 {
-		t.Errorf("used %d, want about 2000", got)
+	// The window ending now holds the releases of the last second and the
+	// slack, and at most a millisecond's worth more.
+	if got := l.used(now); got < 2002 || got > 2006 {
+		t.Errorf("used %d, want about 2002", got)
 	}
 	if l.n > 1100 {
 		t.Errorf("%d entries for one second of releases every 0.5 ms", l.n)
@@ -60,19 +91,21 @@ func TestLedgerMergesWithinAMillisecondButNotAcrossIt(t *testing.T) {
 
 func TestLedgerWait(t *testing.T) {
 	var l ledger
-	l.add(at(0), 60)
-	l.add(at(300), 30)
-	l.add(at(600), 10)
+	release(&l, 0, 60)
+	release(&l, 300, 30)
+	release(&l, 600, 10)
+	pending := l.add(at(650), 0) // a batch taken, not started yet: free
+	_ = pending
 	for _, c := range []struct {
 		now, capacity, need int
 		wantMS              int
 		ok                  bool
 	}{
 		{700, 100, 0, 700, true},    // fits now
-		{700, 100, 10, 1000, true},  // 100 used: the 60 released at 0 ends at 1000
-		{700, 100, 61, 1300, true},  // needs the 60 and the 30 gone
+		{700, 100, 10, 1001, true},  // 100 used: the 60 released at 0 ends at 1001
+		{700, 100, 61, 1301, true},  // needs the 60 and the 30 gone
 		{700, 100, 101, 0, false},   // never
-		{1100, 100, 70, 1300, true}, // 40 used, 30 ends at 1300
+		{1100, 100, 70, 1301, true}, // 40 used, the 30 ends at 1301
 	} {
 		d, ok := l.wait(at(c.now), c.capacity, c.need)
 		if ok != c.ok {
@@ -88,19 +121,19 @@ func TestLedgerWait(t *testing.T) {
 
 func TestLedgerAdjust(t *testing.T) {
 	var l ledger
-	id := l.add(at(0), 10)
-	l.add(at(5), 10)
+	id := release(&l, 0, 10)
+	release(&l, 5, 10)
 	l.adjust(id, 15)
 	if got := l.used(at(10)); got != 35 {
 		t.Errorf("used %d after adjusting +15, want 35", got)
 	}
 	l.adjust(id, -100)
 	if got := l.used(at(10)); got != 10 {
-		t.Errorf("used %d after adjusting below zero, want the entry at 0", got)
+		t.Errorf("used %d after adjusting below zero, want the entry at 5", got)
 	}
-	l.used(at(1000)) // the first entry ends
+	l.used(at(1001)) // the first entry ends
 	l.adjust(id, 50) // too late: nothing changes
-	if got := l.used(at(1000)); got != 10 {
+	if got := l.used(at(1001)); got != 10 {
 		t.Errorf("used %d after adjusting an ended entry", got)
 	}
 }

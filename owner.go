@@ -55,6 +55,7 @@ func (b *Batcher) loop(ctx context.Context) {
 // step does what is due at now, releases what may go, sets the timer for the
 // next wake, and emits evs with the events it adds.
 func (b *Batcher) step(timer *time.Timer, tick bool, out []*batch, evs []Event) ([]*batch, []Event) {
+	// tick says the flush interval has passed.
 	lim := b.cfg.limiter
 	var capNow int
 	if lim != nil && tick {
@@ -65,10 +66,13 @@ func (b *Batcher) step(timer *time.Timer, tick bool, out []*batch, evs []Event) 
 	if lim != nil && tick {
 		b.setCapacityLocked(now, capNow)
 	}
-	if b.mu.flushWanted {
-		b.mu.flushWanted = false
-		tick = true
-	}
+	// A flush releases what is buffered, within capacity: on the interval,
+	// by Flush, or, when the last one found the capacity short and is owed
+	// (see formLocked), as soon as the capacity frees.
+	interval := tick
+	announce := b.cfg.emitFlush && (tick || b.mu.flushWanted)
+	flush := tick || b.mu.flushWanted || b.mu.flushOwed
+	b.mu.flushWanted, b.mu.flushOwed = false, false
 	if b.mu.paused && !now.Before(b.mu.pausedUntil) {
 		b.mu.paused = false
 		evs = append(evs, Event{Kind: Resumed})
@@ -84,16 +88,16 @@ func (b *Batcher) step(timer *time.Timer, tick bool, out []*batch, evs []Event) 
 	}
 	b.mu.roomWake = time.Time{}
 	b.sweepLocked()
-	if tick && b.cfg.emitFlush {
+	if announce {
 		evs = append(evs, Event{Kind: FlushStarted})
 	}
 	before := b.mu.stats.Released
 	var retired []*worker
-	out = b.releaseLocked(now, tick, out)
-	if tick {
-		if b.cfg.emitFlush {
-			evs = append(evs, Event{Kind: FlushDone, Val: int(b.mu.stats.Released - before)})
-		}
+	out = b.releaseLocked(now, flush, out)
+	if announce {
+		evs = append(evs, Event{Kind: FlushDone, Val: int(b.mu.stats.Released - before)})
+	}
+	if interval {
 		b.sweepIdleLocked()
 		if b.mu.space != nil && b.freeLocked() > 0 {
 			// Completions wake blocked Enqueue calls only once a few grants'

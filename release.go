@@ -7,6 +7,10 @@ import (
 	"time"
 )
 
+// eagerGap is the least time between two batches of a watcher that eager
+// release sends before they are full.
+const eagerGap = time.Millisecond
+
 // A batch is a group of one watcher's operations released together.
 type batch struct {
 	q         *queue
@@ -18,6 +22,7 @@ type batch struct {
 	worker    *worker // the idle worker chosen to run it, or nil for a new one
 	err       error   // what ProcessBatch returned
 	abandoned bool    // Close or a failed Shutdown ended its operations; under mu
+	skipped   bool    // abandoned before ProcessBatch was called; set by its worker
 }
 
 // setCapacityLocked records the rate limiter's capacity.
@@ -131,8 +136,37 @@ func (b *Batcher) formLocked(now time.Time, q *queue, tick bool) *batch {
 	if !full && !partial {
 		return nil
 	}
+	if b.cfg.eager && !full && !tick && b.mu.state != stateDraining && !q.lastRelease.IsZero() {
+		// Eager release sends a batch that is not full at once only if the
+		// watcher has not just sent one: operations that come faster than
+		// one per eagerGap are coalesced, so that a burst of work, or a
+		// buffer refilling after capacity came back, makes full batches, not
+		// a batch per operation (which would slow the producers down, keep
+		// the buffer empty, and go on so).
+		if now.IsZero() {
+			now = time.Now()
+		}
+		if next := q.lastRelease.Add(eagerGap); now.Before(next) {
+			b.noteWakeLocked(next)
+			return nil
+		}
+	}
 	if !b.mu.unlimited {
 		f := b.fitLocked(now, q, n)
+		if b.cfg.eager && !full && !tick && b.mu.state != stateDraining {
+			// Eager release sends a batch that is not full only while the
+			// capacity for a full one is free: at light load at once; when
+			// capacity is short, not in driblets that would keep the buffer
+			// from filling, but once a full batch's worth has come.
+			need := f.ceiling
+			if m := w.maxBatchSize; m > 0 {
+				need = min(need, (cost*m+n-1)/n) // m operations of the candidate's mean cost
+			}
+			if !b.roomForLocked(now, need, f) {
+				b.noteRoomLocked(now, need)
+				return nil
+			}
+		}
 		// Short of room for the batch (or for as much of it as the capacity
 		// can ever hold at once), release what fits now only while
 		// draining; when an external pacer is full (waiting would waste
@@ -145,6 +179,13 @@ func (b *Batcher) formLocked(now time.Time, q *queue, tick bool) *batch {
 		ledgerShort := f.room < f.wantCost
 		if f.k < f.want && (f.k == 0 || !(b.mu.state == stateDraining || f.paceFull || (tick && ledgerShort))) {
 			b.noteRoomLocked(now, f.wantCost)
+			if tick && f.k == 0 {
+				// The flush is owed: the room comes at the wake just noted,
+				// a little after the flush (timers are late by a little, and
+				// the ledger keeps each release a little over a second); the
+				// next flush interval would waste a whole interval's share.
+				b.mu.flushOwed = true
+			}
 			return nil
 		}
 		n, cost = f.k, f.kCost
@@ -157,6 +198,7 @@ type fit struct {
 	k, kCost       int  // the first k operations, costing kCost, may go now
 	want, wantCost int  // the batch waits for room for the first want operations
 	room           int  // what the last second leaves of the capacity
+	ceiling        int  // the most one batch may cost, the pacing not in debt
 	paceFull       bool // an external pacer holds all it can
 }
 
@@ -182,7 +224,7 @@ func (b *Batcher) fitLocked(now time.Time, q *queue, n int) fit {
 	} else {
 		ceiling = max(min(ceiling, int(b.mu.pace.burst/nano)), 1)
 	}
-	f := fit{room: room, paceFull: paceFull}
+	f := fit{room: room, ceiling: ceiling, paceFull: paceFull}
 	// The batch to wait for: the candidate, or as much of it as fits under
 	// the ceiling (at least one operation).
 	f.want, f.wantCost = n, 0
@@ -216,6 +258,18 @@ func (b *Batcher) fitLocked(now time.Time, q *queue, n int) fit {
 	return f
 }
 
+// roomForLocked reports whether cost would fit now, in the ledger's room
+// and in the pacing; f is the fit just computed at now.
+func (b *Batcher) roomForLocked(now time.Time, cost int, f fit) bool {
+	if cost > f.room {
+		return false
+	}
+	if b.pacer != nil {
+		return float64(cost) <= b.pacer.TokensAt(now)
+	}
+	return b.mu.pace.fits(cost, false)
+}
+
 // noteRoomLocked asks the owner to try again when need fits in capacity.
 func (b *Batcher) noteRoomLocked(now time.Time, need int) {
 	d, ok := b.mu.ledger.wait(now, b.mu.capacity, need)
@@ -234,8 +288,13 @@ func (b *Batcher) noteRoomLocked(now time.Time, need int) {
 		wait := math.Ceil((float64(need) - t) / float64(b.mu.capacity) * float64(time.Second))
 		d = max(d, time.Duration(wait))
 	}
-	if at := now.Add(d); b.mu.roomWake.IsZero() || at.Before(b.mu.roomWake) {
-		b.mu.roomWake = at
+	b.noteWakeLocked(now.Add(d))
+}
+
+// noteWakeLocked asks the owner to try releases again at t.
+func (b *Batcher) noteWakeLocked(t time.Time) {
+	if b.mu.roomWake.IsZero() || t.Before(b.mu.roomWake) {
+		b.mu.roomWake = t
 	}
 }
 
@@ -259,6 +318,12 @@ func (b *Batcher) takeLocked(now time.Time, q *queue, n, cost int) *batch {
 	b.mu.target -= cost
 	b.mu.inflight++
 	q.inflight++
+	if b.cfg.eager {
+		if now.IsZero() {
+			now = time.Now()
+		}
+		q.lastRelease = now
+	}
 	bt.index = len(b.mu.running)
 	b.mu.running = append(b.mu.running, bt)
 	b.mu.stats.Released += int64(n)
@@ -270,6 +335,9 @@ func (b *Batcher) takeLocked(now time.Time, q *queue, n, cost int) *batch {
 // batch for worker w to run, if any; if there is none, whether w is to wait
 // for one (idle) rather than leave.
 func (b *Batcher) complete(bt *batch, w *worker) (next *batch, idle bool) {
+	if bt.skipped {
+		return nil, false // Close has ended everything; the worker leaves
+	}
 	var (
 		batchVerdict = verdictNone
 		batchErr     = bt.err

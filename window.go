@@ -9,15 +9,30 @@ import (
 // C releases at most C in any half-open interval [t, t+window).
 const window = time.Second
 
+// slack is how much longer than a window the ledger keeps a release. A
+// release is counted from the moment its ProcessBatch call starts, which the
+// worker records just before the call; slack covers the few instructions
+// between that moment and the datastore call itself, so that two releases
+// a window apart by the ledger are also a window apart as ProcessBatch sees
+// them. It costs a thousandth of the capacity under a backlog.
+const slack = time.Millisecond
+
 // mergeSpan is how close releases must be to share a ledger entry. Merged
 // releases count until one window after the last of them, which is
 // conservative, and keeps the ledger at most window/mergeSpan entries long.
 const mergeSpan = time.Millisecond
 
 // ledger records the cost released in the last window. A Batcher releases a
-// batch at now only if ledger.used(now) plus its cost is within capacity;
-// that alone keeps every window within capacity (G1), whatever the flush
-// timing, manual flushes or the rate limiter do.
+// batch only if the cost the ledger holds, plus the batch's, is within
+// capacity; that alone keeps every window within capacity (G1), whatever the
+// flush timing, manual flushes or the rate limiter do.
+//
+// A batch is recorded when it is taken for release, as pending: it counts,
+// and cannot expire, until its worker reports the moment its ProcessBatch
+// call starts (started), which may be a little later; from then on it counts
+// for one window (and slack) after that moment. So a batch that waits for its
+// goroutine to be scheduled does not end up in the same window as one taken
+// a window after it.
 type ledger struct {
 	ring   []ledgerEntry
 	head   int // index of the oldest entry
@@ -27,16 +42,25 @@ type ledger struct {
 }
 
 type ledgerEntry struct {
-	id         uint64
-	start, end time.Time // first and last release merged into the entry
-	cost       int
+	id      uint64
+	start   time.Time // when the first batch merged into the entry was taken
+	end     time.Time // when the last of its batches started
+	cost    int
+	pending int // batches taken whose ProcessBatch has not started
 }
 
-// expire drops the entries whose last release is a full window before now.
+// expiry returns when the entry stops counting, or false if it is pending.
+func (e *ledgerEntry) expiry() (time.Time, bool) {
+	return e.end.Add(window + slack), e.pending == 0
+}
+
+// expire drops, from the oldest, the entries that have stopped counting.
+// (An entry that ends later than the ones after it holds them back: the
+// ledger errs on the side of counting.)
 func (l *ledger) expire(now time.Time) {
 	for l.n > 0 {
 		e := &l.ring[l.head]
-		if now.Sub(e.end) < window {
+		if t, ok := e.expiry(); !ok || now.Before(t) {
 			return
 		}
 		l.sum -= e.cost
@@ -46,21 +70,22 @@ func (l *ledger) expire(now time.Time) {
 	}
 }
 
-// used returns the cost released in the window that ends at now.
+// used returns the cost that counts at now.
 func (l *ledger) used(now time.Time) int {
 	l.expire(now)
 	return l.sum
 }
 
-// add records cost released at now, which must not be before the last
-// release, and returns the id of the entry that holds it.
+// add records a batch costing cost taken at now, pending until started, and
+// returns the id of the entry that holds it.
 func (l *ledger) add(now time.Time, cost int) uint64 {
 	l.expire(now)
 	if l.n > 0 {
 		last := &l.ring[(l.head+l.n-1)%len(l.ring)]
 		if now.Sub(last.start) < mergeSpan {
-			last.end = now
+			last.end = maxTime(last.end, now)
 			last.cost += cost
+			last.pending++
 			l.sum += cost
 			return last.id
 		}
@@ -69,10 +94,30 @@ func (l *ledger) add(now time.Time, cost int) uint64 {
 		l.grow()
 	}
 	l.nextID++
-	l.ring[(l.head+l.n)%len(l.ring)] = ledgerEntry{id: l.nextID, start: now, end: now, cost: cost}
+	l.ring[(l.head+l.n)%len(l.ring)] = ledgerEntry{id: l.nextID, start: now, end: now, cost: cost, pending: 1}
 	l.n++
 	l.sum += cost
 	return l.nextID
+}
+
+// started records that a batch of entry id started at t.
+func (l *ledger) started(id uint64, t time.Time) {
+	if e := l.entry(id); e != nil && e.pending > 0 {
+		e.pending--
+		e.end = maxTime(e.end, t)
+	}
+}
+
+// entry returns the entry with the given id, or nil if it has expired.
+func (l *ledger) entry(id uint64) *ledgerEntry {
+	if l.n == 0 {
+		return nil
+	}
+	first := l.ring[l.head].id
+	if id < first || id >= first+uint64(l.n) {
+		return nil
+	}
+	return &l.ring[(l.head+int(id-first))%len(l.ring)]
 }
 
 func (l *ledger) grow() {
@@ -83,24 +128,19 @@ func (l *ledger) grow() {
 	l.ring, l.head = ring, 0
 }
 
-// adjust changes the cost recorded in entry id by delta, if the entry is
-// still in the window, never below zero.
+// adjust changes the cost recorded in entry id by delta, if the entry still
+// counts, never below zero.
 func (l *ledger) adjust(id uint64, delta int) {
-	if l.n == 0 {
-		return
+	if e := l.entry(id); e != nil {
+		delta = max(delta, -e.cost)
+		e.cost += delta
+		l.sum += delta
 	}
-	first := l.ring[l.head].id
-	if id < first || id >= first+uint64(l.n) {
-		return
-	}
-	e := &l.ring[(l.head+int(id-first))%len(l.ring)]
-	delta = max(delta, -e.cost)
-	e.cost += delta
-	l.sum += delta
 }
 
-// wait returns how long after now the window will have room for need within
-// capacity, and false if it never will (need > capacity).
+// wait returns how long after now the ledger will have room for need within
+// capacity, and false if it never will (need > capacity). For a pending
+// entry it assumes the batch starts now.
 func (l *ledger) wait(now time.Time, capacity, need int) (time.Duration, bool) {
 	if need > capacity {
 		return 0, false
@@ -109,14 +149,27 @@ func (l *ledger) wait(now time.Time, capacity, need int) (time.Duration, bool) {
 	if s+need <= capacity {
 		return 0, true
 	}
+	var at time.Time // expiries, in the order expire drops entries
 	for i := range l.n {
 		e := &l.ring[(l.head+i)%len(l.ring)]
+		t, ok := e.expiry()
+		if !ok {
+			t = now.Add(window + slack)
+		}
+		at = maxTime(at, t)
 		s -= e.cost
 		if s+need <= capacity {
-			return e.end.Add(window).Sub(now), true
+			return at.Sub(now), true
 		}
 	}
 	return 0, true // unreachable: s reaches 0
+}
+
+func maxTime(a, b time.Time) time.Time {
+	if a.After(b) {
+		return a
+	}
+	return b
 }
 
 // pace spreads each second's capacity over the flushes: a token bucket that

@@ -85,7 +85,21 @@ func (w *worker) process(bt *batch) {
 	w.cur, w.started, w.limit = bt, now, limit
 	w.mu.Unlock()
 	w.timer.Reset(limit)
-	bt.err = bt.q.w.p.ProcessBatch(ctx, bt.ops)
+
+	// The last thing before the call: tell the ledger the batch starts now
+	// (see ledger), unless Close has already ended its operations.
+	b.mu.Lock()
+	abandoned := bt.abandoned
+	if !abandoned && bt.entry != 0 {
+		b.mu.ledger.started(bt.entry, time.Now())
+	}
+	b.mu.Unlock() // not b.unlock: no sweep between this and the call
+	if abandoned {
+		bt.skipped = true // Close ended its operations before it could start
+	} else {
+		bt.err = bt.q.w.p.ProcessBatch(ctx, bt.ops)
+	}
+
 	w.timer.Stop()
 	w.mu.Lock()
 	w.cur = nil
