@@ -11,7 +11,13 @@ import (
 
 // A Batcher groups enqueued operations per [Watcher] and hands them to the
 // watchers' ProcessBatch in batches, never releasing more cost than its rate
-// limiter grants: at most Capacity in any one-second window.
+// limiter grants: at most Capacity in any one-second window, counting each
+// batch from the moment its ProcessBatch call starts.
+//
+// By default operations that do not fill a batch wait for the next flush
+// (WithFlushInterval), so at light load an operation waits half a flush
+// interval on average; full batches go at once. WithEagerRelease sends
+// operations as soon as a slot and capacity are free.
 //
 // Create one per datastore with [NewBatcher], configure it with the With*
 // methods, [Batcher.Start] it, [Batcher.Enqueue] operations from any number

@@ -348,3 +348,35 @@ func TestActualCostIsAccounted(t *testing.T) {
 		}
 	})
 }
+
+func TestLateStartsStayWithinCapacity(t *testing.T) {
+	// A batch's goroutine may start it late (a busy CPU, a descheduled
+	// thread). Here a listener of the batch event, which the worker emits
+	// just before the call, delays some starts by up to 5 ms: the windows,
+	// as ProcessBatch sees them, still hold at most the capacity.
+	synctest.Test(t, func(t *testing.T) {
+		b := batcher.NewBatcher().WithRateLimiter(ratelimiter.NewProvisioned(1000)).WithEmitBatch()
+		var mu sync.Mutex
+		rng := rand.New(rand.NewPCG(3, 4))
+		b.AddListener(func(e batcher.Event) {
+			if e.Kind != batcher.BatchReleased {
+				return
+			}
+			mu.Lock()
+			d := time.Duration(rng.IntN(6)) * time.Millisecond
+			mu.Unlock()
+			time.Sleep(d)
+		})
+		start(t, b)
+		s := &sink{}
+		w := s.watcher().WithMaxBatchSize(10)
+		ctx, cancel := context.WithCancel(t.Context())
+		defer cancel()
+		t0 := time.Now()
+		feed(ctx, b, w, 10)
+		time.Sleep(20 * time.Second)
+		cancel()
+		checkWindows(t, &s.log, 1000)
+		checkUse(t, s.log.All(), t0, 20*time.Second, 1000)
+	})
+}

@@ -12,8 +12,10 @@
 //
 //   - Never over capacity: with capacity C, the cost released in any
 //     one-second window is at most C, whatever the flush interval, manual
-//     flushes, operation costs or concurrency. An operation costing more than
-//     the limiter's MaxCapacity is refused by Enqueue.
+//     flushes, operation costs or concurrency; a batch counts from the moment
+//     its ProcessBatch call starts, however late its goroutine runs. An
+//     operation costing more than the limiter's MaxCapacity is refused by
+//     Enqueue.
 //   - Uses what it is given: under a backlog the Batcher releases C per
 //     second, for any C > 0; fractional shares of a flush accumulate.
 //   - Every operation has exactly one end: refused by Enqueue, or succeeded,

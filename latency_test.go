@@ -172,3 +172,35 @@ func checkFill(t *testing.T, sizes []int, max int) {
 	}
 	t.Logf("mean batch size %.1f of %d over %d batches", mean, max, len(sizes))
 }
+
+func TestEagerReleaseCoalescesABurst(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		s := &sink{}
+		w := s.watcher().WithMaxBatchSize(100)
+		b := start(t, batcher.NewBatcher().WithEagerRelease())
+		time.Sleep(7 * time.Millisecond)
+		enqueue(t, b, w, 1, 1)
+		synctest.Wait()
+		if got := s.batchSizes(); len(got) != 1 {
+			t.Fatalf("batches %v after the first operation, want it alone at once", got)
+		}
+		// A burst right after: not a batch per operation, but one batch a
+		// millisecond after the last.
+		enqueue(t, b, w, 50, 1)
+		synctest.Wait()
+		if got := s.batchSizes(); len(got) != 1 {
+			t.Fatalf("batches %v right after a burst, want the burst held back for a millisecond", got)
+		}
+		time.Sleep(time.Millisecond)
+		synctest.Wait()
+		if got := s.batchSizes(); len(got) != 2 || got[1] != 50 {
+			t.Fatalf("batches %v a millisecond later, want the 50 together", got)
+		}
+		// A full batch does not wait.
+		enqueue(t, b, w, 100, 1)
+		synctest.Wait()
+		if got := s.batchSizes(); len(got) != 3 || got[2] != 100 {
+			t.Fatalf("batches %v, want the full batch at once", got)
+		}
+	})
+}

@@ -31,7 +31,7 @@ type Operation struct {
 	cost      int
 	ext       atomic.Pointer[opExt] // made when first needed
 	state     atomic.Uint32         // opNew, opQueued, opEnding or opEnded, and opWaiter
-	attempt   atomic.Int32          // times handed to ProcessBatch
+	retries   atomic.Int32          // attempts before the current or last one
 	epoch     uint32                // the Flush epoch it was enqueued in; under the Batcher's lock
 	actual    int32                 // actual cost + 1 from ProcessBatch, or 0
 	batchable bool
@@ -90,9 +90,11 @@ func (op *Operation) Payload() any { return op.payload }
 // Batchable reports whether the operation may share a batch with others.
 func (op *Operation) Batchable() bool { return op.batchable }
 
-// Attempt returns how many times the operation has been handed to
-// ProcessBatch: 1 during its first ProcessBatch call.
-func (op *Operation) Attempt() int { return int(op.attempt.Load()) }
+// Attempt returns the number of the operation's current or last attempt: 1
+// until, and during, its first ProcessBatch call; 2 once ProcessBatch has
+// asked for it to be tried again, during its second call; and so on. After
+// the operation ended it is the number of ProcessBatch calls it took.
+func (op *Operation) Attempt() int { return int(op.retries.Load()) + 1 }
 
 // Retry asks, during ProcessBatch, for the operation to be tried again after
 // its watcher's back-off, because of err. Once it has been attempted

@@ -386,10 +386,12 @@ func (b *Batcher) complete(bt *batch, w *worker) (next *batch, idle bool) {
 			}
 		case verdictRetry:
 			op.clearFeedback()
+			op.retries.Add(1)
 			retry = append(retry, op)
 			retryErr = err
 		case verdictThrottle:
 			op.clearFeedback()
+			op.retries.Add(1)
 			op.extOrNew().throttles++
 			throttle = append(throttle, op)
 			after = max(after, ra)
@@ -443,7 +445,7 @@ func (b *Batcher) complete(bt *batch, w *worker) (next *batch, idle bool) {
 	}
 	if len(retry) > 0 {
 		b.mu.stats.Retried += int64(len(retry))
-		d := bt.q.w.backoff(retry[0].Attempt())
+		d := bt.q.w.backoff(retry[0].Attempt() - 1) // the attempt that ended
 		b.mu.retries.push(retryEntry{due: now.Add(d), q: bt.q, ops: retry})
 		bt.q.retrying += len(retry)
 		b.bufferAgainLocked(retry)

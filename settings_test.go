@@ -167,7 +167,7 @@ func TestWatcherAccessorsAndDefaults(t *testing.T) {
 		t.Errorf("defaults: attempts %d, batch %d, time %v, concurrent %d", w.MaxAttempts(), w.MaxBatchSize(), w.MaxOperationTime(), w.MaxConcurrentBatches())
 	}
 	op := batcher.NewOperation(w, 7, "x", false)
-	if op.Watcher() != w || op.Cost() != 7 || op.Payload() != "x" || op.Batchable() || op.Attempt() != 0 || op.Err() != nil {
+	if op.Watcher() != w || op.Cost() != 7 || op.Payload() != "x" || op.Batchable() || op.Attempt() != 1 || op.Err() != nil {
 		t.Errorf("operation accessors wrong")
 	}
 }

@@ -66,9 +66,6 @@ func (w *worker) loop(bt *batch) {
 // process calls ProcessBatch for bt under the watcher's time limit.
 func (w *worker) process(bt *batch) {
 	b := w.b
-	for _, op := range bt.ops {
-		op.attempt.Add(1)
-	}
 	if b.cfg.emitBatch {
 		b.emit(Event{Kind: BatchReleased, Batch: slices.Clone(bt.ops), Val: bt.cost})
 	}
