@@ -52,3 +52,19 @@ func benchEnqueue(b *testing.B, bt *batcher.Batcher) {
 		b.Fatal(err)
 	}
 }
+
+// BenchmarkNewOperation is the floor under BenchmarkEnqueue: only creating
+// the operations, from the same number of goroutines. Compare -cpu 1,2.
+func BenchmarkNewOperation(b *testing.B) {
+	w := batcher.NewWatcher(func(context.Context, []*batcher.Operation) error { return nil })
+	b.ReportAllocs()
+	b.SetParallelism(2)
+	b.RunParallel(func(pb *testing.PB) {
+		var keep [64]*batcher.Operation // as if the caller held on to them a while
+		i := 0
+		for pb.Next() {
+			keep[i%len(keep)] = batcher.NewOperation(w, 1, nil, true)
+			i++
+		}
+	})
+}

@@ -237,7 +237,9 @@ func (b *Batcher) sweepLocked() {
 				b.markLocked(q)
 			}
 			q.push(op)
-			op.epoch = epoch
+			if op.epoch != epoch { // no write, hence no cache-line steal, in the usual case
+				op.epoch = epoch
+			}
 			cost += op.cost
 			ops[i] = nil
 		}

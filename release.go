@@ -397,7 +397,9 @@ func (b *Batcher) complete(bt *batch, w *worker) (next *batch, idle bool) {
 			after = max(after, ra)
 			retryErr = err
 		}
-		op.verdict = v // the final word, read below under the lock
+		if op.verdict != v { // no write in the usual case: success, no verdict
+			op.verdict = v // the final word, read below under the lock
+		}
 	}
 
 	var evs []Event

@@ -38,6 +38,9 @@ type throughputRun struct {
 	OpsPerSec   float64 `json:"ops_per_sec"`
 	AllocsPerOp float64 `json:"allocs_per_op"`
 	Seconds     float64 `json:"seconds"`
+	// FloorOpsPerSec is the same producers only creating the operations,
+	// measured right after: what the machine allows before any batching.
+	FloorOpsPerSec float64 `json:"floor_ops_per_sec"`
 }
 
 // measureThroughput enqueues n cost-1 operations from the given number of
@@ -86,10 +89,34 @@ func measureThroughput(n, producers int) (throughputRun, error) {
 		err = errors.Join(err, fmt.Errorf("%d of %d operations succeeded by the end of Flush", stats.Succeeded, n))
 	}
 	return throughputRun{
-		OpsPerSec:   float64(n) / elapsed.Seconds(),
-		AllocsPerOp: float64(m1.Mallocs-m0.Mallocs) / float64(n),
-		Seconds:     elapsed.Seconds(),
+		OpsPerSec:      float64(n) / elapsed.Seconds(),
+		AllocsPerOp:    float64(m1.Mallocs-m0.Mallocs) / float64(n),
+		Seconds:        elapsed.Seconds(),
+		FloorOpsPerSec: measureFloor(n, producers, w),
 	}, err
+}
+
+// measureFloor times the producers of measureThroughput doing nothing but
+// creating their operations (each kept in a small ring, as a caller would
+// hold on to them a while), on the same machine moments later.
+func measureFloor(n, producers int, w *batcher.Watcher) float64 {
+	var wg sync.WaitGroup
+	runtime.GC()
+	start := time.Now()
+	for p := range producers {
+		k := n / producers
+		if p < n%producers {
+			k++
+		}
+		wg.Go(func() {
+			var keep [64]*batcher.Operation
+			for i := range k {
+				keep[i%len(keep)] = batcher.NewOperation(w, 1, nil, true)
+			}
+		})
+	}
+	wg.Wait()
+	return float64(n) / time.Since(start).Seconds()
 }
 
 // backlogResult is what a real-time backlog released.
