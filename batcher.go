@@ -103,36 +103,54 @@ const (
 // queue holds one watcher's operations in a Batcher.
 type queue struct {
 	w           *Watcher
-	ops         ring[*Operation] // waiting for release, oldest first
-	unbatchable int              // operations in ops that cannot share a batch
-	inflight    int              // batches running
-	retrying    int              // operations waiting to retry
-	lastRelease time.Time        // with eager release: when it last sent a batch
+	ops         ring[entry] // waiting for release, oldest first
+	unbatchable int         // operations in ops that cannot share a batch
+	inflight    int         // batches running
+	retrying    int         // operations waiting to retry
+	lastRelease time.Time   // with eager release: when it last sent a batch
 	inReady     bool
 	inIdle      bool
 	touched     bool
 }
 
-func (q *queue) push(op *Operation) {
-	q.ops.push(op)
-	if !op.batchable {
+// An entry is an operation as the intake and the queues hold it: with the
+// fields they read beside the pointer, so that sweeping and forming batches
+// do not touch the operation itself (its cache line stays with the CPUs
+// that made it and that will end it).
+type entry struct {
+	op        *Operation
+	w         *Watcher
+	cost      int
+	batchable bool
+}
+
+func entryOf(op *Operation) entry { return entry{op, op.watcher, op.cost, op.batchable} }
+
+func (q *queue) push(e entry) {
+	q.ops.push(e)
+	if !e.batchable {
 		q.unbatchable++
 	}
 }
 
+// pushFront puts operations back before the others, for a retry.
 func (q *queue) pushFront(ops []*Operation) {
-	q.ops.pushFront(ops)
-	for _, op := range ops {
+	es := make([]entry, len(ops))
+	for i, op := range ops {
+		es[i] = entryOf(op)
 		if !op.batchable {
 			q.unbatchable++
 		}
 	}
+	q.ops.pushFront(es)
 }
 
+// popInto moves the first len(dst) operations into dst.
 func (q *queue) popInto(dst []*Operation) {
-	q.ops.popInto(dst)
-	for _, op := range dst {
-		if !op.batchable {
+	for i := range dst {
+		e := q.ops.popFront()
+		dst[i] = e.op
+		if !e.batchable {
 			q.unbatchable--
 		}
 	}
@@ -537,7 +555,7 @@ func (b *Batcher) abort(cause error, fromOwner bool) {
 	var lost []*Operation
 	for _, q := range b.mu.queues {
 		for q.ops.len() > 0 {
-			lost = append(lost, q.ops.popFront())
+			lost = append(lost, q.ops.popFront().op)
 		}
 	}
 	for _, r := range b.mu.retries.drain() {

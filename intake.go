@@ -30,8 +30,8 @@ type intake struct {
 
 type shard struct {
 	mu      sync.Mutex
-	ops     []*Operation
-	spare   []*Operation // swapped in by a sweep
+	ops     []entry
+	spare   []entry      // swapped in by a sweep
 	credits int          // buffer slots reserved for this shard
 	closed  bool         // no more appends: the Batcher is shutting down
 	_       [64]byte     // n apart: other CPUs read it at every unlock
@@ -73,7 +73,7 @@ func (in *intake) tryAppend(op *Operation) (sh *shard, ok, first bool) {
 		return sh, false, false
 	}
 	sh.credits--
-	sh.ops = append(sh.ops, op)
+	sh.ops = append(sh.ops, entryOf(op))
 	first = len(sh.ops) == 1
 	if first {
 		sh.n.Store(1)
@@ -190,7 +190,7 @@ func (b *Batcher) closeIntakeLocked() {
 // acceptLocked puts op in its watcher's queue.
 func (b *Batcher) acceptLocked(op *Operation) {
 	q := b.queueLocked(op.watcher)
-	q.push(op)
+	q.push(entryOf(op))
 	op.epoch = b.mu.epochs.addN(1)
 	b.mu.buffered++
 	b.mu.outstanding++
@@ -231,17 +231,19 @@ func (b *Batcher) sweepLocked() {
 		epoch := b.mu.epochs.addN(len(ops))
 		var q *queue
 		cost := 0
-		for i, op := range ops {
-			if q == nil || op.watcher != q.w {
-				q = b.queueLocked(op.watcher)
+		for i, e := range ops {
+			if q == nil || e.w != q.w {
+				q = b.queueLocked(e.w)
 				b.markLocked(q)
 			}
-			q.push(op)
-			if op.epoch != epoch { // no write, hence no cache-line steal, in the usual case
-				op.epoch = epoch
+			q.push(e)
+			if epoch != 0 {
+				// Only once Flush has been called: operations start in
+				// epoch 0, and the sweep does not touch them otherwise.
+				e.op.epoch = epoch
 			}
-			cost += op.cost
-			ops[i] = nil
+			cost += e.cost
+			ops[i] = entry{}
 		}
 		n := len(ops)
 		b.mu.reserved -= n
