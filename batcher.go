@@ -52,9 +52,10 @@ type Batcher struct {
 	limCancel   context.CancelFunc
 	limListener int
 
-	drainOnce sync.Once
-	ending    atomic.Bool    // set by the first of finish and abort
-	batches   sync.WaitGroup // goroutines running batches
+	drainOnce   sync.Once
+	ending      atomic.Bool    // set by the first of finish and abort
+	abortedFlag atomic.Bool    // abort, not finish, ended it
+	batches     sync.WaitGroup // goroutines running batches
 
 	mu struct {
 		sync.Mutex
@@ -77,6 +78,7 @@ type Batcher struct {
 		pauses      uint64 // throttles that began or lengthened a run of pauses
 		streak      int    // throttles in a row
 		capacity    int
+		maxCapacity int  // the rate limiter's, as last read
 		unlimited   bool // no rate limiter
 		ledger      ledger
 		pace        pace
@@ -187,13 +189,16 @@ func NewBatcher() *Batcher {
 // limiter's if the limiter is an [EventSource], and returns an id for
 // RemoveListener.
 //
-// Listeners are called synchronously by the goroutine that caused the event,
-// one after another; different goroutines may call them at the same time,
-// so a listener must be safe for concurrent use. A listener must not block:
-// releases wait for it. It may call any method of the Batcher, including
-// RemoveListener and Pause, except Shutdown and Close, which wait for
-// listeners to return (call those from another goroutine). No event is
-// emitted after Shutdown or Close has returned.
+// Listeners are called synchronously by the goroutine that caused the event
+// (the Batcher's own, or the rate limiter's), one after another; different
+// goroutines may call them at the same time, so a listener must be safe for
+// concurrent use. A listener must not block: releases wait for it. It may
+// call RemoveListener, AddListener, Pause and the accessors, and Enqueue if
+// that cannot block (WithErrorOnFullBuffer, or EnqueueContext with a short
+// deadline). It must not call Flush, Shutdown or Close, which wait for the
+// Batcher's goroutines, the one running the listener among them: call those
+// from another goroutine. No event is emitted after Shutdown or Close has
+// returned.
 func (b *Batcher) AddListener(fn func(Event)) int { return b.listeners.AddListener(fn) }
 
 // RemoveListener removes the listener with the given id.
@@ -211,6 +216,13 @@ func (b *Batcher) emit(e Event) {
 func (b *Batcher) emitAll(evs []Event) {
 	for _, e := range evs {
 		b.emit(e)
+	}
+}
+
+// emitEntered passes evs to the listeners; the caller holds the gate.
+func (b *Batcher) emitEntered(evs []Event) {
+	for _, e := range evs {
+		b.listeners.Emit(e)
 	}
 }
 
@@ -240,17 +252,15 @@ func (b *Batcher) Start(ctx context.Context) error {
 	}
 	lim := b.cfg.limiter
 	limCtx, limCancel := context.WithCancel(context.WithoutCancel(ctx))
+	capacity, maxCapacity := 0, 0
 	if lim != nil {
 		if err := lim.Start(limCtx); err != nil {
 			limCancel()
 			return fmt.Errorf("batcher: starting the rate limiter: %w", err)
 		}
-		if src, ok := lim.(EventSource); ok {
-			b.limListener = src.AddListener(b.emit)
-		}
 		b.pacer, _ = lim.(Pacer)
+		capacity, maxCapacity = lim.Capacity(), lim.MaxCapacity()
 	}
-	b.started.Store(true)
 	b.limCancel = limCancel
 	b.runCtx, b.runCancel = context.WithCancel(context.WithoutCancel(ctx))
 	b.kick = make(chan struct{}, 1)
@@ -260,25 +270,38 @@ func (b *Batcher) Start(ctx context.Context) error {
 	b.stopOwner = make(chan struct{})
 	b.ownerDone = make(chan struct{})
 	b.finished = make(chan struct{})
-
-	now := time.Now()
 	in := newIntake(b.cfg.bufferSize)
-	b.intake.Store(in)
 	// Wake blocked Enqueue calls when there is room for a few grants, not
 	// at every free slot: they would only fight over the lock.
 	b.lowWater = min(max(b.cfg.bufferSize/8, 1), 4*in.grant)
+
+	src, _ := lim.(EventSource)
+	if src != nil {
+		b.limListener = src.AddListener(b.emit)
+	}
+
 	b.mu.Lock()
+	if b.mu.state == stateClosed {
+		// Shutdown or Close came while the limiter started.
+		b.mu.Unlock()
+		if src != nil {
+			src.RemoveListener(b.limListener)
+		}
+		limCancel()
+		b.runCancel()
+		return fmt.Errorf("%w: Shutdown or Close during Start", ErrClosed)
+	}
 	b.mu.state = stateRunning
 	b.mu.queues = make(map[*Watcher]*queue)
 	b.mu.epochs.init()
 	b.mu.unlimited = lim == nil
-	b.unlock()
 	if lim != nil {
-		c := lim.Capacity()
-		b.mu.Lock()
-		b.setCapacityLocked(now, c)
-		b.unlock()
+		b.setCapacityLocked(time.Now(), capacity)
+		b.mu.maxCapacity = maxCapacity
 	}
+	b.intake.Store(in)
+	b.started.Store(true) // Shutdown and Close read it under b.mu
+	b.mu.Unlock()
 	go b.loop(ctx)
 	return nil
 }
@@ -334,7 +357,7 @@ func (b *Batcher) check(op *Operation) error {
 	if err := op.watcher.seal(); err != nil {
 		return err
 	}
-	if lim := b.cfg.limiter; lim != nil && b.started.Load() {
+	if lim := b.cfg.limiter; lim != nil {
 		if m := lim.MaxCapacity(); op.cost > m {
 			return fmt.Errorf("%w: cost %d, maximum capacity %d", ErrTooExpensive, op.cost, m)
 		}
@@ -362,9 +385,10 @@ func (b *Batcher) Pause() {
 		return
 	}
 	b.pauseLocked(now, b.cfg.pauseTime)
+	d := b.mu.pausedUntil.Sub(now) // a longer pause may be under way
 	kick := b.wantsKickLocked()
 	b.unlock()
-	b.emit(Event{Kind: Paused, Duration: b.cfg.pauseTime})
+	b.emit(Event{Kind: Paused, Duration: d})
 	if kick {
 		b.kickOwner()
 	}
@@ -395,19 +419,30 @@ func (b *Batcher) Flush(ctx context.Context) error {
 		return nil
 	}
 	b.sweepLocked() // operations enqueued before the call may be in the intake
-	done := b.mu.epochs.barrier()
+	wait := b.mu.epochs.barrier()
 	b.mu.flushWanted = true
 	b.unlock()
 	b.kickOwner()
 	select {
-	case <-done:
+	case <-wait.ch:
 		return nil
 	case <-ctx.Done():
+		b.mu.Lock()
+		select {
+		case <-wait.ch: // it ended as ctx did: the result wins
+			b.unlock()
+			return nil
+		default:
+		}
+		b.mu.epochs.release(wait)
+		b.unlock()
 		return ctx.Err()
 	}
 }
 
-// Inflight returns the number of ProcessBatch calls running.
+// Inflight returns the number of ProcessBatch calls running. Calls that
+// Close, or a Shutdown that gave up, left running (they ignored their
+// cancelled context) are no longer counted.
 func (b *Batcher) Inflight() int {
 	b.mu.Lock()
 	b.sweepLocked()
@@ -458,7 +493,10 @@ func (b *Batcher) Stats() Stats {
 // results are dropped when they return.
 //
 // Shutdown may be called more than once and concurrently; each call waits
-// for the same drain. Shutdown before Start marks the Batcher closed.
+// for the same drain, and returns nil once it is done. If Close (or the end
+// of Start's context, or a Shutdown that gave up) ended the Batcher instead,
+// Shutdown returns an error wrapping ErrClosed. Shutdown before Start marks
+// the Batcher closed and returns nil.
 func (b *Batcher) Shutdown(ctx context.Context) error {
 	b.mu.Lock()
 	switch {
@@ -480,18 +518,25 @@ func (b *Batcher) Shutdown(ctx context.Context) error {
 	case <-b.drained:
 		return b.finish(ctx)
 	case <-b.finished:
-		return nil
-	default:
-	}
-	select {
-	case <-b.drained:
-		return b.finish(ctx)
-	case <-b.finished:
-		return nil
+		return b.aborted()
 	case <-ctx.Done():
+		select {
+		case <-b.drained: // both came: the drain wins
+			return b.finish(ctx)
+		default:
+		}
 		b.abort(fmt.Errorf("%w: Shutdown gave up: %w", ErrClosed, ctx.Err()), false)
 		return ctx.Err()
 	}
+}
+
+// aborted returns ErrClosed if Close, or a Shutdown that gave up, ended the
+// Batcher, and nil if a Shutdown drained it.
+func (b *Batcher) aborted() error {
+	if b.abortedFlag.Load() {
+		return fmt.Errorf("%w: closed before the drain finished", ErrClosed)
+	}
+	return nil
 }
 
 // Close shuts the Batcher down at once: it stops intake, cancels the running
@@ -515,7 +560,7 @@ func (b *Batcher) finish(ctx context.Context) error {
 	if !b.ending.CompareAndSwap(false, true) {
 		select {
 		case <-b.finished:
-			return nil
+			return b.aborted()
 		case <-ctx.Done():
 			return ctx.Err()
 		}
@@ -545,6 +590,7 @@ func (b *Batcher) abort(cause error, fromOwner bool) {
 		}
 		return
 	}
+	b.abortedFlag.Store(true)
 	b.mu.Lock()
 	if b.mu.state == stateRunning {
 		close(b.draining)

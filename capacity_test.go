@@ -2,6 +2,7 @@ package batcher_test
 
 import (
 	"context"
+	"errors"
 	"math/rand/v2"
 	"sync"
 	"testing"
@@ -378,5 +379,54 @@ func TestLateStartsStayWithinCapacity(t *testing.T) {
 		cancel()
 		checkWindows(t, &s.log, 1000)
 		checkUse(t, s.log.All(), t0, 20*time.Second, 1000)
+	})
+}
+
+func TestCapacityDropFailsWhatCanNeverGo(t *testing.T) {
+	// An operation that costs more than the limiter's new maximum capacity
+	// could never go out; it fails, and the operations behind it go on.
+	synctest.Test(t, func(t *testing.T) {
+		lim := ratelimiter.NewProvisioned(100)
+		b := batcher.NewBatcher().WithRateLimiter(lim).WithMaxConcurrentBatches(1)
+		ev := &events{}
+		b.AddListener(ev.add)
+		start(t, b)
+		hold := make(chan struct{})
+		s := &sink{}
+		s.handle = func(ctx context.Context, _ []*batcher.Operation) error {
+			select {
+			case <-hold:
+			case <-ctx.Done():
+			}
+			return nil
+		}
+		w := s.watcher().WithMaxBatchSize(1)
+		enqueue(t, b, w, 1, 1) // occupies the only slot
+		synctest.Wait()
+		big := batcher.NewOperation(w, 80, "big", true)
+		if err := b.Enqueue(big); err != nil {
+			t.Fatal(err)
+		}
+		small := enqueue(t, b, w, 5, 1)
+		if err := lim.SetCapacity(50); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(200 * time.Millisecond) // a capacity interval
+		close(hold)
+		if err := big.Wait(t.Context()); !errors.Is(err, batcher.ErrTooExpensive) {
+			t.Errorf("the operation above the new maximum capacity ended with %v, want ErrTooExpensive", err)
+		}
+		for i, op := range small {
+			if err := op.Wait(t.Context()); err != nil {
+				t.Errorf("small op %d: %v", i, err)
+			}
+		}
+		failed := ev.of(batcher.Failed)
+		if len(failed) != 1 || failed[0].Batch[0] != big {
+			t.Errorf("failed events %v, want the big operation's", failed)
+		}
+		if st := b.Stats(); st.Failed != 1 || st.Succeeded != 6 || st.Buffered != 0 {
+			t.Errorf("Stats %+v", st)
+		}
 	})
 }

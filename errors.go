@@ -29,9 +29,10 @@ var (
 	// Batcher was configured with WithErrorOnFullBuffer.
 	ErrBufferFull = errors.New("batcher: buffer full")
 
-	// ErrClosed is returned by Enqueue and Flush once Shutdown or Close has
-	// begun, and ends the operations that Close, or a Shutdown whose context
-	// ended, could not finish.
+	// ErrClosed is returned by Enqueue once Shutdown or Close has begun, by
+	// Start after them, and by a Shutdown that finds the Batcher ended by
+	// Close rather than drained; it ends the operations that Close, or a
+	// Shutdown whose context ended, could not finish.
 	ErrClosed = errors.New("batcher: closed")
 
 	// ErrImproperOrder is returned for calls made out of order: Enqueue or

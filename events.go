@@ -18,8 +18,8 @@ const (
 	// BatchReleased: a batch was handed to ProcessBatch. Batch holds its
 	// operations, Val its declared cost. Only with WithEmitBatch.
 	BatchReleased
-	// Paused: releases stopped for Duration, by Pause or, with Err set, by a
-	// throttle.
+	// Paused: releases stopped for Duration from now, by Pause or, with Err
+	// set, by a throttle.
 	Paused
 	// Resumed: a pause ended.
 	Resumed

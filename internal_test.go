@@ -213,30 +213,66 @@ func TestRing(t *testing.T) {
 func TestEpochs(t *testing.T) {
 	var e epochs
 	e.init()
+	if w := e.barrier(); !closed(w.ch) {
+		t.Fatal("a Flush with nothing enqueued waits")
+	}
 	a := e.addN(3)
 	first := e.barrier()
-	same := e.barrier() // nothing enqueued between: shares the channel
-	if first != same {
-		t.Error("back-to-back barriers do not share a channel")
+	same := e.barrier() // nothing enqueued between: shares the wait
+	if first != same || first.refs != 2 {
+		t.Error("back-to-back barriers do not share a wait")
 	}
 	b := e.addN(2)
 	second := e.barrier()
 	e.done(b, 2)
-	select {
-	case <-second:
-		t.Fatal("the second barrier released while the first epoch has operations")
-	default:
+	if closed(second.ch) {
+		t.Fatal("the second barrier ended while the first epoch has operations")
 	}
 	e.done(a, 3)
-	for i, ch := range []<-chan struct{}{first, second} {
-		select {
-		case <-ch:
-		default:
-			t.Errorf("barrier %d not released", i)
-		}
+	if !closed(first.ch) || !closed(second.ch) {
+		t.Error("the barriers did not end when their operations did")
 	}
-	if len(e.counts) != 1 || len(e.waiters) != 0 {
-		t.Errorf("%d epochs and %d waiters left", len(e.counts), len(e.waiters))
+	if len(e.segs) != 1 || len(e.waiters) != 0 {
+		t.Errorf("%d segments and %d waiters left", len(e.segs), len(e.waiters))
+	}
+}
+
+func TestEpochsMergeWhatNoOneWaitsOn(t *testing.T) {
+	var e epochs
+	e.init()
+	stuck := e.addN(1) // never ends
+	var ws []*epochWaiter
+	for range 1000 {
+		id := e.addN(1)
+		ws = append(ws, e.barrier())
+		e.done(id, 1)
+	}
+	if len(e.segs) != 1001 || len(e.waiters) != 1000 {
+		t.Fatalf("%d segments and %d waiters with 1000 Flush calls waiting", len(e.segs), len(e.waiters))
+	}
+	for _, w := range ws[:999] {
+		e.release(w) // their contexts ended
+	}
+	if len(e.segs) > 2 || len(e.waiters) != 1 {
+		t.Errorf("%d segments and %d waiters with one Flush call left waiting", len(e.segs), len(e.waiters))
+	}
+	later := e.addN(1)
+	e.done(stuck, 1)
+	if !closed(ws[999].ch) {
+		t.Error("the last Flush did not end when the stuck operation did")
+	}
+	e.done(later, 1)
+	if len(e.segs) != 1 {
+		t.Errorf("%d segments left", len(e.segs))
+	}
+}
+
+func closed(ch chan struct{}) bool {
+	select {
+	case <-ch:
+		return true
+	default:
+		return false
 	}
 }
 
@@ -302,7 +338,7 @@ func TestFlushInALoopCostsNoMemory(t *testing.T) {
 		}
 		b.mu.Lock()
 		defer b.mu.Unlock()
-		if n, m := len(b.mu.epochs.counts), len(b.mu.epochs.waiters); n > 2 || m > 1 {
+		if n, m := len(b.mu.epochs.segs), len(b.mu.epochs.waiters); n > 2 || m > 1 {
 			t.Errorf("%d epochs and %d waiters after 100,000 flushes", n, m)
 		}
 	})

@@ -456,8 +456,8 @@ func TestStartContextEndingActsAsClose(t *testing.T) {
 		if err := b.Enqueue(batcher.NewOperation(s.watcher(), 1, nil, true)); !errors.Is(err, batcher.ErrClosed) {
 			t.Errorf("Enqueue after Start's context ended = %v, want ErrClosed", err)
 		}
-		if err := b.Shutdown(t.Context()); err != nil {
-			t.Errorf("Shutdown after Start's context ended = %v", err)
+		if err := b.Shutdown(t.Context()); !errors.Is(err, batcher.ErrClosed) {
+			t.Errorf("Shutdown after Start's context ended = %v, want ErrClosed: there was no drain", err)
 		}
 	})
 }
@@ -545,6 +545,137 @@ func TestConcurrentShutdowns(t *testing.T) {
 		}
 		if n := s.ops(); n != 300 {
 			t.Errorf("drained %d, want 300", n)
+		}
+	})
+}
+
+func TestProcessBatchMayChangeItsSlice(t *testing.T) {
+	// The usual filter idiom reuses the slice ProcessBatch got: every
+	// operation still ends, once.
+	synctest.Test(t, func(t *testing.T) {
+		b := start(t, batcher.NewBatcher())
+		var mu sync.Mutex
+		var kept [][]*batcher.Operation
+		w := batcher.NewWatcher(func(ctx context.Context, batch []*batcher.Operation) error {
+			odd := batch[:0]
+			for _, op := range batch {
+				if op.Payload().(int)%2 == 1 {
+					odd = append(odd, op)
+				}
+			}
+			for i := range batch[len(odd):] {
+				batch[len(odd)+i] = nil
+			}
+			mu.Lock()
+			kept = append(kept, odd) // and keeps it
+			mu.Unlock()
+			return nil
+		}).WithMaxBatchSize(4)
+		ops := enqueue(t, b, w, 8, 1)
+		if err := b.Shutdown(t.Context()); err != nil {
+			t.Fatal(err)
+		}
+		for i, op := range ops {
+			if !isDone(op) || op.Err() != nil {
+				t.Errorf("op %d: done %v, err %v", i, isDone(op), op.Err())
+			}
+		}
+		if st := b.Stats(); st.Succeeded != 8 {
+			t.Errorf("Stats %+v", st)
+		}
+	})
+}
+
+func TestFailuresAreReportedBeforeCloseReturns(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		b := batcher.NewBatcher()
+		ev := &events{}
+		closed := make(chan error, 1)
+		var once sync.Once
+		b.AddListener(func(e batcher.Event) {
+			ev.add(e)
+			if e.Kind == batcher.Failed {
+				once.Do(func() {
+					go func() { closed <- b.Close() }() // Close arrives during the first event
+					time.Sleep(time.Millisecond)
+				})
+			}
+		})
+		start(t, b)
+		w := batcher.NewWatcher(func(ctx context.Context, batch []*batcher.Operation) error {
+			return errors.New("rejected")
+		}).WithMaxBatchSize(2).WithMaxAttempts(1)
+		ops := enqueue(t, b, w, 2, 1)
+		if err := <-closed; err != nil {
+			t.Fatal(err)
+		}
+		reported := map[*batcher.Operation]bool{}
+		for _, e := range ev.of(batcher.Failed) {
+			reported[e.Batch[0]] = true
+		}
+		for i, op := range ops {
+			if op.Err() == nil || !reported[op] {
+				t.Errorf("op %d: err %v, reported %v by the time Close returned", i, op.Err(), reported[op])
+			}
+		}
+		if st := b.Stats(); st.Failed != 2 {
+			t.Errorf("Stats.Failed = %d when Close returned, want 2", st.Failed)
+		}
+	})
+}
+
+// blockingLimiter's Start waits for a signal, as a limiter that acquires
+// leases might.
+type blockingLimiter struct{ release chan struct{} }
+
+func (l blockingLimiter) MaxCapacity() int { return 100 }
+func (l blockingLimiter) Capacity() int    { return 100 }
+func (l blockingLimiter) GiveMe(int)       {}
+func (l blockingLimiter) Start(ctx context.Context) error {
+	<-l.release
+	return nil
+}
+
+func TestShutdownDuringStart(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		lim := blockingLimiter{make(chan struct{})}
+		b := batcher.NewBatcher().WithRateLimiter(lim)
+		started := make(chan error, 1)
+		go func() { started <- b.Start(t.Context()) }()
+		synctest.Wait() // Start is waiting for the limiter
+		if err := b.Shutdown(t.Context()); err != nil {
+			t.Fatalf("Shutdown during Start = %v", err)
+		}
+		close(lim.release)
+		if err := <-started; !errors.Is(err, batcher.ErrClosed) {
+			t.Fatalf("Start after a Shutdown that came during it = %v, want ErrClosed", err)
+		}
+		w := batcher.NewWatcher(func(context.Context, []*batcher.Operation) error { return nil })
+		if err := b.Enqueue(batcher.NewOperation(w, 1, nil, true)); err == nil {
+			t.Error("Enqueue accepted after Shutdown")
+		}
+		// synctest.Test fails if a goroutine of the Batcher is left.
+	})
+}
+
+func TestDerivedContextsSeeTheDeadline(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		b := start(t, batcher.NewBatcher().WithMaxOperationTime(time.Second))
+		got := make(chan error, 2)
+		w := batcher.NewWatcher(func(ctx context.Context, _ []*batcher.Operation) error {
+			child, cancel := context.WithCancel(ctx) // as client libraries do
+			defer cancel()
+			<-child.Done()
+			got <- ctx.Err()
+			got <- child.Err()
+			return child.Err()
+		})
+		enqueue(t, b, w, 1, 1)
+		if err := <-got; err != context.DeadlineExceeded {
+			t.Errorf("ctx.Err() = %v after an overrun", err)
+		}
+		if err := <-got; err != context.DeadlineExceeded {
+			t.Errorf("a derived context's Err() = %v after an overrun, want DeadlineExceeded", err)
 		}
 	})
 }

@@ -18,7 +18,12 @@ import (
 // its locks; they must be safe for concurrent use and must not block.
 type RateLimiter interface {
 	// MaxCapacity returns the most capacity the limiter could ever grant.
-	// Enqueue refuses operations that cost more with ErrTooExpensive.
+	// Enqueue refuses operations that cost more with ErrTooExpensive; when it
+	// drops, the Batcher fails, with ErrTooExpensive, the buffered operations
+	// that cost more than the new maximum (at the next capacity interval).
+	// An operation that costs more than the capacity granted now, but not
+	// more than the maximum, waits for the capacity, and so do the
+	// operations of its watcher behind it.
 	MaxCapacity() int
 
 	// Capacity returns the capacity granted now, in cost units per second.

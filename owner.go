@@ -4,6 +4,7 @@ import (
 	"container/heap"
 	"context"
 	"fmt"
+	"slices"
 	"time"
 )
 
@@ -160,11 +161,73 @@ func (b *Batcher) askCapacity() {
 		b.emit(Event{Kind: CapacityRequested, Val: target})
 	}
 	lim.GiveMe(target)
-	c := lim.Capacity()
+	c, m := lim.Capacity(), lim.MaxCapacity()
 	now := time.Now()
 	b.mu.Lock()
 	b.setCapacityLocked(now, c)
+	var dropped []*Operation
+	if m < b.mu.maxCapacity {
+		dropped = b.dropAboveLocked(m)
+	}
+	b.mu.maxCapacity = m
 	b.unlock()
+	if len(dropped) > 0 && b.gate.enter() {
+		// As in complete: counted, ended and reported under the gate.
+		defer b.gate.leave()
+		for _, op := range dropped {
+			err := fmt.Errorf("%w: cost %d, and the rate limiter's maximum capacity is now %d", ErrTooExpensive, op.cost, m)
+			if op.end(err) {
+				b.listeners.Emit(Event{Kind: Failed, Batch: []*Operation{op}, Err: err})
+			}
+		}
+	}
+}
+
+// dropAboveLocked takes out of the buffer the operations that cost more
+// than max, the rate limiter's new maximum capacity: they could never go
+// out, and would hold up the operations behind them.
+func (b *Batcher) dropAboveLocked(max int) []*Operation {
+	b.sweepLocked()
+	var dropped []*Operation
+	drop := func(op *Operation) {
+		dropped = append(dropped, op)
+		b.mu.buffered--
+		b.mu.outstanding--
+		b.mu.target -= op.cost
+		b.mu.epochs.done(op.epoch, 1)
+	}
+	for _, q := range b.mu.queues {
+		for range q.ops.len() {
+			e := q.ops.popFront()
+			if e.cost <= max {
+				q.ops.push(e) // in the same order, once round
+				continue
+			}
+			if !e.batchable {
+				q.unbatchable--
+			}
+			drop(e.op)
+		}
+	}
+	for i := range b.mu.retries {
+		r := &b.mu.retries[i]
+		kept := r.ops[:0:0]
+		for _, op := range r.ops {
+			if op.cost <= max {
+				kept = append(kept, op)
+			} else {
+				r.q.retrying--
+				drop(op)
+			}
+		}
+		r.ops = kept
+	}
+	if len(dropped) > 0 {
+		b.mu.stats.Failed += int64(len(dropped))
+		b.wakeSpaceLocked()
+		b.checkDrainedLocked()
+	}
+	return dropped
 }
 
 // audit checks the bookkeeping against the buffer itself, and corrects it.
@@ -240,72 +303,123 @@ func (r *retryQueue) drain() []retryEntry {
 }
 
 // epochs lets Flush wait for the operations enqueued before it. Every
-// operation belongs to the epoch that was current when it was enqueued; each
-// Flush starts a new epoch and waits until no operation of an earlier one
+// operation belongs to the epoch that was current when it was enqueued; a
+// Flush starts a new epoch and waits until no operation of the earlier ones
 // is left.
+//
+// Epochs are kept as segments: runs of consecutive epoch numbers counted
+// together. A boundary between segments is kept only while a Flush waits on
+// it: a Flush whose context ends takes its wait back, and its boundary
+// merges away. So memory follows the Flush calls waiting now, however many
+// came and went, even while an operation that never ends holds back every
+// epoch after it. A Flush right after another, with nothing enqueued
+// between them, shares its wait.
 type epochs struct {
-	base    uint32 // the epoch of counts[0]; epochs wrap around
-	counts  []int  // operations not yet ended, per epoch from base to current
-	waiters []epochWaiter
+	segs    []epochSeg // oldest first; the last holds the current epoch
+	cur     uint32     // the current epoch; epochs wrap around
+	waiters []*epochWaiter
 }
 
+// An epochSeg counts the operations not yet ended of the epochs from start
+// up to the next segment's start.
+type epochSeg struct {
+	start uint32
+	count int
+}
+
+// An epochWaiter is the wait of one or more Flush calls.
 type epochWaiter struct {
 	last uint32 // the newest epoch it waits for
 	ch   chan struct{}
+	refs int // Flush calls waiting on ch
 }
 
-func (e *epochs) init() { e.counts = []int{0} }
+func (e *epochs) init() { e.segs = []epochSeg{{start: e.cur}} }
 
-// done counts off an operation of epoch id.
+// before reports whether epoch a comes before epoch b, modulo 2^32.
+func before(a, b uint32) bool { return a-b >= 1<<31 }
+
+// addN counts n operations in the current epoch and returns the epoch.
+func (e *epochs) addN(n int) uint32 {
+	e.segs[len(e.segs)-1].count += n
+	return e.cur
+}
+
+// done counts off n operations of epoch id.
 func (e *epochs) done(id uint32, n int) {
 	if n == 0 {
 		return
 	}
-	e.counts[id-e.base] -= n
-	e.trim()
-}
-
-// addN counts n operations in the current epoch and returns the epoch.
-func (e *epochs) addN(n int) uint32 {
-	e.counts[len(e.counts)-1] += n
-	return e.base + uint32(len(e.counts)-1)
-}
-
-// barrier starts a new epoch and returns a channel that is closed when the
-// earlier ones have no operations left.
-//
-// A barrier right after another, with no operation enqueued between them,
-// shares the other's channel, so Flush called in a loop costs no memory.
-func (e *epochs) barrier() <-chan struct{} {
-	cur := len(e.counts) - 1
-	if n := len(e.waiters); n > 0 && e.counts[cur] == 0 && e.waiters[n-1].last == e.base+uint32(cur)-1 {
-		return e.waiters[n-1].ch
+	i := len(e.segs) - 1
+	for i > 0 && before(id, e.segs[i].start) {
+		i--
 	}
-	last := e.base + uint32(cur)
-	e.counts = append(e.counts, 0)
-	ch := make(chan struct{})
-	e.waiters = append(e.waiters, epochWaiter{last, ch})
+	e.segs[i].count -= n
 	e.trim()
-	return ch
 }
 
-// trim drops finished epochs from the front and releases their waiters.
+// barrier returns a wait that ends once the operations enqueued so far have
+// ended; release it if the caller stops waiting first.
+func (e *epochs) barrier() *epochWaiter {
+	last := e.cur
+	if e.segs[len(e.segs)-1].count == 0 && len(e.segs) > 1 && e.segs[len(e.segs)-1].start == e.cur {
+		last = e.cur - 1 // nothing enqueued since the last barrier
+	} else {
+		e.cur++
+		e.segs = append(e.segs, epochSeg{start: e.cur})
+	}
+	if n := len(e.waiters); n > 0 && e.waiters[n-1].last == last {
+		e.waiters[n-1].refs++
+		return e.waiters[n-1]
+	}
+	w := &epochWaiter{last: last, ch: make(chan struct{}), refs: 1}
+	e.waiters = append(e.waiters, w)
+	e.trim()
+	return w
+}
+
+// release takes back one Flush's wait on w, if it has not ended, and merges
+// away the boundary no one waits on any more.
+func (e *epochs) release(w *epochWaiter) {
+	w.refs--
+	if w.refs > 0 {
+		return
+	}
+	i := slices.Index(e.waiters, w)
+	if i < 0 {
+		return // it ended
+	}
+	e.waiters = slices.Delete(e.waiters, i, i+1)
+	// The boundary after w.last is the start of the segment after the one
+	// holding w.last; merge that segment into its predecessor.
+	for k := 1; k < len(e.segs); k++ {
+		if e.segs[k].start == w.last+1 {
+			e.segs[k-1].count += e.segs[k].count
+			e.segs = slices.Delete(e.segs, k, k+1)
+			break
+		}
+	}
+	e.trim()
+}
+
+// trim drops finished segments from the front and ends the waits that are
+// over.
 func (e *epochs) trim() {
-	for len(e.counts) > 1 && e.counts[0] == 0 {
-		e.counts = e.counts[1:]
-		e.base++
+	for len(e.segs) > 1 && e.segs[0].count == 0 {
+		e.segs = e.segs[1:]
 	}
-	for len(e.waiters) > 0 && e.waiters[0].last-e.base >= 1<<31 { // last < base, modulo 2^32
+	for len(e.waiters) > 0 && before(e.waiters[0].last, e.segs[0].start) {
 		close(e.waiters[0].ch)
 		e.waiters = e.waiters[1:]
 	}
 }
 
-// releaseAll releases every waiter: nothing is left to wait for.
+// releaseAll ends every wait: nothing is left to wait for.
 func (e *epochs) releaseAll() {
 	for _, w := range e.waiters {
 		close(w.ch)
 	}
 	e.waiters = nil
-	e.counts = []int{0}
+	e.cur++
+	e.segs = []epochSeg{{start: e.cur}}
 }

@@ -14,15 +14,16 @@ const eagerGap = time.Millisecond
 // A batch is a group of one watcher's operations released together.
 type batch struct {
 	q         *queue
-	ops       []*Operation
-	cost      int     // declared
-	pauses    uint64  // Batcher.mu.pauses when it went out
-	entry     uint64  // its ledger entry, 0 without a limiter
-	index     int     // in Batcher.mu.running
-	worker    *worker // the idle worker chosen to run it, or nil for a new one
-	err       error   // what ProcessBatch returned
-	abandoned bool    // Close or a failed Shutdown ended its operations; under mu
-	skipped   bool    // abandoned before ProcessBatch was called; set by its worker
+	ops       []*Operation // the Batcher's
+	given     []*Operation // ProcessBatch's: a copy it may change and keep
+	cost      int          // declared
+	pauses    uint64       // Batcher.mu.pauses when it went out
+	entry     uint64       // its ledger entry, 0 without a limiter
+	index     int          // in Batcher.mu.running
+	worker    *worker      // the idle worker chosen to run it, or nil for a new one
+	err       error        // what ProcessBatch returned
+	abandoned bool         // Close or a failed Shutdown ended its operations; under mu
+	skipped   bool         // abandoned before ProcessBatch was called; set by its worker
 }
 
 // setCapacityLocked records the rate limiter's capacity.
@@ -301,11 +302,14 @@ func (b *Batcher) noteWakeLocked(t time.Time) {
 // takeLocked takes the first n operations of q, costing cost, as a batch,
 // and gives it an idle worker if there is one.
 func (b *Batcher) takeLocked(now time.Time, q *queue, n, cost int) *batch {
-	// The slice is ProcessBatch's to keep: a new one for every batch. (So is
-	// the batch: a worker's timer may still look at it after it ends.)
-	ops := make([]*Operation, n)
+	// ProcessBatch gets a slice of its own, to change and keep, beside the
+	// one the Batcher reads when it returns; one allocation for both. (The
+	// batch is new too: a worker's timer may still look at it after it ends.)
+	buf := make([]*Operation, 2*n)
+	ops, given := buf[:n:n], buf[n:]
 	q.popInto(ops)
-	bt := &batch{q: q, ops: ops, cost: cost, pauses: b.mu.pauses, worker: b.popIdleLocked()}
+	copy(given, ops)
+	bt := &batch{q: q, ops: ops, given: given, cost: cost, pauses: b.mu.pauses, worker: b.popIdleLocked()}
 	if !b.mu.unlimited {
 		bt.entry = b.mu.ledger.add(now, cost)
 		if b.pacer != nil {
@@ -338,6 +342,14 @@ func (b *Batcher) complete(bt *batch, w *worker) (next *batch, idle bool) {
 	if bt.skipped {
 		return nil, false // Close has ended everything; the worker leaves
 	}
+	// Hold the event gate from the first operation ended here to the last
+	// event: Shutdown and Close wait for it, so that what they return after
+	// is counted and reported. If the gate is shut, Close has finished, and
+	// ended this batch's operations itself.
+	if !b.gate.enter() {
+		return nil, false
+	}
+	defer b.gate.leave()
 	var (
 		batchVerdict = verdictNone
 		batchErr     = bt.err
@@ -414,7 +426,7 @@ func (b *Batcher) complete(bt *batch, w *worker) (next *batch, idle bool) {
 		// Close or a failed Shutdown has already ended the rest and taken
 		// the batch off the books.
 		b.unlock()
-		b.emitAll(failed)
+		b.emitEntered(failed)
 		return nil, false
 	}
 	b.removeRunningLocked(bt)
@@ -490,8 +502,8 @@ func (b *Batcher) complete(bt *batch, w *worker) (next *batch, idle bool) {
 	}
 	b.unlock()
 	b.dispatch(out)
-	b.emitAll(failed)
-	b.emitAll(evs)
+	b.emitEntered(failed)
+	b.emitEntered(evs)
 	return next, idle
 }
 

@@ -20,9 +20,6 @@ type worker struct {
 	timer  *time.Timer // reports the current batch when it overruns
 	idleAt uint64      // the flush count when it went idle; under b.mu
 
-	ctx       context.Context // for ProcessBatch calls until cancelled; see batchCtx
-	cancelCtx context.CancelCauseFunc
-
 	mu      sync.Mutex // guards the current batch, for the timer
 	cur     *batch
 	started time.Time
@@ -73,11 +70,8 @@ func (w *worker) process(bt *batch) {
 	if limit == 0 {
 		limit = b.cfg.maxOperationTime
 	}
-	if w.ctx == nil || w.ctx.Err() != nil {
-		w.ctx, w.cancelCtx = context.WithCancelCause(w.base)
-	}
 	now := time.Now()
-	ctx := &batchCtx{Context: w.ctx, deadline: now.Add(limit)}
+	ctx, cancel := context.WithDeadline(w.base, now.Add(limit))
 	w.mu.Lock()
 	w.cur, w.started, w.limit = bt, now, limit
 	w.mu.Unlock()
@@ -94,8 +88,9 @@ func (w *worker) process(bt *batch) {
 	if abandoned {
 		bt.skipped = true // Close ended its operations before it could start
 	} else {
-		bt.err = bt.q.w.p.ProcessBatch(ctx, bt.ops)
+		bt.err = bt.q.w.p.ProcessBatch(ctx, bt.given)
 	}
+	cancel()
 
 	w.timer.Stop()
 	w.mu.Lock()
@@ -103,31 +98,10 @@ func (w *worker) process(bt *batch) {
 	w.mu.Unlock()
 }
 
-// batchCtx is the context of a ProcessBatch call: the worker's cancel
-// context, which its timer cancels, with context.DeadlineExceeded as the
-// cause, when a call overruns, and the Batcher's Close cancels. It reports the
-// call's deadline, and DeadlineExceeded as its error then, as a
-// context.WithTimeout would. The worker uses its cancel context for batch
-// after batch until one cancels it: a context and a timer per batch cost
-// more than the rest of the batch's bookkeeping.
-type batchCtx struct {
-	context.Context
-	deadline time.Time
-}
-
-func (c *batchCtx) Deadline() (time.Time, bool) { return c.deadline, true }
-
-func (c *batchCtx) Err() error {
-	err := c.Context.Err()
-	if err != nil && context.Cause(c.Context) == context.DeadlineExceeded {
-		return context.DeadlineExceeded
-	}
-	return err
-}
-
 // overran runs on the timer: it reports the current batch if it has run
-// longer than its limit. (A timer that fires late for a batch that has
-// already returned finds another batch, or none, that has not overrun.)
+// longer than its limit (its context, a deadline context, ends by itself at
+// the same moment). A timer that fires late for a batch that has already
+// returned finds another batch, or none, that has not overrun.
 func (w *worker) overran() {
 	w.mu.Lock()
 	defer w.mu.Unlock()
@@ -135,7 +109,6 @@ func (w *worker) overran() {
 	if bt == nil || time.Since(w.started) < limit {
 		return
 	}
-	w.cancelCtx(context.DeadlineExceeded)
 	ops := slices.Clone(bt.ops) // while w.cur holds bt, its batch is not done
 	b := w.b
 	b.mu.Lock()

@@ -19,8 +19,11 @@ type Provisioned struct {
 }
 
 // NewProvisioned returns a limiter that grants capacity cost units per
-// second. Start reports a negative capacity; 0 is valid and releases
-// nothing until SetCapacity raises it.
+// second. Start reports a negative capacity. The capacity is also the
+// maximum: Enqueue refuses operations that cost more, and when SetCapacity
+// lowers it, the Batcher fails the buffered operations that cost more than
+// the new capacity (they could never go out) with ErrTooExpensive. So a
+// capacity of 0 accepts only operations that cost nothing.
 func NewProvisioned(capacity int) *Provisioned {
 	p := &Provisioned{}
 	p.capacity.Store(int64(capacity))
