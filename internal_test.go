@@ -191,8 +191,9 @@ func TestRing(t *testing.T) {
 	for i := range 20 {
 		r.push(i)
 	}
-	dst := make([]int, 5)
-	r.popInto(dst)
+	for range 5 {
+		r.popFront()
+	}
 	r.pushFront([]int{-2, -1})
 	if r.len() != 17 || r.front() != -2 || r.at(2) != 5 {
 		t.Fatalf("len %d front %d at(2) %d", r.len(), r.front(), r.at(2))

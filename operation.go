@@ -283,6 +283,3 @@ func (op *Operation) claim() bool {
 
 // unclaim undoes claim, for an operation Enqueue refused.
 func (op *Operation) unclaim() { op.state.And(^stateMask) }
-
-// hasEnded reports whether end has been called.
-func (op *Operation) hasEnded() bool { return op.state.Load()&stateMask >= opEnding }

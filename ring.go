@@ -48,21 +48,6 @@ func (r *ring[T]) popFront() T {
 	return x
 }
 
-// popInto moves the first len(dst) elements into dst.
-func (r *ring[T]) popInto(dst []T) {
-	var zero T
-	for i := range dst {
-		j := (r.head + i) % len(r.buf)
-		dst[i] = r.buf[j]
-		r.buf[j] = zero
-	}
-	r.head = (r.head + len(dst)) % len(r.buf)
-	r.n -= len(dst)
-	if r.n == 0 {
-		r.reset()
-	}
-}
-
 // rotate moves the front element to the back.
 func (r *ring[T]) rotate() {
 	if r.n > 1 {
