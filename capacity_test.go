@@ -33,6 +33,7 @@ var backlogCases = []backlogCase{
 	{name: "ordinary ops", capacity: 10000, cost: 10, batch: 100, flush: 100 * time.Millisecond, run: 30 * time.Second},
 	{name: "ops costing half of C", capacity: 10000, cost: 5000, batch: 100, flush: 100 * time.Millisecond, run: 30 * time.Second},
 	{name: "C=5 units per second", capacity: 5, cost: 1, batch: 10, flush: 100 * time.Millisecond, run: 30 * time.Second},
+	{name: "C=15 units per second", capacity: 15, cost: 1, batch: 10, flush: 100 * time.Millisecond, run: 30 * time.Second},
 	{name: "C=15 and cost 2", capacity: 15, cost: 2, batch: 10, flush: 100 * time.Millisecond, run: 30 * time.Second},
 	{name: "ops costing all of C", capacity: 700, cost: 700, batch: 5, flush: 100 * time.Millisecond, run: 20 * time.Second},
 	{name: "unlimited batch size", capacity: 10000, cost: 7, batch: 0, flush: 100 * time.Millisecond, run: 20 * time.Second},
