@@ -154,20 +154,6 @@ func (b *Batcher) formLocked(now time.Time, q *queue, tick bool) *batch {
 	}
 	if !b.mu.unlimited {
 		f := b.fitLocked(now, q, n)
-		if b.cfg.eager && !full && !tick && b.mu.state != stateDraining {
-			// Eager release sends a batch that is not full only while the
-			// capacity for a full one is free: at light load at once; when
-			// capacity is short, not in driblets that would keep the buffer
-			// from filling, but once a full batch's worth has come.
-			need := f.ceiling
-			if m := w.maxBatchSize; m > 0 {
-				need = min(need, (cost*m+n-1)/n) // m operations of the candidate's mean cost
-			}
-			if !b.roomForLocked(now, need, f) {
-				b.noteRoomLocked(now, need)
-				return nil
-			}
-		}
 		// Short of room for the batch (or for as much of it as the capacity
 		// can ever hold at once), release what fits now only while
 		// draining; when an external pacer is full (waiting would waste
@@ -199,7 +185,6 @@ type fit struct {
 	k, kCost       int  // the first k operations, costing kCost, may go now
 	want, wantCost int  // the batch waits for room for the first want operations
 	room           int  // what the last second leaves of the capacity
-	ceiling        int  // the most one batch may cost, the pacing not in debt
 	paceFull       bool // an external pacer holds all it can
 }
 
@@ -225,7 +210,7 @@ func (b *Batcher) fitLocked(now time.Time, q *queue, n int) fit {
 	} else {
 		ceiling = max(min(ceiling, int(b.mu.pace.burst/nano)), 1)
 	}
-	f := fit{room: room, ceiling: ceiling, paceFull: paceFull}
+	f := fit{room: room, paceFull: paceFull}
 	// The batch to wait for: the candidate, or as much of it as fits under
 	// the ceiling (at least one operation).
 	f.want, f.wantCost = n, 0
@@ -257,18 +242,6 @@ func (b *Batcher) fitLocked(now time.Time, q *queue, n int) fit {
 		f.k, f.kCost = i+1, sum
 	}
 	return f
-}
-
-// roomForLocked reports whether cost would fit now, in the ledger's room
-// and in the pacing; f is the fit just computed at now.
-func (b *Batcher) roomForLocked(now time.Time, cost int, f fit) bool {
-	if cost > f.room {
-		return false
-	}
-	if b.pacer != nil {
-		return float64(cost) <= b.pacer.TokensAt(now)
-	}
-	return b.mu.pace.fits(cost, false)
 }
 
 // noteRoomLocked asks the owner to try again when need fits in capacity.
