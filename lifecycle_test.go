@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"runtime"
+	"slices"
 	"sync"
 	"testing"
 	"testing/synctest"
@@ -676,6 +677,69 @@ func TestDerivedContextsSeeTheDeadline(t *testing.T) {
 		}
 		if err := <-got; err != context.DeadlineExceeded {
 			t.Errorf("a derived context's Err() = %v after an overrun, want DeadlineExceeded", err)
+		}
+	})
+}
+
+// stoppingLimiter records when its Stop is called.
+type stoppingLimiter struct {
+	mu      sync.Mutex
+	stopped []time.Time
+}
+
+func (l *stoppingLimiter) MaxCapacity() int            { return 1000 }
+func (l *stoppingLimiter) Capacity() int               { return 1000 }
+func (l *stoppingLimiter) GiveMe(int)                  {}
+func (l *stoppingLimiter) Start(context.Context) error { return nil }
+func (l *stoppingLimiter) Stop(ctx context.Context) error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.stopped = append(l.stopped, time.Now())
+	return nil
+}
+
+func (l *stoppingLimiter) stops() []time.Time {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return slices.Clone(l.stopped)
+}
+
+func TestShutdownStopsTheLimiterAfterTheLastBatch(t *testing.T) {
+	// A limiter that holds leases releases them in Stop: Shutdown calls it
+	// once, after every ProcessBatch has returned; Close does not.
+	synctest.Test(t, func(t *testing.T) {
+		lim := &stoppingLimiter{}
+		b := batcher.NewBatcher().WithRateLimiter(lim)
+		start(t, b)
+		var mu sync.Mutex
+		var lastReturn time.Time
+		w := batcher.NewWatcher(func(ctx context.Context, _ []*batcher.Operation) error {
+			err := sleep(ctx, 2*time.Second)
+			mu.Lock()
+			lastReturn = time.Now()
+			mu.Unlock()
+			return err
+		})
+		enqueue(t, b, w, 3, 1)
+		time.Sleep(150 * time.Millisecond)
+		if err := b.Shutdown(t.Context()); err != nil {
+			t.Fatal(err)
+		}
+		b.Shutdown(t.Context())
+		stops := lim.stops()
+		mu.Lock()
+		defer mu.Unlock()
+		if len(stops) != 1 || stops[0].Before(lastReturn) {
+			t.Errorf("Stop called at %v, the last batch returned at %v; want once, after", stops, lastReturn)
+		}
+
+		lim2 := &stoppingLimiter{}
+		b2 := start(t, batcher.NewBatcher().WithRateLimiter(lim2))
+		if err := b2.Close(); err != nil {
+			t.Fatal(err)
+		}
+		if n := len(lim2.stops()); n != 0 {
+			t.Errorf("Close called Stop %d times; it only cancels the limiter's context", n)
 		}
 	})
 }

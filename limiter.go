@@ -6,16 +6,16 @@ import (
 )
 
 // A RateLimiter grants a [Batcher] the capacity it may release, in cost
-// units per second. Package ratelimiter has a fixed provisioned capacity, a
-// token bucket and, for several instances, a shared capacity leased from a
-// store.
+// units per second. Package ratelimiter has a fixed provisioned capacity and
+// a token bucket.
 //
 // Whatever the limiter says, the Batcher itself never releases more than
 // Capacity() in any one-second window, so a custom limiter cannot make it
 // overshoot: a limiter only decides how much capacity there is.
 //
-// The Batcher calls the methods from its own goroutines, never while holding
-// its locks; they must be safe for concurrent use and must not block.
+// The Batcher calls MaxCapacity from Enqueue, on the caller's goroutine, and
+// the other methods from its own goroutines, never while holding its locks.
+// They must be safe for concurrent use and must not block.
 type RateLimiter interface {
 	// MaxCapacity returns the most capacity the limiter could ever grant.
 	// Enqueue refuses operations that cost more with ErrTooExpensive; when it
@@ -46,6 +46,10 @@ type RateLimiter interface {
 // releases only what TokensAt allows, instead of spreading each second's
 // capacity evenly over its flushes; the one-second bound on Capacity still
 // holds.
+//
+// Unlike the RateLimiter methods, the Batcher calls these while it holds its
+// lock, as it decides each release: they must be quick, must not block, and
+// must not call the Batcher.
 type Pacer interface {
 	// TokensAt returns the cost that may go out at now.
 	TokensAt(now time.Time) float64
