@@ -64,6 +64,28 @@ const (
 	// limit. The batch keeps its slot until ProcessBatch returns.
 	TimedOut
 
+	// The kinds below are emitted by rate limiters that lease shared
+	// capacity (ratelimiter.SharedResource), and passed on by a Batcher that
+	// uses one.
+
+	// ProvisionStarted: the limiter began preparing its lease store; Val is
+	// the number of partitions.
+	ProvisionStarted
+	// ProvisionDone: the lease store is ready for Val partitions.
+	ProvisionDone
+	// PartitionAcquired: the limiter leased partition Val and counts its
+	// capacity from now.
+	PartitionAcquired
+	// PartitionReleased: the limiter stopped counting partition Val; Msg
+	// says why ("not needed", "fair share", "lease lost", "expired",
+	// "shared capacity lowered", "stopping"). Its lease is released after
+	// the handoff guard, or lapses.
+	PartitionReleased
+	// LimiterError: the limiter's lease store failed; Err says how. The
+	// limiter falls back to its reserved capacity until the store answers
+	// again.
+	LimiterError
+
 	// kindCount is one past the last kind.
 	kindCount
 )
@@ -85,6 +107,11 @@ var kindNames = [...]string{
 	Throttled:         "throttled",
 	Failed:            "failed",
 	TimedOut:          "timeout",
+	ProvisionStarted:  "provision-start",
+	ProvisionDone:     "provision-done",
+	PartitionAcquired: "allocated",
+	PartitionReleased: "released",
+	LimiterError:      "error",
 }
 
 // String returns the seed's name for the kind, such as "audit-fail".

@@ -20,6 +20,8 @@ func TestEventKindNamesAreTheSeeds(t *testing.T) {
 		batcher.AuditSkipped: "audit-skip", batcher.CapacityRequested: "request", batcher.FlushStarted: "flush-start",
 		batcher.FlushDone: "flush-done", batcher.CapacityChanged: "capacity", batcher.TargetChanged: "target",
 		batcher.Retrying: "retry", batcher.Throttled: "throttled", batcher.Failed: "failed", batcher.TimedOut: "timeout",
+		batcher.ProvisionStarted: "provision-start", batcher.ProvisionDone: "provision-done",
+		batcher.PartitionAcquired: "allocated", batcher.PartitionReleased: "released", batcher.LimiterError: "error",
 	}
 	for k, name := range want {
 		if k.String() != name {
