@@ -5,12 +5,30 @@
 GOPROXY ?= $(shell go env GOPROXY | cut -d, -f1)
 export GOPROXY
 
-.PHONY: test bench vet check-format
+.PHONY: test test-short services-up services-down services-status bench vet check-format
 
-# Every test, race detector on, three times over: the time-driven tests run on
-# synctest's fake clock and must pass every time.
-test: check-format vet
-	go test -race -count=3 ./...
+# Every test, race detector on, three times over, against the real services
+# (ClickHouse, the Cosmos DB API server, Azurite, Redis, etcd), which
+# scripts/services.sh installs and starts if they are not already running.
+# BATCHER_SERVICES=1 makes a test whose service is unreachable fail rather
+# than skip. The time-driven tests run on synctest's fake clock and must pass
+# every time.
+test: check-format vet services-up
+	BATCHER_SERVICES=1 go test -race -count=3 ./...
+
+# The unit tests alone, without services: tests that need one skip, saying why.
+test-short: check-format vet
+	go test -race ./...
+
+services-up:
+	scripts/services.sh up
+
+# Stops only what services-up started.
+services-down:
+	scripts/services.sh down
+
+services-status:
+	scripts/services.sh status
 
 vet:
 	go vet ./...
