@@ -34,7 +34,7 @@ const (
 	// AuditSkipped: the audit had nothing to check (an empty Batcher).
 	AuditSkipped
 	// CapacityRequested: the Batcher asked its rate limiter for capacity;
-	// Val is the target it asked for. Only with WithEmitRequest.
+	// Val is the demand it gave GiveMe. Only with WithEmitRequest.
 	CapacityRequested
 	// FlushStarted: a flush (on the interval or by Flush) began. Only with
 	// WithEmitFlush.

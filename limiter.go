@@ -30,11 +30,15 @@ type RateLimiter interface {
 	// The Batcher reads it every capacity interval and every flush.
 	Capacity() int
 
-	// GiveMe tells the limiter the target: the cost of the operations that
-	// wait for capacity. The Batcher calls it every capacity interval. A
-	// limiter that acquires capacity, such as a shared one, acquires enough
-	// for the target, and lets go of what it does not need.
-	GiveMe(target int)
+	// GiveMe tells the limiter the capacity the Batcher would use, in cost
+	// units per second: the cost it released in the last second plus the
+	// cost of the operations waiting now (the target, see
+	// Batcher.NeedsCapacity). Under a backlog it exceeds the capacity, by
+	// the target; at a steady rate under the capacity it is about that
+	// rate. The Batcher calls it every capacity interval. A limiter that
+	// acquires capacity, such as a shared one, acquires enough for it, and
+	// lets go of what it does not need.
+	GiveMe(demand int)
 
 	// Start starts the limiter's own work, if any, until ctx is cancelled.
 	// The Batcher calls it from its own Start and reports its error.

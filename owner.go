@@ -143,13 +143,22 @@ func (b *Batcher) nextWakeLocked() time.Time {
 	return next
 }
 
-// askCapacity tells the rate limiter the target and reads its capacity.
+// askCapacity tells the rate limiter the demand and reads its capacity.
 func (b *Batcher) askCapacity() {
 	lim := b.cfg.limiter
 	b.mu.Lock()
+	b.sweepLocked()
 	target := b.mu.target
 	changed := target != b.mu.lastTarget
 	b.mu.lastTarget = target
+	// The demand, in cost units per second: what waits now, plus what
+	// went out in the last second. Under a backlog it exceeds the capacity
+	// however small the buffer; at a steady rate under the capacity it is
+	// that rate and what one flush holds.
+	demand := target
+	if !b.mu.unlimited {
+		demand += b.mu.ledger.used(time.Now())
+	}
 	b.unlock()
 	if changed {
 		b.emit(Event{Kind: TargetChanged, Val: target})
@@ -158,9 +167,9 @@ func (b *Batcher) askCapacity() {
 		return
 	}
 	if b.cfg.emitRequest {
-		b.emit(Event{Kind: CapacityRequested, Val: target})
+		b.emit(Event{Kind: CapacityRequested, Val: demand})
 	}
-	lim.GiveMe(target)
+	lim.GiveMe(demand)
 	c, m := lim.Capacity(), lim.MaxCapacity()
 	now := time.Now()
 	b.mu.Lock()
