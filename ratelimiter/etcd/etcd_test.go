@@ -1,0 +1,282 @@
+package etcd_test
+
+import (
+	"context"
+	"crypto/rand"
+	"errors"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/ratebatch/batcher/internal/leasetest"
+	"github.com/ratebatch/batcher/internal/servicetest"
+	"github.com/ratebatch/batcher/ratelimiter"
+	"github.com/ratebatch/batcher/ratelimiter/etcd"
+)
+
+// newClient returns a client of the test server, closed when t ends.
+func newClient(t testing.TB) *clientv3.Client {
+	t.Helper()
+	url := servicetest.Need(t, servicetest.Etcd)
+	c, err := clientv3.New(clientv3.Config{Endpoints: []string{url}, DialTimeout: 5 * time.Second})
+	if err != nil {
+		t.Fatalf("etcd client for %s: %v", url, err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
+// newPrefix returns a prefix no other test uses, and deletes its keys when t
+// ends.
+func newPrefix(t testing.TB, c *clientv3.Client) string {
+	t.Helper()
+	prefix := "/batcher-test/" + rand.Text()[:12]
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		if _, err := c.Delete(ctx, prefix+"/", clientv3.WithPrefix()); err != nil {
+			t.Errorf("deleting the keys of %s: %v", prefix, err)
+		}
+	})
+	return prefix
+}
+
+func newManager(t testing.TB, c *clientv3.Client, prefix string) *etcd.Manager {
+	t.Helper()
+	m, err := etcd.New(c, prefix)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return m
+}
+
+func TestConformance(t *testing.T) {
+	c := newClient(t)
+	var prefixes sync.Map // *etcd.Manager -> prefix
+	leasetest.Run(t, func(t *testing.T) ratelimiter.LeaseManager {
+		prefix := newPrefix(t, c)
+		m := newManager(t, c, prefix)
+		prefixes.Store(m, prefix)
+		return m
+	}, leasetest.Options{
+		// etcd's minimum TTL with its default election timeout.
+		MinDuration: 2 * time.Second,
+		Grace:       900 * time.Millisecond,
+		// Another process: its own client, the same prefix.
+		Peer: func(t *testing.T, m ratelimiter.LeaseManager) ratelimiter.LeaseManager {
+			prefix, _ := prefixes.Load(m)
+			return newManager(t, newClient(t), prefix.(string))
+		},
+	})
+}
+
+// leaseOf returns the etcd lease that partition p's key is on.
+func leaseOf(t *testing.T, c *clientv3.Client, prefix string, p string) clientv3.LeaseID {
+	t.Helper()
+	resp, err := c.Get(t.Context(), prefix+"/lease/"+p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(resp.Kvs) != 1 {
+		t.Fatalf("key of partition %s: %d keys", p, len(resp.Kvs))
+	}
+	return clientv3.LeaseID(resp.Kvs[0].Lease)
+}
+
+// TestRevokedBehindBack revokes the etcd lease under a partition lease, as
+// an operator or a lost etcd member would: the holder's Renew says the lease
+// is lost, and another owner takes it.
+func TestRevokedBehindBack(t *testing.T) {
+	c := newClient(t)
+	prefix := newPrefix(t, c)
+	m := newManager(t, c, prefix)
+	ctx := t.Context()
+	if err := m.Provision(ctx, 2); err != nil {
+		t.Fatal(err)
+	}
+	if err := m.Acquire(ctx, 0, "owner-a", 10*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Revoke(ctx, leaseOf(t, c, prefix, "0")); err != nil {
+		t.Fatal(err)
+	}
+	if err := m.Renew(ctx, 0, "owner-a", 10*time.Second); !errors.Is(err, ratelimiter.ErrLeaseLost) {
+		t.Fatalf("Renew after its lease was revoked = %v, want ErrLeaseLost", err)
+	}
+	if err := m.Acquire(ctx, 0, "owner-b", 10*time.Second); err != nil {
+		t.Fatalf("Acquire by another owner after the lease was revoked: %v", err)
+	}
+}
+
+// TestDeletedBehindBack deletes a partition's key while its etcd lease
+// lives: the holder's Renew must not keep the lease alive for nothing.
+func TestDeletedBehindBack(t *testing.T) {
+	c := newClient(t)
+	prefix := newPrefix(t, c)
+	m := newManager(t, c, prefix)
+	ctx := t.Context()
+	if err := m.Provision(ctx, 1); err != nil {
+		t.Fatal(err)
+	}
+	if err := m.Acquire(ctx, 0, "owner-a", 10*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	id := leaseOf(t, c, prefix, "0")
+	if _, err := c.Delete(ctx, prefix+"/lease/0"); err != nil {
+		t.Fatal(err)
+	}
+	if err := m.Renew(ctx, 0, "owner-a", 10*time.Second); !errors.Is(err, ratelimiter.ErrLeaseLost) {
+		t.Fatalf("Renew after its key was deleted = %v, want ErrLeaseLost", err)
+	}
+	// The orphaned etcd lease was revoked.
+	ttl, err := c.TimeToLive(ctx, id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ttl.TTL > 0 {
+		t.Errorf("etcd lease %x still has %ds to live after its key was lost", id, ttl.TTL)
+	}
+}
+
+// TestTwoManagersOneOwner has an owner's leases renewed by a Manager that
+// did not acquire them, then by the one that did: both must work, as the
+// key's value, not the Manager's memory, says who holds it.
+func TestTwoManagersOneOwner(t *testing.T) {
+	c := newClient(t)
+	prefix := newPrefix(t, c)
+	m1, m2 := newManager(t, c, prefix), newManager(t, newClient(t), prefix)
+	ctx := t.Context()
+	if err := m1.Provision(ctx, 1); err != nil {
+		t.Fatal(err)
+	}
+	if err := m1.Acquire(ctx, 0, "owner-a", 10*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	for i, m := range []*etcd.Manager{m2, m1, m2, m1} {
+		if err := m.Renew(ctx, 0, "owner-a", 10*time.Second); err != nil {
+			t.Fatalf("Renew %d: %v", i, err)
+		}
+	}
+	if err := m2.Release(ctx, 0, "owner-a"); err != nil {
+		t.Fatal(err)
+	}
+	if err := m1.Renew(ctx, 0, "owner-a", 10*time.Second); !errors.Is(err, ratelimiter.ErrLeaseLost) {
+		t.Fatalf("Renew after the other Manager released = %v, want ErrLeaseLost", err)
+	}
+}
+
+// TestGrantedTTL records what etcd makes of short durations: it rounds up to
+// whole seconds and raises them to its minimum.
+func TestGrantedTTL(t *testing.T) {
+	c := newClient(t)
+	prefix := newPrefix(t, c)
+	m := newManager(t, c, prefix)
+	ctx := t.Context()
+	if err := m.Provision(ctx, 3); err != nil {
+		t.Fatal(err)
+	}
+	for p, d := range []time.Duration{time.Millisecond, 1500 * time.Millisecond, 3 * time.Second} {
+		if err := m.Acquire(ctx, p, "owner-a", d); err != nil {
+			t.Fatal(err)
+		}
+		ttl, err := c.TimeToLive(ctx, leaseOf(t, c, prefix, string(rune('0'+p))))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if time.Duration(ttl.GrantedTTL)*time.Second < d {
+			t.Errorf("a %v lease was granted %ds", d, ttl.GrantedTTL)
+		}
+		t.Logf("a %v lease was granted %ds", d, ttl.GrantedTTL)
+	}
+}
+
+func TestInvalid(t *testing.T) {
+	if _, err := etcd.New(nil, "/"); err == nil || !strings.Contains(err.Error(), "client is nil") || !strings.Contains(err.Error(), `prefix "/" is empty`) {
+		t.Errorf(`New(nil, "/") = %v, want errors naming the client and the prefix`, err)
+	}
+	// A client that never dials: validation comes before any call.
+	c, err := clientv3.New(clientv3.Config{Endpoints: []string{"127.0.0.1:1"}, DialTimeout: time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	m, err := etcd.New(c, "p")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := t.Context()
+	for _, tc := range []struct {
+		err  error
+		want string
+	}{
+		{m.Provision(ctx, -2), "partition count -2 is negative"},
+		{m.Acquire(ctx, -1, "a", time.Second), "partition -1 is negative"},
+		{m.Acquire(ctx, 0, "", time.Second), "owner is empty"},
+		{m.Acquire(ctx, 0, "a", 999*time.Microsecond), "lease duration 999µs is under 1ms"},
+		{m.Renew(ctx, 0, "a", 0), "lease duration 0s is under 1ms"},
+		{m.Release(ctx, -3, "a"), "partition -3 is negative"},
+		{announceErr(m, ratelimiter.Demand{Owner: "a", Want: 1, TTL: time.Microsecond}), "demand TTL 1µs is under 1ms"},
+		{announceErr(m, ratelimiter.Demand{Owner: "a", Want: -1, TTL: time.Second}), "Want -1 is negative"},
+		{announceErr(m, ratelimiter.Demand{Owner: "a", Held: []int{1, -4}, TTL: time.Second}), "held partition -4 is negative"},
+		{announceErr(m, ratelimiter.Demand{Want: 1, TTL: time.Second}), "owner is empty"},
+	} {
+		if tc.err == nil || !strings.Contains(tc.err.Error(), tc.want) {
+			t.Errorf("got error %v, want one containing %q", tc.err, tc.want)
+		}
+	}
+}
+
+func announceErr(m *etcd.Manager, d ratelimiter.Demand) error {
+	_, err := m.Announce(context.Background(), d)
+	return err
+}
+
+func benchManager(b *testing.B) (*etcd.Manager, context.Context) {
+	c := newClient(b)
+	m := newManager(b, c, newPrefix(b, c))
+	ctx := context.Background()
+	if err := m.Provision(ctx, 1); err != nil {
+		b.Fatal(err)
+	}
+	return m, ctx
+}
+
+// BenchmarkRenew measures a renewal with the same duration: a keep-alive and
+// a read.
+func BenchmarkRenew(b *testing.B) {
+	m, ctx := benchManager(b)
+	if err := m.Acquire(ctx, 0, "a", 10*time.Second); err != nil {
+		b.Fatal(err)
+	}
+	for b.Loop() {
+		if err := m.Renew(ctx, 0, "a", 10*time.Second); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+// BenchmarkAcquireRelease measures taking a free partition and giving it up.
+func BenchmarkAcquireRelease(b *testing.B) {
+	m, ctx := benchManager(b)
+	for b.Loop() {
+		if err := m.Acquire(ctx, 0, "a", 10*time.Second); err != nil {
+			b.Fatal(err)
+		}
+		if err := m.Release(ctx, 0, "a"); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+// BenchmarkAnnounce measures an announcement with the same TTL as the last.
+func BenchmarkAnnounce(b *testing.B) {
+	m, ctx := benchManager(b)
+	for b.Loop() {
+		if _, err := m.Announce(ctx, ratelimiter.Demand{Owner: "a", Want: 3, Held: []int{1, 2, 3}, TTL: 10 * time.Second}); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
