@@ -1,0 +1,317 @@
+// Package cosmosmodel is a throttling model of Azure Cosmos DB: an HTTPS
+// server, in process, that speaks enough of the Cosmos DB NoSQL REST API for
+// the Go SDK (azcosmos v1.5.0) and does what Azure does and the local
+// emulators do not: it enforces a provisioned throughput in RU per second,
+// answers 429 when a request would exceed it, and reports realistic request
+// charges. It counts the RU it served each second and every 429, for tests
+// and demos.
+//
+// # Use
+//
+//	m, err := cosmosmodel.New(cosmosmodel.Options{ProvisionedRU: 10000})
+//	if err != nil { ... }
+//	if err := m.Start(); err != nil { ... }
+//	defer m.Close()
+//	client, err := m.NewClient(nil) // an *azcosmos.Client that trusts m's certificate
+//	// NewClient(nil) leaves 429s to the caller (*azcore.ResponseError,
+//	// StatusCode 429, header x-ms-retry-after-ms); NewClient(&azcosmos.ClientOptions{})
+//	// lets the SDK retry them itself (3 times, honouring the retry-after).
+//	... create a database and a container, write items ...
+//	st := m.Stats()       // RU served, 429s, requests, peak RU in one second
+//	h := m.History()      // RU, requests and 429s of each second since New
+//	items, _ := m.Items("db", "container") // in-memory mode: what is stored
+//
+// The exported API: [Options] (ProvisionedRU, Backend, BackendTransport,
+// Addr), [New], [Model.Start], [Model.Close], [Model.URL], [Model.Client]
+// (an *http.Client trusting the model's self-signed certificate),
+// [Model.NewClient], [Model.ClientOptions], [Model.Handler] (serve without a
+// listener), [Model.Stats], [Model.History], [Model.Items],
+// [Model.SetProvisionedRU]; the charge functions [ReadCharge],
+// [WriteCharge], [QueryCharge] and their constants; [Stats] and [Second].
+//
+// # Two modes
+//
+// By default (Options.Backend nil) the model keeps documents in memory and
+// answers itself: the database account (GET /), create, read and delete of
+// databases and containers, create, upsert, replace, read and delete of
+// items, transactional batches (atomic, at most 100 operations, 207 with 424s
+// when one fails, as Azure does), and two queries, "SELECT * FROM c" and
+// "SELECT VALUE COUNT(1) FROM c" (any alias, one partition or all). Anything
+// else is answered 400 with a message naming it. It checks no authorization.
+//
+// With Options.Backend set it is a reverse proxy in front of a real Cosmos DB
+// API server (such as @vercel/cosmosdb-server): it forwards what it admits,
+// replaces the backend's x-ms-request-charge with its own figure (and the
+// per-operation charges of batches), and rewrites the account's endpoints to
+// its own URL, since the SDK sends every request after the first to the
+// endpoint the account names.
+//
+// # Throughput
+//
+// The budget is ProvisionedRU per second in fixed one-second windows counted
+// from [New]. A document request is answered 429 (code TooManyRequests,
+// headers x-ms-substatus: 3200, x-ms-retry-after-ms: the milliseconds until
+// the next window, x-ms-request-charge: 0) when the RU already served in the
+// current window plus its charge would exceed ProvisionedRU. A request that
+// costs more than ProvisionedRU on its own is admitted into a window that has
+// served nothing yet, as it could never run otherwise. Azure's budget is per
+// physical partition per second and lets a request overdraw it a little; the
+// model has one partition and a hard bound, which is simpler to reason about
+// in tests. Requests on the account, databases and containers draw on no
+// budget. In proxy mode a read is admitted on the charge of a 1 KB read and
+// charged what the document really costs once the backend has answered.
+//
+// # Charges
+//
+// See [ReadCharge], [WriteCharge], [QueryCharge]: 1 RU for a 1 KB point read,
+// 5.71 RU for a 1 KB write, growing linearly with size along Azure's
+// published figures.
+//
+// # Time and tests
+//
+// The model calls time.Now, so inside a testing/synctest bubble it runs on
+// fake time: serve requests through [Model.Handler] (no network) in a bubble
+// to test the windows deterministically.
+package cosmosmodel
+
+import (
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"net/url"
+	"sync"
+	"time"
+
+	"github.com/Azure/azure-sdk-for-go/sdk/azcore/policy"
+	"github.com/Azure/azure-sdk-for-go/sdk/data/azcosmos"
+)
+
+// Key is a valid account key for clients of the model, which checks no
+// authorization: the Cosmos DB emulator's well-known key.
+const Key = "C2y6yDjf5/R+ob0N8A7Cgv30VRDJIWEHLM+4QDU5DE2nQ9nDuVTqobD4b8mGGyPMbIZnqyMsEcaGQy67XIw/Jw=="
+
+// Options configure a Model.
+type Options struct {
+	// ProvisionedRU is the provisioned throughput in RU per second. 0 means
+	// unlimited: no request is throttled, but charges are still reported and
+	// counted. Negative values are invalid.
+	ProvisionedRU float64
+
+	// Backend is the URL of a Cosmos DB API server to forward to, such as
+	// https://127.0.0.1:8081/. nil keeps documents in memory.
+	Backend *url.URL
+
+	// BackendTransport sends requests to Backend. The default trusts the
+	// system's certificates, and skips verification for a loopback Backend
+	// only (local servers use self-signed certificates).
+	BackendTransport http.RoundTripper
+
+	// Addr is the address Start listens on. The default is 127.0.0.1:0,
+	// a free port on the loopback interface.
+	Addr string
+}
+
+// A Model is a throttling Cosmos DB model; see the package doc. Create it
+// with New, then Start it to listen, or serve its Handler yourself. Its
+// methods are safe for concurrent use. Close stops it; it cannot be
+// restarted.
+type Model struct {
+	opts    Options
+	meter   *meter
+	store   *store  // in-memory mode
+	backend *client // proxy mode
+	handler http.Handler
+
+	mu struct {
+		sync.Mutex
+		started bool
+		closed  bool
+		url     string
+		srv     *http.Server
+		done    chan struct{} // closed when Serve has returned
+		client  *http.Client
+	}
+}
+
+// New checks opts and returns a Model whose throughput windows start now.
+// It does not listen yet: see Start and Handler.
+func New(opts Options) (*Model, error) {
+	var errs []error
+	if opts.ProvisionedRU < 0 || opts.ProvisionedRU != opts.ProvisionedRU {
+		errs = append(errs, fmt.Errorf("cosmosmodel: ProvisionedRU is %v; want 0 (unlimited) or more", opts.ProvisionedRU))
+	}
+	if b := opts.Backend; b != nil && (b.Scheme != "https" && b.Scheme != "http" || b.Host == "") {
+		errs = append(errs, fmt.Errorf("cosmosmodel: Backend %q is not an http(s) URL with a host", b.String()))
+	}
+	if err := errors.Join(errs...); err != nil {
+		return nil, err
+	}
+	if opts.Addr == "" {
+		opts.Addr = "127.0.0.1:0"
+	}
+	m := &Model{opts: opts, meter: newMeter(time.Now(), opts.ProvisionedRU)}
+	if opts.Backend == nil {
+		m.store = newStore()
+		m.handler = http.HandlerFunc(m.serveMemory)
+	} else {
+		m.backend = newClient(opts.Backend, opts.BackendTransport)
+		m.handler = http.HandlerFunc(m.serveProxy)
+	}
+	return m, nil
+}
+
+// Start listens on Options.Addr and serves HTTPS, with a self-signed
+// certificate for 127.0.0.1, ::1 and localhost that Client trusts, and
+// HTTP/2. It returns once the model accepts connections.
+func (m *Model) Start() error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.mu.closed {
+		return errors.New("cosmosmodel: Start after Close")
+	}
+	if m.mu.started {
+		return errors.New("cosmosmodel: Start called twice")
+	}
+	cert, pool, err := selfSigned()
+	if err != nil {
+		return err
+	}
+	ln, err := net.Listen("tcp", m.opts.Addr)
+	if err != nil {
+		return fmt.Errorf("cosmosmodel: listen on %s: %w", m.opts.Addr, err)
+	}
+	srv := &http.Server{
+		Handler:           m.handler,
+		TLSConfig:         &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12},
+		ReadHeaderTimeout: 10 * time.Second,
+		ErrorLog:          discardLog,
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		_ = srv.ServeTLS(ln, "", "") // returns http.ErrServerClosed on Close
+	}()
+	m.mu.started = true
+	m.mu.srv = srv
+	m.mu.done = done
+	m.mu.url = "https://" + ln.Addr().String() + "/"
+	m.mu.client = &http.Client{Transport: &http.Transport{
+		TLSClientConfig:     &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12},
+		ForceAttemptHTTP2:   true,
+		MaxIdleConnsPerHost: 64,
+		IdleConnTimeout:     90 * time.Second,
+		DialContext:         (&net.Dialer{Timeout: 5 * time.Second}).DialContext,
+	}}
+	return nil
+}
+
+// Close stops the server, closing its connections, and waits for its
+// goroutines to end. It is safe to call more than once, and before Start.
+func (m *Model) Close() error {
+	m.mu.Lock()
+	if m.mu.closed {
+		m.mu.Unlock()
+		return nil
+	}
+	m.mu.closed = true
+	srv, done, c := m.mu.srv, m.mu.done, m.mu.client
+	m.mu.Unlock()
+	if srv == nil {
+		return nil
+	}
+	err := srv.Close()
+	<-done
+	c.CloseIdleConnections()
+	if m.backend != nil {
+		m.backend.c.CloseIdleConnections()
+	}
+	return err
+}
+
+// URL returns the model's endpoint for azcosmos.NewClientWithKey, such as
+// https://127.0.0.1:34567/; "" before Start.
+func (m *Model) URL() string {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.mu.url
+}
+
+// Client returns an HTTP client that trusts the model's certificate and
+// speaks HTTP/2 to it; nil before Start. Give it to azcosmos as the
+// transport (ClientOptions does). Clients that cannot use it must skip
+// certificate verification, for 127.0.0.1 only.
+func (m *Model) Client() *http.Client {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.mu.client
+}
+
+// ClientOptions returns azcosmos client options whose transport is Client,
+// and which leave 429s to the caller: MaxRetries is -1, so a throttled
+// request fails with an *azcore.ResponseError of StatusCode 429 instead of
+// being retried by the SDK. Set Retry.MaxRetries to 0 for the SDK's default
+// retries. It returns nil before Start.
+func (m *Model) ClientOptions() *azcosmos.ClientOptions {
+	c := m.Client()
+	if c == nil {
+		return nil
+	}
+	o := &azcosmos.ClientOptions{}
+	o.Transport = c
+	o.Retry = policy.RetryOptions{MaxRetries: -1}
+	return o
+}
+
+// NewClient returns an azcosmos client for the model, with Key as its key.
+// o may be nil for ClientOptions(); otherwise its Transport is replaced by
+// Client. It fails before Start.
+func (m *Model) NewClient(o *azcosmos.ClientOptions) (*azcosmos.Client, error) {
+	c := m.Client()
+	if c == nil {
+		return nil, errors.New("cosmosmodel: NewClient before Start")
+	}
+	if o == nil {
+		o = m.ClientOptions()
+	} else {
+		cp := *o
+		cp.Transport = c
+		o = &cp
+	}
+	cred, err := azcosmos.NewKeyCredential(Key)
+	if err != nil {
+		return nil, err
+	}
+	return azcosmos.NewClientWithKey(m.URL(), cred, o)
+}
+
+// Handler returns the model as an http.Handler, to serve requests without a
+// listener (for instance in a testing/synctest bubble, with
+// httptest.NewRecorder). It names its own endpoint in the database account
+// as https://<the request's Host>/.
+func (m *Model) Handler() http.Handler { return m.handler }
+
+// Stats returns what the model served so far.
+func (m *Model) Stats() Stats { return m.meter.stats(time.Now()) }
+
+// History returns the model's seconds, from its creation (or the oldest
+// kept: a day's worth) to the current one, which is still counting.
+func (m *Model) History() []Second { return m.meter.history(time.Now()) }
+
+// SetProvisionedRU changes the provisioned throughput from now on
+// (0: unlimited). Negative values are treated as 0.
+func (m *Model) SetProvisionedRU(ru float64) {
+	m.meter.setProvisioned(max(ru, 0))
+}
+
+// Items returns the documents of a container in the in-memory store, as
+// stored (with the system properties _rid, _self, _etag, _ts), ordered by
+// partition key and id. It fails in proxy mode, and for a database or
+// container that does not exist.
+func (m *Model) Items(database, container string) ([][]byte, error) {
+	if m.store == nil {
+		return nil, errors.New("cosmosmodel: Items is only available in in-memory mode; query the backend instead")
+	}
+	return m.store.items(database, container)
+}
