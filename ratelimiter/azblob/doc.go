@@ -43,8 +43,13 @@
 // the same ID and the new duration, which Azure allows the holder.
 //
 // An expired lease that nobody took is still its holder's: Azure lets the
-// holder renew it, and so does Renew. Only another owner's acquire ends it.
-// Release ends it at once.
+// holder renew it, and so does Renew. Only another owner's acquire ends it
+// (after which the holder's renew fails with LeaseIdMismatchWithLeaseOperation,
+// even once that owner released it), so a renew that succeeds proves that
+// nobody else leased the blob in between. Release ends a lease at once.
+//
+// Rounding up makes Azure's expiry no earlier than one measured, on the
+// caller's clock, from the moment the call was sent.
 //
 // # What Azure's answers mean here
 //
