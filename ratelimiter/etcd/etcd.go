@@ -157,10 +157,16 @@ func checkCall(ctx context.Context, method string, p int, owner string) error {
 }
 
 // wrap annotates an error of the client, keeping ctx's error visible to
-// errors.Is when ctx ended during the call.
+// errors.Is when ctx ended during the call. A call that timed out at ctx's
+// deadline may return before ctx's timer has fired: that counts as ctx's
+// deadline too.
 func wrap(ctx context.Context, err error, format string, a ...any) error {
 	msg := fmt.Sprintf(format, a...)
-	if cerr := ctx.Err(); cerr != nil && !errors.Is(err, cerr) {
+	cerr := ctx.Err()
+	if dl, ok := ctx.Deadline(); ok && cerr == nil && !time.Now().Before(dl) {
+		cerr = context.DeadlineExceeded
+	}
+	if cerr != nil && !errors.Is(err, cerr) {
 		return errorf("%s: %w (%w)", msg, cerr, err)
 	}
 	return errorf("%s: %w", msg, err)

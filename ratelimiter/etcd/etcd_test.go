@@ -4,12 +4,15 @@ import (
 	"context"
 	"crypto/rand"
 	"errors"
+	"io"
+	"net"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
 
 	"github.com/ratebatch/batcher/internal/leasetest"
 	"github.com/ratebatch/batcher/internal/servicetest"
@@ -277,6 +280,84 @@ func BenchmarkAnnounce(b *testing.B) {
 	for b.Loop() {
 		if _, err := m.Announce(ctx, ratelimiter.Demand{Owner: "a", Want: 3, Held: []int{1, 2, 3}, TTL: 10 * time.Second}); err != nil {
 			b.Fatal(err)
+		}
+	}
+}
+
+// silentServer returns the address of a TCP server that accepts connections
+// and never answers, as a hung or partitioned etcd member does.
+func silentServer(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	var conns []net.Conn
+	t.Cleanup(func() {
+		ln.Close()
+		mu.Lock()
+		for _, c := range conns {
+			c.Close()
+		}
+		mu.Unlock()
+		wg.Wait()
+	})
+	wg.Go(func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			mu.Lock()
+			conns = append(conns, c)
+			mu.Unlock()
+			wg.Go(func() { io.Copy(io.Discard, c) })
+		}
+	})
+	return ln.Addr().String()
+}
+
+// TestHungServer checks that every call to a server that never answers
+// returns with ctx's error soon after ctx ends, by deadline or by cancel.
+func TestHungServer(t *testing.T) {
+	c, err := clientv3.New(clientv3.Config{Endpoints: []string{silentServer(t)}, Logger: zap.NewNop()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	m := newManager(t, c, "/hung")
+	calls := map[string]func(ctx context.Context) error{
+		"Provision": func(ctx context.Context) error { return m.Provision(ctx, 1) },
+		"Acquire":   func(ctx context.Context) error { return m.Acquire(ctx, 0, "a", time.Second) },
+		"Renew":     func(ctx context.Context) error { return m.Renew(ctx, 0, "a", time.Second) },
+		"Release":   func(ctx context.Context) error { return m.Release(ctx, 0, "a") },
+		"Announce": func(ctx context.Context) error {
+			_, err := m.Announce(ctx, ratelimiter.Demand{Owner: "a", TTL: time.Second})
+			return err
+		},
+	}
+	const after = 100 * time.Millisecond
+	for name, call := range calls {
+		for _, how := range []string{"deadline", "cancel"} {
+			ctx, cancel := context.WithTimeout(t.Context(), after)
+			want := context.DeadlineExceeded
+			if how == "cancel" {
+				ctx, cancel = context.WithCancel(t.Context())
+				time.AfterFunc(after, cancel)
+				want = context.Canceled
+			}
+			start := time.Now()
+			err := call(ctx)
+			took := time.Since(start)
+			cancel()
+			if !errors.Is(err, want) {
+				t.Errorf("%s, ctx ended by %s: %v, want an error wrapping %v", name, how, err, want)
+			}
+			if took > after+time.Second {
+				t.Errorf("%s, ctx ended by %s after %v: returned after %v", name, how, after, took)
+			}
 		}
 	}
 }

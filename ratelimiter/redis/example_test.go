@@ -16,7 +16,10 @@ import (
 // Two instances share the 4 partitions of one shared capacity through Redis.
 // (This example needs a Redis server, so it is compiled but not run.)
 func Example() {
-	client := goredis.NewClient(&goredis.Options{Addr: "127.0.0.1:6379"})
+	client := goredis.NewClient(&goredis.Options{
+		Addr:                  "127.0.0.1:6379",
+		ContextTimeoutEnabled: true, // calls end at their ctx's deadline
+	})
 	defer client.Close()
 
 	// Every instance names the shared resource the same way.

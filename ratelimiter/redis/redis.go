@@ -27,6 +27,16 @@
 // durations are rounded up to whole milliseconds, and must be at least 1 ms.
 // The instances' own clocks do not matter.
 //
+// # Contexts
+//
+// Give the client ContextTimeoutEnabled (in [goredis.Options] and its
+// cluster and ring counterparts): go-redis then ends each call at its ctx's
+// deadline. Without it, and for a ctx cancelled without a deadline in any
+// case, go-redis notices the end of ctx only when the call ends by itself:
+// with a server that does not answer, at the client's ReadTimeout (5 s by
+// default). The error then still wraps ctx's. The Manager starts no
+// goroutine to return sooner.
+//
 // # What it does not do
 //
 // It does not fence: an instance that stalls past its lease's end may still
@@ -69,6 +79,8 @@ var _ ratelimiter.LeaseManager = (*Manager)(nil)
 // prefix (for example "orders-cosmos") in client. Every instance sharing the
 // capacity must use the same prefix; two resources must not. The prefix must
 // not be empty, and must not contain '{' or '}' (the keys wrap it in braces).
+//
+// Set ContextTimeoutEnabled in the client's options (see the package doc).
 func New(client goredis.UniversalClient, prefix string) (*Manager, error) {
 	var errs []error
 	if client == nil {
@@ -114,10 +126,16 @@ func checkCall(ctx context.Context, method string, p int, owner string) error {
 }
 
 // wrap annotates an error of the client, keeping ctx's error visible to
-// errors.Is when ctx ended during the call.
+// errors.Is when ctx ended during the call. A call that timed out at ctx's
+// deadline may return before ctx's timer has fired: that counts as ctx's
+// deadline too.
 func wrap(ctx context.Context, err error, format string, a ...any) error {
 	msg := fmt.Sprintf(format, a...)
-	if cerr := ctx.Err(); cerr != nil && !errors.Is(err, cerr) {
+	cerr := ctx.Err()
+	if dl, ok := ctx.Deadline(); ok && cerr == nil && !time.Now().Before(dl) {
+		cerr = context.DeadlineExceeded
+	}
+	if cerr != nil && !errors.Is(err, cerr) {
 		return errorf("%s: %w (%w)", msg, cerr, err)
 	}
 	return errorf("%s: %w", msg, err)

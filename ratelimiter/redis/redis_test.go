@@ -4,6 +4,8 @@ import (
 	"context"
 	"crypto/rand"
 	"errors"
+	"io"
+	"net"
 	"strings"
 	"sync"
 	"testing"
@@ -21,7 +23,7 @@ import (
 func newClient(t *testing.T) *goredis.Client {
 	t.Helper()
 	addr := servicetest.Need(t, servicetest.Redis)
-	c := goredis.NewClient(&goredis.Options{Addr: addr})
+	c := goredis.NewClient(&goredis.Options{Addr: addr, ContextTimeoutEnabled: true})
 	t.Cleanup(func() { c.Close() })
 	return c
 }
@@ -232,6 +234,90 @@ func BenchmarkAnnounce(b *testing.B) {
 	for b.Loop() {
 		if _, err := m.Announce(ctx, ratelimiter.Demand{Owner: "a", Want: 3, Held: []int{1, 2, 3}, TTL: 10 * time.Second}); err != nil {
 			b.Fatal(err)
+		}
+	}
+}
+
+// silentServer returns the address of a TCP server that accepts connections
+// and never answers, as a hung or partitioned Redis does.
+func silentServer(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	var conns []net.Conn
+	t.Cleanup(func() {
+		ln.Close()
+		mu.Lock()
+		for _, c := range conns {
+			c.Close()
+		}
+		mu.Unlock()
+		wg.Wait()
+	})
+	wg.Go(func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			mu.Lock()
+			conns = append(conns, c)
+			mu.Unlock()
+			wg.Go(func() { io.Copy(io.Discard, c) })
+		}
+	})
+	return ln.Addr().String()
+}
+
+// TestHungServer checks how calls to a server that never answers end. With
+// ContextTimeoutEnabled, go-redis ends a call at ctx's deadline; a ctx
+// cancelled without one is only noticed at the client's ReadTimeout (see the
+// package doc). Either way the error wraps ctx's.
+func TestHungServer(t *testing.T) {
+	const readTimeout = 500 * time.Millisecond
+	c := goredis.NewClient(&goredis.Options{
+		Addr:                  silentServer(t),
+		ContextTimeoutEnabled: true,
+		ReadTimeout:           readTimeout,
+		MaxRetries:            -1,
+	})
+	defer c.Close()
+	m := newManager(t, c, "hung")
+	calls := map[string]func(ctx context.Context) error{
+		"Provision": func(ctx context.Context) error { return m.Provision(ctx, 1) },
+		"Acquire":   func(ctx context.Context) error { return m.Acquire(ctx, 0, "a", time.Second) },
+		"Renew":     func(ctx context.Context) error { return m.Renew(ctx, 0, "a", time.Second) },
+		"Release":   func(ctx context.Context) error { return m.Release(ctx, 0, "a") },
+		"Announce": func(ctx context.Context) error {
+			_, err := m.Announce(ctx, ratelimiter.Demand{Owner: "a", TTL: time.Second})
+			return err
+		},
+	}
+	const after = 100 * time.Millisecond
+	for name, call := range calls {
+		for _, how := range []string{"deadline", "cancel"} {
+			ctx, cancel := context.WithTimeout(t.Context(), after)
+			want, limit := context.DeadlineExceeded, after+300*time.Millisecond
+			if how == "cancel" {
+				ctx, cancel = context.WithCancel(t.Context())
+				time.AfterFunc(after, cancel)
+				want, limit = context.Canceled, readTimeout+300*time.Millisecond
+			}
+			start := time.Now()
+			err := call(ctx)
+			took := time.Since(start)
+			cancel()
+			if !errors.Is(err, want) {
+				t.Errorf("%s, ctx ended by %s: %v, want an error wrapping %v", name, how, err, want)
+			}
+			if took > limit {
+				t.Errorf("%s, ctx ended by %s after %v: returned after %v, want within %v", name, how, after, took, limit)
+			}
+			t.Logf("%s, ctx ended by %s after %v: returned after %v", name, how, after, took)
 		}
 	}
 }
