@@ -5,8 +5,29 @@
 //
 // The suite runs against a real store with real time. The subtests that wait
 // for a lease or a demand to expire use [Options.MinDuration], the shortest
-// duration the store accepts, so a run takes about two of those plus the
-// store's grace, whatever the store: the subtests run at once.
+// duration the store accepts; they all run at once, so a run takes about
+// twice that (RenewExtends renews for two durations).
+//
+// # What it checks
+//
+// Beyond the [ratelimiter.LeaseManager] docs, the suite holds every store to
+// these choices:
+//
+//   - Acquire of a partition at or beyond the count that Provision recorded
+//     fails, but not with ErrLeaseHeld; Provision never lowers the count, and
+//     keeps the leases.
+//   - Renew of a partition nobody holds, or another owner holds, wraps
+//     ErrLeaseLost. Renew of a lease that expired unclaimed is not checked:
+//     some stores keep it, others lose it.
+//   - Release of a partition the owner does not hold, or nobody holds,
+//     returns nil and changes nothing.
+//   - Announce returns Owner, Want and Held as announced (Held in order; nil
+//     and empty are the same), in any order of owners.
+//   - With a ctx already cancelled or past its deadline, every method
+//     returns at once an error wrapping ctx.Err(), and changes nothing.
+//   - A negative partition or partition count is an error.
+//   - No lease ends (nor demand disappears) before its duration, and none
+//     outlives it by more than [Options.Grace].
 package leasetest
 
 import (
@@ -23,17 +44,19 @@ import (
 )
 
 // Options describe the store under test. The zero value suits a store that
-// accepts 1-second leases and expires them within a second of their end.
+// accepts 1-second leases and expires them within a quarter second of their
+// end.
 type Options struct {
 	// MinDuration is the shortest lease duration (and demand TTL) the store
-	// accepts. The expiry subtests use it, so they take about twice as
-	// long. Zero means 1 s. Azure Blob Storage needs 15 s; etcd rounds to
-	// whole seconds with a server minimum (2 s by default).
+	// accepts. The subtests that wait for an expiry use it. Zero means 1 s.
+	// Azure Blob Storage needs 15 s; etcd rounds to whole seconds with a
+	// server minimum (2 s by default); Redis takes milliseconds.
 	MinDuration time.Duration
 
 	// Grace is how long after a lease's or demand's end the store may still
-	// report it live: the granularity of its clock and of its expiry sweep.
-	// It must be well under MinDuration. Zero means MinDuration/4.
+	// report it live: the granularity of its clock and of its expiry sweep,
+	// plus the test's own scheduling delays. It must be under half of
+	// MinDuration. Zero means MinDuration/4.
 	Grace time.Duration
 
 	// Partitions is how many partitions each subtest provisions. Zero

@@ -327,6 +327,7 @@ func (m *Manager) Renew(ctx context.Context, p int, owner string, d time.Duratio
 		return err
 	}
 	lost := errorf("Renew partition %d: %w", p, ratelimiter.ErrLeaseLost)
+	var stale clientv3.LeaseID // an etcd lease of ours that the key left
 	if g, ok := m.remembered(p, owner); ok && g.ttl == ttl {
 		_, err := m.client.KeepAliveOnce(ctx, g.id)
 		if err != nil && !errors.Is(err, rpctypes.ErrLeaseNotFound) {
@@ -347,6 +348,7 @@ func (m *Manager) Renew(ctx context.Context, p int, owner string, d time.Duratio
 			if clientv3.LeaseID(resp.Kvs[0].Lease) == g.id {
 				return nil
 			}
+			stale = g.id
 		}
 		// The etcd lease is gone, or the key is owner's on another lease
 		// (another Manager with the same owner moved it): the key's value
@@ -358,7 +360,9 @@ func (m *Manager) Renew(ctx context.Context, p int, owner string, d time.Duratio
 	if err != nil {
 		return wrap(ctx, err, "Renew partition %d: granting a %ds lease", p, ttl)
 	}
-	if err := m.move(ctx, p, owner, grant{lease.ID, ttl}); err != nil {
+	err = m.move(ctx, p, owner, grant{lease.ID, ttl})
+	m.revoke(ctx, stale)
+	if err != nil {
 		if errors.Is(err, ratelimiter.ErrLeaseLost) {
 			return lost
 		}
