@@ -242,6 +242,18 @@ func TestAcquireRenewRelease(t *testing.T) {
 		t.Errorf("A renews p0 that B holds: %v; want LeaseIdMismatchWithLeaseOperation", err)
 	}
 
+	// Once another owner has had the lease, A's renew fails even after
+	// that owner released it.
+	wantNil(t, "B acquires p2", m.Acquire(ctx, 2, "B", d))
+	wantNil(t, "B releases p2", m.Release(ctx, 2, "B"))
+	wantNil(t, "A acquires p2", m.Acquire(ctx, 2, "A", d))
+	wantNil(t, "A releases p2", m.Release(ctx, 2, "A"))
+	wantNil(t, "B acquires p2 again", m.Acquire(ctx, 2, "B", d))
+	wantNil(t, "B releases p2 again", m.Release(ctx, 2, "B"))
+	err = m.Renew(ctx, 2, "A", d)
+	wantErrIs(t, "A renews p2 after B had it and released it", err, ratelimiter.ErrLeaseLost)
+	t.Logf("renewing after another owner had and released the lease: %v", strings.SplitN(err.Error(), "\n", 2)[0])
+
 	// The lease on the blob carries B's derived ID.
 	props, err := m.client.NewBlobClient("partition-0000").GetProperties(ctx, nil)
 	wantNil(t, "GetProperties", err)
