@@ -20,9 +20,9 @@ const (
 	DefaultLeaseDuration = 15 * time.Second
 	DefaultHandoffGuard  = 2 * time.Second
 	DefaultRoundInterval = 250 * time.Millisecond
-	DefaultCallTimeout   = 2 * time.Second
+	DefaultCallTimeout   = time.Second
 	DefaultReleaseDelay  = time.Second
-	maxErrorBackoff      = time.Second
+	maxErrorBackoff      = 500 * time.Millisecond
 )
 
 // SharedResource is a capacity made of two parts: a reserved capacity that
@@ -59,7 +59,7 @@ const (
 // On any store error (a call that fails or runs past the call timeout) the
 // instance stops counting every partition at once and falls back to its
 // reserved capacity. It keeps trying, every round with a back-off of at
-// most a second; when the store answers again it renews the leases it
+// most half a second; when the store answers again it renews the leases it
 // still holds and counts them again (a renewal that succeeds proves nobody
 // else had them meanwhile), and leases more as its demand needs.
 //
@@ -213,7 +213,9 @@ func (r *SharedResource) WithRoundInterval(d time.Duration) *SharedResource {
 }
 
 // WithCallTimeout sets how long one store call may take before it counts
-// as a store error (default 2 s).
+// as a store error (default 1 s). While the store fails, rounds come every
+// call timeout plus at most half a second, so the instance recovers within
+// about that much of the store's return.
 func (r *SharedResource) WithCallTimeout(d time.Duration) *SharedResource {
 	return r.set("WithCallTimeout", func() { r.callTimeout = d })
 }
@@ -557,6 +559,9 @@ func (r *SharedResource) loop(ctx context.Context, done chan struct{}) {
 		if err != nil {
 			backoff = min(max(2*backoff, r.interval), maxErrorBackoff)
 			wait = backoff
+			// Provision again once the store answers: it may have come
+			// back without its partitions (Azurite in memory does).
+			provisioned = -1
 			r.fail(err)
 		} else {
 			if backoff > 0 || r.isFailing() {
@@ -731,12 +736,10 @@ func (r *SharedResource) round(ctx context.Context, provisioned *int) error {
 			renew = append(renew, p)
 		}
 	}
-	if need > 0 {
-		acquire = r.candidatesLocked(partitions, taken, need)
-	}
 	r.mu.Unlock()
 
-	// The calls, all at once.
+	// The calls: renewals and releases at once, then, for what the
+	// renewals did not bring back, acquisitions.
 	var firstErr error
 	note := func(err error) {
 		if firstErr == nil {
@@ -781,21 +784,6 @@ func (r *SharedResource) round(ctx context.Context, provisioned *int) error {
 			note(fmt.Errorf("ratelimiter: renewing the lease on partition %d: %w", p, err))
 		}
 	})
-	results(acquire, func(ctx context.Context, p int) error {
-		return r.manager.Acquire(ctx, p, r.owner, r.leaseDuration)
-	}, func(p int, err error) {
-		switch {
-		case err == nil:
-			r.mu.Lock()
-			r.mu.leases[p] = &heldLease{validUntil: sent.Add(r.leaseDuration), counted: true}
-			r.mu.Unlock()
-			acquired = append(acquired, p)
-		case errors.Is(err, ErrLeaseHeld):
-			// Someone else has it: another candidate next round.
-		default:
-			note(fmt.Errorf("ratelimiter: acquiring the lease on partition %d: %w", p, err))
-		}
-	})
 	results(release, func(ctx context.Context, p int) error {
 		return r.manager.Release(ctx, p, r.owner)
 	}, func(p int, err error) {
@@ -810,6 +798,36 @@ func (r *SharedResource) round(ctx context.Context, provisioned *int) error {
 		r.mu.Unlock()
 	})
 	wg.Wait()
+	if firstErr == nil {
+		r.mu.Lock()
+		counted := 0
+		for _, l := range r.mu.leases {
+			if l.counted {
+				counted++
+			}
+		}
+		if n := desired - counted; n > 0 {
+			acquire = r.candidatesLocked(partitions, taken, n)
+		}
+		r.mu.Unlock()
+		sent = time.Now()
+		results(acquire, func(ctx context.Context, p int) error {
+			return r.manager.Acquire(ctx, p, r.owner, r.leaseDuration)
+		}, func(p int, err error) {
+			switch {
+			case err == nil:
+				r.mu.Lock()
+				r.mu.leases[p] = &heldLease{validUntil: sent.Add(r.leaseDuration), counted: true}
+				r.mu.Unlock()
+				acquired = append(acquired, p)
+			case errors.Is(err, ErrLeaseHeld):
+				// Someone else has it: another candidate next round.
+			default:
+				note(fmt.Errorf("ratelimiter: acquiring the lease on partition %d: %w", p, err))
+			}
+		})
+		wg.Wait()
+	}
 	slices.Sort(acquired)
 	r.mu.Lock()
 	for _, p := range acquired {
