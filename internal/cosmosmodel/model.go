@@ -200,7 +200,8 @@ func (m *Model) Start() error {
 	m.mu.client = &http.Client{Transport: &http.Transport{
 		TLSClientConfig:     &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12},
 		ForceAttemptHTTP2:   true,
-		MaxIdleConnsPerHost: 64,
+		MaxConnsPerHost:     16, // HTTP/2 runs 250 requests on each
+		MaxIdleConnsPerHost: 16,
 		IdleConnTimeout:     90 * time.Second,
 		DialContext:         (&net.Dialer{Timeout: 5 * time.Second}).DialContext,
 	}}
@@ -239,7 +240,9 @@ func (m *Model) URL() string {
 }
 
 // Client returns an HTTP client that trusts the model's certificate and
-// speaks HTTP/2 to it; nil before Start. Give it to azcosmos as the
+// speaks HTTP/2 to it, over at most 16 connections (so thousands of
+// concurrent requests queue for a stream rather than dial a storm of
+// connections); nil before Start. Give it to azcosmos as the
 // transport (ClientOptions does). Clients that cannot use it must skip
 // certificate verification, for 127.0.0.1 only.
 func (m *Model) Client() *http.Client {

@@ -1,0 +1,220 @@
+package main
+
+import (
+	"encoding/base64"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/ClickHouse/clickhouse-go/v2"
+
+	"github.com/ratebatch/batcher/internal/cosmosmodel"
+)
+
+// config is what the flags say.
+type config struct {
+	items      int
+	size       int
+	partitions int
+	input      string
+	pkPath     string
+
+	ru       int
+	capacity int
+
+	cosmosEndpoint string
+	cosmosKey      string
+	database       string
+	container      string
+
+	clickhouse string
+	table      string
+
+	chart        string
+	naive        bool
+	naiveWorkers int
+	timeout      time.Duration
+	quiet        bool
+}
+
+// target says where the items go.
+func (c config) target() string {
+	switch {
+	case c.clickhouse != "":
+		return "clickhouse"
+	case c.cosmosEndpoint != "":
+		return "cosmos"
+	}
+	return "embedded"
+}
+
+// unit is what the capacity counts.
+func (c config) unit() string {
+	if c.clickhouse != "" {
+		return "rows"
+	}
+	return "RU"
+}
+
+// A usageError is a bad flag or flag value; main exits with status 2.
+type usageError struct{ err error }
+
+func (e *usageError) Error() string { return e.err.Error() }
+func (e *usageError) Unwrap() error { return e.err }
+
+const (
+	defaultItems = 10000
+	defaultRU    = 10000
+	// defaultClickHouseCapacity is the rows per second the ClickHouse path
+	// grants when -capacity is not given.
+	defaultClickHouseCapacity = 50000
+	maxDocSize                = 2 << 20
+)
+
+// parseFlags reads args into a config and checks every value, naming each
+// bad flag and its value in one error.
+func parseFlags(args []string, stderr io.Writer) (config, error) {
+	var c config
+	fs := flag.NewFlagSet("bulkload", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.IntVar(&c.items, "items", defaultItems, "number of documents to generate (ignored with -input)")
+	fs.IntVar(&c.size, "size", 1024, "approximate size of each generated document, in bytes (64 B to 2 MB)")
+	fs.IntVar(&c.partitions, "partitions", 20, "number of distinct partition key values in the generated documents")
+	fs.StringVar(&c.input, "input", "", "a JSON-lines file of documents to load instead of generated ones (each with an id and the partition key property; - for standard input)")
+	fs.StringVar(&c.pkPath, "partition-key", "/pk", "the container's partition key path; documents from -input must have it as a string")
+	fs.IntVar(&c.ru, "ru", defaultRU, "provisioned throughput in RU/s: of the embedded model, or of the real container with -cosmos-endpoint")
+	fs.IntVar(&c.capacity, "capacity", 0, "the Batcher's rate limit, in RU/s (rows/s with -clickhouse); 0 means -ru (50,000 rows/s with -clickhouse)")
+	fs.StringVar(&c.cosmosEndpoint, "cosmos-endpoint", "", "a real Cosmos DB endpoint, such as https://myaccount.documents.azure.com:443/ or https://127.0.0.1:8081/ (default: the embedded model)")
+	fs.StringVar(&c.cosmosKey, "cosmos-key", "", "the account key for -cosmos-endpoint (default: the emulator's well-known key, or $COSMOS_KEY)")
+	fs.StringVar(&c.database, "database", "bulkload", "the database to load into (created if missing)")
+	fs.StringVar(&c.container, "container", "items", "the container to load into (created if missing, with -partition-key)")
+	fs.StringVar(&c.clickhouse, "clickhouse", "", "load into ClickHouse instead, at this DSN, such as clickhouse://127.0.0.1:9000/default")
+	fs.StringVar(&c.table, "table", "bulkload_items", "the ClickHouse table to load into (created if missing)")
+	fs.StringVar(&c.chart, "chart", filepath.Join(os.TempDir(), "bulkload-ru.svg"), "where to write the chart of RU/s over time (SVG); empty for none")
+	fs.BoolVar(&c.naive, "naive", true, "also load with the naive loader (unbounded concurrency, the SDK's own retries) and compare")
+	fs.IntVar(&c.naiveWorkers, "naive-workers", 0, "how many writes the naive loader runs at once; 0 means one goroutine per item (unbounded)")
+	fs.DurationVar(&c.timeout, "timeout", 10*time.Minute, "give up on the whole run after this long")
+	fs.BoolVar(&c.quiet, "quiet", false, "no progress line")
+	fs.Usage = func() {
+		fmt.Fprintf(fs.Output(), "Usage: bulkload [flags]\n\nLoads documents through the batcher into an embedded throttling Cosmos DB model\n(default), a real Cosmos DB (-cosmos-endpoint) or ClickHouse (-clickhouse), and\ncompares it with a naive loader.\n\nFlags:\n")
+		fs.PrintDefaults()
+	}
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return c, err
+		}
+		return c, &usageError{err}
+	}
+	if fs.NArg() > 0 {
+		return c, &usageError{fmt.Errorf("unexpected arguments %q: bulkload takes only flags", fs.Args())}
+	}
+	set := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+
+	var errs []error
+	bad := func(name string, value any, why string) {
+		errs = append(errs, fmt.Errorf("-%s %v: %s", name, value, why))
+	}
+	if c.items < 1 {
+		bad("items", c.items, "must be at least 1")
+	}
+	if c.input != "" && set["items"] {
+		bad("items", c.items, "cannot be used with -input, which loads every document of the file")
+	}
+	if c.size < 64 || c.size > maxDocSize {
+		bad("size", c.size, "must be from 64 to 2097152 bytes (Cosmos DB's largest document)")
+	}
+	if c.partitions < 1 {
+		bad("partitions", c.partitions, "must be at least 1")
+	}
+	if c.input != "" && c.input != "-" {
+		if fi, err := os.Stat(c.input); err != nil {
+			bad("input", c.input, "cannot be read: "+err.Error())
+		} else if fi.IsDir() {
+			bad("input", c.input, "is a directory, not a JSON-lines file")
+		}
+	}
+	if p := c.pkPath; !strings.HasPrefix(p, "/") || len(p) < 2 || strings.Count(p, "/") > 1 {
+		bad("partition-key", p, "must be a top-level property path such as /pk")
+	}
+	if c.ru < 1 {
+		bad("ru", c.ru, "must be at least 1 RU/s")
+	}
+	if c.capacity < 0 {
+		bad("capacity", c.capacity, "must be 0 (the default) or more")
+	}
+	if c.naiveWorkers < 0 {
+		bad("naive-workers", c.naiveWorkers, "must be 0 (unbounded) or more")
+	}
+	if c.timeout <= 0 {
+		bad("timeout", c.timeout, "must be more than 0")
+	}
+	if c.cosmosEndpoint != "" && c.clickhouse != "" {
+		bad("clickhouse", c.clickhouse, "cannot be used with -cosmos-endpoint: choose one target")
+	}
+	if e := c.cosmosEndpoint; e != "" {
+		if u, err := url.Parse(e); err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" {
+			bad("cosmos-endpoint", e, "must be an http(s) URL with a host, such as https://127.0.0.1:8081/")
+		}
+		if c.cosmosKey == "" {
+			c.cosmosKey = os.Getenv("COSMOS_KEY")
+		}
+		if c.cosmosKey == "" {
+			c.cosmosKey = cosmosmodel.Key
+		}
+		if _, err := base64.StdEncoding.DecodeString(c.cosmosKey); err != nil {
+			bad("cosmos-key", "(hidden)", "is not a base64 account key")
+		}
+	} else {
+		for _, f := range []string{"cosmos-key"} {
+			if set[f] {
+				bad(f, "(given)", "needs -cosmos-endpoint")
+			}
+		}
+	}
+	if c.clickhouse != "" {
+		if _, err := clickhouse.ParseDSN(c.clickhouse); err != nil {
+			bad("clickhouse", c.clickhouse, "is not a ClickHouse DSN: "+err.Error())
+		}
+		if !validIdent(c.table) {
+			bad("table", c.table, "must be a plain table name (letters, digits, _)")
+		}
+		if c.capacity == 0 {
+			c.capacity = defaultClickHouseCapacity
+		}
+		c.naive = false // no naive comparison for ClickHouse
+	} else if c.capacity == 0 {
+		c.capacity = c.ru
+	}
+	for _, f := range []string{"database", "container"} {
+		v := c.database
+		if f == "container" {
+			v = c.container
+		}
+		if v == "" || strings.ContainsAny(v, "/\\?#") {
+			bad(f, fmt.Sprintf("%q", v), "must be a non-empty name without / \\ ? #")
+		}
+	}
+	if err := errors.Join(errs...); err != nil {
+		return c, &usageError{err}
+	}
+	return c, nil
+}
+
+func validIdent(s string) bool {
+	if s == "" {
+		return false
+	}
+	for i, r := range s {
+		if r != '_' && (r < 'a' || r > 'z') && (r < 'A' || r > 'Z') && (i == 0 || r < '0' || r > '9') {
+			return false
+		}
+	}
+	return true
+}

@@ -1,0 +1,273 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/xml"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/ratebatch/batcher/internal/servicetest"
+)
+
+// checkSVG fails unless path holds a well-formed SVG document with at
+// least polylines lines.
+func checkSVG(t *testing.T, path string, polylines int) {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := xml.NewDecoder(bytes.NewReader(b))
+	root, n := "", 0
+	for {
+		tok, err := d.Token()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			t.Fatalf("chart %s is not well-formed XML: %v", path, err)
+		}
+		if se, ok := tok.(xml.StartElement); ok {
+			if root == "" {
+				root = se.Name.Local
+				if se.Name.Space != "http://www.w3.org/2000/svg" {
+					t.Errorf("root namespace %q", se.Name.Space)
+				}
+			}
+			if se.Name.Local == "polyline" {
+				n++
+			}
+		}
+	}
+	if root != "svg" || n < polylines {
+		t.Errorf("chart: root <%s>, %d polylines; want <svg> and %d", root, n, polylines)
+	}
+}
+
+// TestRunEmbedded runs the main job in process on the embedded model, with
+// fewer RU than a second's capacity, so that the Batcher can never meet a
+// 429: every item is stored once, by both loaders, and the chart is SVG.
+func TestRunEmbedded(t *testing.T) {
+	chart := filepath.Join(t.TempDir(), "ru.svg")
+	var out, errOut bytes.Buffer
+	rep, err := run(t.Context(), []string{"-items", "300", "-ru", "5000", "-chart", chart}, &out, &errOut)
+	if err != nil {
+		t.Fatalf("run: %v\n%s\n%s", err, out.String(), errOut.String())
+	}
+	if len(rep.phases) != 2 {
+		t.Fatalf("%d phases, want batcher and naive", len(rep.phases))
+	}
+	for _, p := range rep.phases {
+		if p.written != 300 || p.failed != 0 || p.verified != "all 300 items stored, each once" {
+			t.Errorf("%s: written %d, failed %d, verified %q", p.name, p.written, p.failed, p.verified)
+		}
+		if p.server == nil || p.server.RU != 300*5.71 {
+			t.Errorf("%s: the model's stats %+v, want %v RU", p.name, p.server, 300*5.71)
+		}
+	}
+	if b := rep.phases[0]; b.throttle != 0 || b.server.Throttled != 0 {
+		t.Errorf("batcher met %d 429s (the model counted %d), want none", b.throttle, b.server.Throttled)
+	}
+	checkSVG(t, chart, 2)
+	for _, want := range []string{"items written", "429 answers", "completion time", "RU wasted", "chart of RU/s over time: " + chart} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("summary lacks %q:\n%s", want, out.String())
+		}
+	}
+	if !strings.Contains(errOut.String(), "batcher 300/300 items") {
+		t.Errorf("progress lacks the final line:\n%s", errOut.String())
+	}
+	t.Logf("\n%s", out.String())
+}
+
+// TestRunSaturated keeps the Batcher busy for several seconds at a low
+// capacity: every item is still stored once and no second's RU goes over
+// the provisioned throughput.
+func TestRunSaturated(t *testing.T) {
+	if testing.Short() {
+		t.Skip("a few seconds")
+	}
+	var out bytes.Buffer
+	rep, err := run(t.Context(), []string{"-items", "400", "-ru", "1000", "-naive=false", "-chart", "", "-quiet"}, &out, io.Discard)
+	if err != nil {
+		t.Fatalf("run: %v\n%s", err, out.String())
+	}
+	p := rep.phases[0]
+	if p.written != 400 || p.verified != "all 400 items stored, each once" {
+		t.Errorf("written %d, verified %q", p.written, p.verified)
+	}
+	for i, v := range p.perSec {
+		if v > 1000 {
+			t.Errorf("second %d: %v RU, over the 1,000 provisioned", i, v)
+		}
+	}
+	if p.elapsed < 2*time.Second {
+		t.Errorf("2,284 RU at 1,000 RU/s in %v", p.elapsed)
+	}
+	t.Logf("429s: %d (the model: %d); %v", p.throttle, p.server.Throttled, p.elapsed)
+}
+
+func TestInputFile(t *testing.T) {
+	dir := t.TempDir()
+	in := filepath.Join(dir, "docs.jsonl")
+	var lines []string
+	for i := range 50 {
+		lines = append(lines, fmt.Sprintf(`{"id":"d%d","tenant":"t%d","n":%d}`, i, i%3, i), "")
+	}
+	if err := os.WriteFile(in, []byte(strings.Join(lines, "\n")), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	var out bytes.Buffer
+	rep, err := run(t.Context(), []string{"-input", in, "-partition-key", "/tenant", "-naive=false", "-chart", "", "-quiet"}, &out, io.Discard)
+	if err != nil {
+		t.Fatalf("run: %v\n%s", err, out.String())
+	}
+	if p := rep.phases[0]; p.written != 50 || p.verified != "all 50 items stored, each once" {
+		t.Errorf("written %d, verified %q", p.written, p.verified)
+	}
+}
+
+func TestReadLinesErrors(t *testing.T) {
+	tests := []struct{ in, want string }{
+		{`{"id":"a","pk":"x"}` + "\n" + `{"id":"a","pk":"x"}`, "in.jsonl:2: the id \"a\" with partition key \"x\" is on line 1 too"},
+		{`{"pk":"x"}`, `in.jsonl:1: the document has no string "id"`},
+		{`{"id":"a"}`, `in.jsonl:1: the document has no string "pk"`},
+		{`{"id":"a","pk":7}`, `in.jsonl:1: the document has no string "pk"`},
+		{"\n\n[1,2]", "in.jsonl:3: not a JSON object"},
+		{"\n \n", "in.jsonl: no documents"},
+	}
+	for _, tt := range tests {
+		_, err := readLines(strings.NewReader(tt.in), "in.jsonl", "pk")
+		if err == nil || !strings.Contains(err.Error(), tt.want) {
+			t.Errorf("readLines(%q): %v, want %q", tt.in, err, tt.want)
+		}
+	}
+}
+
+func TestFlagErrors(t *testing.T) {
+	dir := t.TempDir()
+	tests := []struct {
+		args []string
+		want []string // each must be in the error
+	}{
+		{[]string{"-items", "0"}, []string{"-items 0: must be at least 1"}},
+		{[]string{"-items", "-5", "-ru", "0"}, []string{"-items -5", "-ru 0: must be at least 1 RU/s"}},
+		{[]string{"-size", "10"}, []string{"-size 10: must be from 64"}},
+		{[]string{"-size", "3000000"}, []string{"-size 3000000"}},
+		{[]string{"-partitions", "0"}, []string{"-partitions 0"}},
+		{[]string{"-capacity", "-1"}, []string{"-capacity -1"}},
+		{[]string{"-naive-workers", "-1"}, []string{"-naive-workers -1"}},
+		{[]string{"-timeout", "0s"}, []string{"-timeout 0s"}},
+		{[]string{"-input", filepath.Join(dir, "nope.jsonl")}, []string{"-input " + filepath.Join(dir, "nope.jsonl") + ": cannot be read"}},
+		{[]string{"-input", dir}, []string{"is a directory"}},
+		{[]string{"-input", "-", "-items", "5"}, []string{"-items 5: cannot be used with -input"}},
+		{[]string{"-partition-key", "pk"}, []string{"-partition-key pk"}},
+		{[]string{"-partition-key", "/a/b"}, []string{"-partition-key /a/b"}},
+		{[]string{"-cosmos-endpoint", "127.0.0.1:8081"}, []string{"-cosmos-endpoint 127.0.0.1:8081: must be an http(s) URL"}},
+		{[]string{"-cosmos-endpoint", "https://127.0.0.1:8081/", "-cosmos-key", "not base64!"}, []string{"-cosmos-key (hidden): is not a base64 account key"}},
+		{[]string{"-cosmos-key", "abcd"}, []string{"-cosmos-key (given): needs -cosmos-endpoint"}},
+		{[]string{"-cosmos-endpoint", "https://x/", "-clickhouse", "clickhouse://127.0.0.1:9000"}, []string{"-clickhouse clickhouse://127.0.0.1:9000: cannot be used with -cosmos-endpoint"}},
+		{[]string{"-clickhouse", "clickhouse://127.0.0.1:9000/default?dial_timeout=xyz"}, []string{"-clickhouse clickhouse://127.0.0.1:9000/default?dial_timeout=xyz: is not a ClickHouse DSN"}},
+		{[]string{"-clickhouse", "clickhouse://127.0.0.1:9000", "-table", "a;drop"}, []string{"-table a;drop"}},
+		{[]string{"-database", ""}, []string{`-database "": must be a non-empty name`}},
+		{[]string{"-container", "a/b"}, []string{`-container "a/b"`}},
+		{[]string{"-nosuchflag"}, []string{"flag provided but not defined: -nosuchflag"}},
+		{[]string{"-items", "many"}, []string{`invalid value "many" for flag -items`}},
+		{[]string{"extra"}, []string{`unexpected arguments ["extra"]`}},
+	}
+	for _, tt := range tests {
+		_, err := run(context.Background(), tt.args, io.Discard, io.Discard)
+		var ue *usageError
+		if !errors.As(err, &ue) {
+			t.Errorf("run(%q): %v, want a usage error", tt.args, err)
+			continue
+		}
+		for _, w := range tt.want {
+			if !strings.Contains(err.Error(), w) {
+				t.Errorf("run(%q): %q, want it to say %q", tt.args, err, w)
+			}
+		}
+	}
+	if _, err := run(context.Background(), []string{"-h"}, io.Discard, io.Discard); !errors.Is(err, flag.ErrHelp) {
+		t.Errorf("-h: %v", err)
+	}
+}
+
+// TestUnreachable checks that a wrong endpoint fails fast, naming it.
+func TestUnreachable(t *testing.T) {
+	start := time.Now()
+	_, err := run(t.Context(), []string{"-cosmos-endpoint", "https://127.0.0.1:1/", "-items", "10", "-quiet"}, io.Discard, io.Discard)
+	if err == nil || !strings.Contains(err.Error(), "cosmos endpoint https://127.0.0.1:1/ is unreachable") {
+		t.Errorf("unreachable Cosmos DB: %v", err)
+	}
+	_, err = run(t.Context(), []string{"-clickhouse", "clickhouse://127.0.0.1:1/default", "-items", "10", "-quiet"}, io.Discard, io.Discard)
+	if err == nil || !strings.Contains(err.Error(), "clickhouse [127.0.0.1:1]") {
+		t.Errorf("unreachable ClickHouse: %v", err)
+	}
+	if d := time.Since(start); d > 12*time.Second {
+		t.Errorf("took %v to report unreachable endpoints", d)
+	}
+}
+
+func TestRealCosmos(t *testing.T) {
+	addr := servicetest.Need(t, servicetest.Cosmos)
+	db := fmt.Sprintf("bulkload-test-%d", time.Now().UnixNano())
+	var out bytes.Buffer
+	rep, err := run(t.Context(), []string{"-cosmos-endpoint", addr, "-database", db, "-items", "200", "-ru", "2000", "-chart", "", "-quiet"}, &out, io.Discard)
+	if err != nil {
+		t.Fatalf("run: %v\n%s", err, out.String())
+	}
+	for _, p := range rep.phases {
+		if p.written != 200 || p.verified != "the container holds 200 documents" {
+			t.Errorf("%s: written %d, verified %q", p.name, p.written, p.verified)
+		}
+	}
+}
+
+func TestRealClickHouse(t *testing.T) {
+	addr := servicetest.Need(t, servicetest.ClickHouse)
+	chart := filepath.Join(t.TempDir(), "rows.svg")
+	var out bytes.Buffer
+	rep, err := run(t.Context(), []string{"-clickhouse", "clickhouse://" + addr + "/default", "-items", "3000", "-size", "100", "-capacity", "2000", "-chart", chart, "-quiet"}, &out, io.Discard)
+	if err != nil {
+		t.Fatalf("run: %v\n%s", err, out.String())
+	}
+	p := rep.phases[0]
+	if len(rep.phases) != 1 || p.written != 3000 || !strings.HasPrefix(p.verified, "all 3,000 rows of run") {
+		t.Errorf("%d phases; written %d, verified %q", len(rep.phases), p.written, p.verified)
+	}
+	for i, v := range p.perSec {
+		if v > 2000 {
+			t.Errorf("second %d: %v rows, over the 2,000 a second allowed", i, v)
+		}
+	}
+	checkSVG(t, chart, 1)
+}
+
+func TestChartSVG(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "c.svg")
+	svg := chartSVG(`a <title> & "quotes"`, "RU", 10000, []line{
+		{name: "a & b", color: "#123456", values: []float64{100, 20000, 0}},
+		{name: "empty", color: "#654321"},
+	})
+	if err := os.WriteFile(path, svg, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	checkSVG(t, path, 2)
+	for _, v := range []float64{0, 0.3, 1, 7, 11, 99, 101, 9999} {
+		if n := niceCeil(v); n < v {
+			t.Errorf("niceCeil(%v) = %v", v, n)
+		}
+	}
+	if got := commas(-1234567); got != "-1,234,567" {
+		t.Errorf("commas: %s", got)
+	}
+}

@@ -1,0 +1,195 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/ratebatch/batcher/samples/cosmos"
+)
+
+// report is what a run did, for the summary and for tests.
+type report struct {
+	cfg    config
+	phases []phase
+	chart  string // the chart's path, "" if none was written
+}
+
+// run is the whole program: flags, data, the loads, the summary and the
+// chart. Progress goes to stderr, the summary to stdout.
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) (*report, error) {
+	cfg, err := parseFlags(args, stderr)
+	if err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithTimeout(ctx, cfg.timeout)
+	defer cancel()
+	items, err := loadItems(cfg, os.Stdin)
+	if err != nil {
+		return nil, fmt.Errorf("-input: %w", err)
+	}
+	rep := &report{cfg: cfg}
+	fmt.Fprintln(stdout, headline(cfg, items))
+	prog := newProgress(stderr, cfg.quiet, cfg.capacity, cfg.unit())
+
+	var runErr error
+	if cfg.target() == "clickhouse" {
+		p, err := loadClickHouse(ctx, cfg, items, prog)
+		if err != nil && p.name == "" {
+			return nil, err
+		}
+		rep.phases = append(rep.phases, p)
+		runErr = err
+	} else {
+		t := &cosmosTarget{cfg: cfg}
+		p, err := loadBatcher(ctx, cfg, t, items, prog)
+		if err != nil && p.name == "" {
+			return nil, err
+		}
+		rep.phases = append(rep.phases, p)
+		runErr = err
+		if cfg.naive && runErr == nil {
+			t := &cosmosTarget{cfg: cfg}
+			p, err := loadNaive(ctx, cfg, t, items, prog)
+			if err != nil && p.name == "" {
+				return nil, err
+			}
+			rep.phases = append(rep.phases, p)
+			runErr = err
+		}
+	}
+
+	summary(stdout, rep)
+	if cfg.chart != "" {
+		if err := writeChart(cfg.chart, chartFor(rep)); err != nil {
+			return rep, err
+		}
+		rep.chart = cfg.chart
+		fmt.Fprintf(stdout, "chart of %s/s over time: %s\n", cfg.unit(), cfg.chart)
+	}
+	if runErr != nil {
+		return rep, runErr
+	}
+	var failed int64
+	var errs []error
+	for _, p := range rep.phases {
+		failed += p.failed
+		if p.failed > 0 || p.written != int64(p.items) {
+			errs = append(errs, fmt.Errorf("%s loader: %d of %d items failed; the first: %v", p.name, p.items-int(p.written), p.items, p.firstErr))
+		}
+	}
+	return rep, errors.Join(errs...)
+}
+
+func headline(cfg config, items []cosmos.Item) string {
+	size := 0
+	for _, it := range items {
+		size += len(it.Body)
+	}
+	src := "generated"
+	if cfg.input != "" {
+		src = "from " + cfg.input
+	}
+	avg := size / len(items)
+	switch cfg.target() {
+	case "clickhouse":
+		return fmt.Sprintf("bulkload: %s documents (%s, about %s B each) into ClickHouse table %s, at most %s rows/s",
+			commas(int64(len(items))), src, commas(int64(avg)), cfg.table, commas(int64(cfg.capacity)))
+	case "cosmos":
+		return fmt.Sprintf("bulkload: %s documents (%s, about %s B each) into %s/%s at %s (%s RU/s provisioned, the Batcher's limit %s RU/s)",
+			commas(int64(len(items))), src, commas(int64(avg)), cfg.database, cfg.container, cfg.cosmosEndpoint, commas(int64(cfg.ru)), commas(int64(cfg.capacity)))
+	}
+	return fmt.Sprintf("bulkload: %s documents (%s, about %s B each) into the embedded Cosmos DB model (%s RU/s provisioned, the Batcher's limit %s RU/s)",
+		commas(int64(len(items))), src, commas(int64(avg)), commas(int64(cfg.ru)), commas(int64(cfg.capacity)))
+}
+
+// summary prints the phases side by side.
+func summary(w io.Writer, rep *report) {
+	cfg := rep.cfg
+	unit := cfg.unit()
+	provisioned := float64(cfg.ru)
+	if cfg.target() == "clickhouse" {
+		provisioned = float64(cfg.capacity)
+	}
+	fmt.Fprintln(w)
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
+	row := func(label string, f func(p phase) string) {
+		fmt.Fprintf(tw, "%s\t", label)
+		for _, p := range rep.phases {
+			fmt.Fprintf(tw, "%s\t", f(p))
+		}
+		fmt.Fprintln(tw)
+	}
+	row("", func(p phase) string { return p.name })
+	row("items written", func(p phase) string { return fmt.Sprintf("%s of %s", commas(p.written), commas(int64(p.items))) })
+	row("items failed", func(p phase) string { return commas(p.failed) })
+	row("completion time", func(p phase) string { return p.elapsed.Round(10 * time.Millisecond).String() })
+	row("requests", func(p phase) string { return commas(p.requests) })
+	if cfg.target() != "clickhouse" {
+		row("429 answers", func(p phase) string { return commas(p.throttle) })
+	}
+	row("writes retried", func(p phase) string { return commas(p.resent) })
+	charged, wasted := "RU charged", "RU wasted (paid, unused)"
+	if cfg.target() == "clickhouse" {
+		charged, wasted = "rows inserted", "rows of capacity unused"
+	}
+	row(charged, func(p phase) string { return commas(int64(p.units + 0.5)) })
+	row(unit+"/s, mean", func(p phase) string { return commas(int64(p.units/p.elapsed.Seconds() + 0.5)) })
+	row(unit+" in the busiest second", func(p phase) string { return commas(int64(p.peak + 0.5)) })
+	row("capacity used", func(p phase) string {
+		return fmt.Sprintf("%.0f%%", 100*p.units/(provisioned*p.elapsed.Seconds()))
+	})
+	row(wasted, func(p phase) string {
+		return commas(int64(max(provisioned*p.elapsed.Seconds()-p.units, 0) + 0.5))
+	})
+	tw.Flush()
+	fmt.Fprintln(w)
+	for _, p := range rep.phases {
+		var notes []string
+		if p.verified != "" {
+			notes = append(notes, p.verified)
+		}
+		if p.server != nil {
+			notes = append(notes, fmt.Sprintf("the model served %s RU and answered %s 429s", commas(int64(p.server.RU+0.5)), commas(p.server.Throttled)))
+		}
+		if p.firstErr != nil {
+			notes = append(notes, "first error: "+p.firstErr.Error())
+		}
+		if len(notes) > 0 {
+			fmt.Fprintf(w, "%s: %s\n", p.name, strings.Join(notes, "; "))
+		}
+	}
+	if len(rep.phases) == 2 {
+		b, n := rep.phases[0], rep.phases[1]
+		fmt.Fprintf(w, "the batcher finished in %s with %s 429s; the naive loader took %s (%.1fx) with %s 429s\n",
+			b.elapsed.Round(100*time.Millisecond), commas(b.throttle), n.elapsed.Round(100*time.Millisecond),
+			n.elapsed.Seconds()/b.elapsed.Seconds(), commas(n.throttle))
+	}
+}
+
+// chartFor draws each phase's units per second against the provisioned
+// capacity.
+func chartFor(rep *report) []byte {
+	cfg := rep.cfg
+	colors := map[string]string{"batcher": "#1f77b4", "naive": "#ff7f0e"}
+	var lines []line
+	for _, p := range rep.phases {
+		lines = append(lines, line{
+			name:   fmt.Sprintf("%s: %s in %s, %s 429s", p.name, commas(p.written), p.elapsed.Round(100*time.Millisecond), commas(p.throttle)),
+			color:  colors[p.name],
+			values: p.perSec,
+		})
+	}
+	capacity := float64(cfg.ru)
+	title := fmt.Sprintf("bulkload: RU/s of %s documents, %s RU/s provisioned", commas(int64(rep.phases[0].items)), commas(int64(cfg.ru)))
+	if cfg.target() == "clickhouse" {
+		capacity = float64(cfg.capacity)
+		title = fmt.Sprintf("bulkload: rows/s of %s documents into ClickHouse, limit %s rows/s", commas(int64(rep.phases[0].items)), commas(int64(cfg.capacity)))
+	}
+	return chartSVG(title, cfg.unit(), capacity, lines)
+}
