@@ -55,8 +55,8 @@ type Options struct {
 
 	// Grace is how long after a lease's or demand's end the store may still
 	// report it live: the granularity of its clock and of its expiry sweep,
-	// plus the test's own scheduling delays. It must be under half of
-	// MinDuration. Zero means MinDuration/4.
+	// plus the test's own scheduling delays. It must be under MinDuration.
+	// Zero means MinDuration/4.
 	Grace time.Duration
 
 	// Partitions is how many partitions each subtest provisions. Zero
@@ -96,8 +96,8 @@ func Run(t *testing.T, newManager func(t *testing.T) ratelimiter.LeaseManager, o
 	if opt.Partitions < 2 {
 		t.Fatalf("leasetest: Options.Partitions = %d, need at least 2", opt.Partitions)
 	}
-	if opt.Grace >= opt.MinDuration/2 {
-		t.Fatalf("leasetest: Options.Grace = %v must be under half of MinDuration = %v", opt.Grace, opt.MinDuration)
+	if opt.Grace >= opt.MinDuration {
+		t.Fatalf("leasetest: Options.Grace = %v must be under MinDuration = %v", opt.Grace, opt.MinDuration)
 	}
 	s := suite{newManager: newManager, opt: opt}
 	// The subtests run at once, each on its own goroutine rather than with

@@ -17,8 +17,10 @@ func TestConformance(t *testing.T) {
 	leasetest.Run(t, func(t *testing.T) ratelimiter.LeaseManager {
 		return memlease.New()
 	}, leasetest.Options{
-		MinDuration: 400 * time.Millisecond,
-		Grace:       150 * time.Millisecond,
+		// Short, but long enough that a loaded machine (make test runs
+		// every package at once, with -race) does not stall past them.
+		MinDuration: time.Second,
+		Grace:       500 * time.Millisecond,
 	})
 }
 
@@ -39,8 +41,8 @@ func TestHangHonoursContext(t *testing.T) {
 		},
 	}
 	for name, call := range calls {
-		ctx, cancel := context.WithTimeout(t.Context(), after)
 		start := time.Now()
+		ctx, cancel := context.WithTimeout(t.Context(), after)
 		err := call(ctx)
 		took := time.Since(start)
 		cancel()

@@ -36,11 +36,15 @@
 //
 // # Round trips
 //
-// Acquire of a free partition: 2 (grant, transaction); of a held one: 3 (the
-// unused grant is revoked). Renew with the same duration: 2 (keep-alive,
-// check the key); with another duration: 3 (grant, transaction, revoke the
-// old lease). Release: 2 (transaction, revoke). Announce: 2 (keep-alive or
-// grant, transaction). Provision: 1.
+// Writes (grants, transactions, revokes) go through etcd's log and cost a
+// disk sync; keep-alives and reads do not. Acquire is 2 round trips: a lease
+// (a keep-alive of a spare one, or a grant) and a transaction; when the
+// partition is held, the unused lease is kept as the spare for the next
+// Acquire with the same duration. So the Manager holds at most one lease
+// with no key per duration, which ends by itself. Renew with the same
+// duration: 2 (keep-alive, read the key); with another duration: 3 (lease,
+// transaction, revoke the old lease). Release: 2 (transaction, revoke).
+// Announce: 2 (keep-alive or grant, transaction). Provision: 1.
 //
 // # What it does not do
 //
@@ -82,6 +86,9 @@ type Manager struct {
 	leases map[leaseKey]grant
 	// demands are the etcd leases behind each owner's demand.
 	demands map[string]grant
+	// spares are etcd leases that carry no key, by TTL: granted for an
+	// Acquire that found the partition held, and kept for the next one.
+	spares map[int64]clientv3.LeaseID
 }
 
 type leaseKey struct {
@@ -119,6 +126,7 @@ func New(client *clientv3.Client, prefix string) (*Manager, error) {
 		prefix:  trimmed + "/",
 		leases:  make(map[leaseKey]grant),
 		demands: make(map[string]grant),
+		spares:  make(map[int64]clientv3.LeaseID),
 	}, nil
 }
 
@@ -177,6 +185,44 @@ func wrap(ctx context.Context, err error, format string, a ...any) error {
 func (m *Manager) revoke(ctx context.Context, id clientv3.LeaseID) {
 	if id != clientv3.NoLease {
 		_, _ = m.client.Revoke(ctx, id)
+	}
+}
+
+// newLease returns an etcd lease of ttl seconds that carries no key: a spare
+// one, kept alive so that its TTL starts now, or a new one.
+func (m *Manager) newLease(ctx context.Context, ttl int64) (clientv3.LeaseID, error) {
+	m.mu.Lock()
+	id, ok := m.spares[ttl]
+	delete(m.spares, ttl)
+	m.mu.Unlock()
+	if ok {
+		_, err := m.client.KeepAliveOnce(ctx, id)
+		if err == nil {
+			return id, nil
+		}
+		if !errors.Is(err, rpctypes.ErrLeaseNotFound) {
+			m.spare(ctx, ttl, id)
+			return 0, err
+		}
+	}
+	resp, err := m.client.Grant(ctx, ttl)
+	if err != nil {
+		return 0, fmt.Errorf("granting a %ds lease: %w", ttl, err)
+	}
+	return resp.ID, nil
+}
+
+// spare keeps id, an etcd lease of ttl seconds that carries no key, for the
+// next newLease, or revokes it if a spare of that TTL is kept already.
+func (m *Manager) spare(ctx context.Context, ttl int64, id clientv3.LeaseID) {
+	m.mu.Lock()
+	_, full := m.spares[ttl]
+	if !full {
+		m.spares[ttl] = id
+	}
+	m.mu.Unlock()
+	if full {
+		m.revoke(ctx, id)
 	}
 }
 
@@ -240,9 +286,9 @@ func (m *Manager) Acquire(ctx context.Context, p int, owner string, d time.Durat
 // acquire is Acquire after the checks. retried says it found the key
 // owner's, and then not, once already.
 func (m *Manager) acquire(ctx context.Context, p int, owner string, ttl int64, retried bool) error {
-	lease, err := m.client.Grant(ctx, ttl)
+	id, err := m.newLease(ctx, ttl)
 	if err != nil {
-		return wrap(ctx, err, "Acquire partition %d: granting a %ds lease", p, ttl)
+		return wrap(ctx, err, "Acquire partition %d", p)
 	}
 	key, count := m.leaseKey(p), m.countKey()
 	resp, err := m.client.Txn(ctx).
@@ -250,20 +296,21 @@ func (m *Manager) acquire(ctx context.Context, p int, owner string, ttl int64, r
 			clientv3.Compare(clientv3.CreateRevision(key), "=", 0),
 			clientv3.Compare(clientv3.Value(count), ">", padded(p)),
 		).
-		Then(clientv3.OpPut(key, owner, clientv3.WithLease(lease.ID))).
+		Then(clientv3.OpPut(key, owner, clientv3.WithLease(id))).
 		Else(clientv3.OpGet(key), clientv3.OpGet(count)).
 		Commit()
 	if err != nil {
-		m.revoke(ctx, lease.ID)
+		// The put may have happened; revoking the lease undoes it.
+		m.revoke(ctx, id)
 		return wrap(ctx, err, "Acquire partition %d", p)
 	}
 	if resp.Succeeded {
-		m.remember(p, owner, grant{lease.ID, ttl})
+		m.remember(p, owner, grant{id, ttl})
 		return nil
 	}
 	cur := resp.Responses[0].GetResponseRange().GetKvs()
 	if len(cur) == 0 {
-		m.revoke(ctx, lease.ID)
+		m.spare(ctx, ttl, id)
 		n := "no partitions"
 		if kvs := resp.Responses[1].GetResponseRange().GetKvs(); len(kvs) > 0 {
 			c, _ := strconv.Atoi(string(kvs[0].Value))
@@ -272,12 +319,12 @@ func (m *Manager) acquire(ctx context.Context, p int, owner string, ttl int64, r
 		return errorf("Acquire: partition %d is out of range: %s provisioned", p, n)
 	}
 	if string(cur[0].Value) != owner {
-		m.revoke(ctx, lease.ID)
+		m.spare(ctx, ttl, id)
 		return errorf("Acquire partition %d: %w", p, ratelimiter.ErrLeaseHeld)
 	}
 	// owner holds it already: move the key to the new lease, which has the
 	// duration asked for.
-	if err := m.move(ctx, p, owner, grant{lease.ID, ttl}); err != nil {
+	if err := m.move(ctx, p, owner, grant{id, ttl}); err != nil {
 		if errors.Is(err, ratelimiter.ErrLeaseLost) && !retried {
 			// It ended or was released in between; try afresh, once.
 			return m.acquire(ctx, p, owner, ttl, true)
@@ -304,7 +351,7 @@ func (m *Manager) move(ctx context.Context, p int, owner string, g grant) error 
 		return err
 	}
 	if !resp.Succeeded {
-		m.revoke(ctx, g.id)
+		m.spare(ctx, g.ttl, g.id)
 		m.forget(p, owner)
 		return ratelimiter.ErrLeaseLost
 	}
@@ -342,7 +389,7 @@ func (m *Manager) Renew(ctx context.Context, p int, owner string, d time.Duratio
 			}
 			if len(resp.Kvs) == 0 || string(resp.Kvs[0].Value) != owner {
 				m.forget(p, owner)
-				m.revoke(ctx, g.id)
+				m.spare(ctx, g.ttl, g.id) // the key left it
 				return lost
 			}
 			if clientv3.LeaseID(resp.Kvs[0].Lease) == g.id {
@@ -356,11 +403,11 @@ func (m *Manager) Renew(ctx context.Context, p int, owner string, d time.Duratio
 	}
 	// A new duration, or a lease this Manager does not know: move the key,
 	// if it is still owner's, to a new etcd lease.
-	lease, err := m.client.Grant(ctx, ttl)
+	id, err := m.newLease(ctx, ttl)
 	if err != nil {
-		return wrap(ctx, err, "Renew partition %d: granting a %ds lease", p, ttl)
+		return wrap(ctx, err, "Renew partition %d", p)
 	}
-	err = m.move(ctx, p, owner, grant{lease.ID, ttl})
+	err = m.move(ctx, p, owner, grant{id, ttl})
 	m.revoke(ctx, stale)
 	if err != nil {
 		if errors.Is(err, ratelimiter.ErrLeaseLost) {
@@ -433,11 +480,11 @@ func (m *Manager) Announce(ctx context.Context, d ratelimiter.Demand) ([]ratelim
 		old, ok = g.id, false
 	}
 	if !ok {
-		lease, err := m.client.Grant(ctx, ttl)
+		id, err := m.newLease(ctx, ttl)
 		if err != nil {
-			return nil, wrap(ctx, err, "Announce owner %q: granting a %ds lease", d.Owner, ttl)
+			return nil, wrap(ctx, err, "Announce owner %q", d.Owner)
 		}
-		g = grant{lease.ID, ttl}
+		g = grant{id, ttl}
 	}
 	resp, err := m.client.Txn(ctx).
 		Then(
