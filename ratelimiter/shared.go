@@ -97,7 +97,6 @@ type SharedResource struct {
 		demands    []demandAt      // the demands of the last releaseDelay
 		reported   int             // the capacity last reported in an event
 		events     []batcher.Event // to emit once the lock is let go
-		failing    bool            // the last round failed
 		cancel     context.CancelFunc
 		done       chan struct{}
 	}
@@ -564,9 +563,6 @@ func (r *SharedResource) loop(ctx context.Context, done chan struct{}) {
 			provisioned = -1
 			r.fail(err)
 		} else {
-			if backoff > 0 || r.isFailing() {
-				r.recovered()
-			}
 			backoff = 0
 		}
 		r.emitPending()
@@ -574,18 +570,11 @@ func (r *SharedResource) loop(ctx context.Context, done chan struct{}) {
 	}
 }
 
-func (r *SharedResource) isFailing() bool {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	return r.mu.failing
-}
-
 // fail falls back to the reserved capacity: no partition counts until a
 // renewal proves it is still held.
 func (r *SharedResource) fail(err error) {
 	now := time.Now()
 	r.mu.Lock()
-	r.mu.failing = true
 	for p, l := range r.mu.leases {
 		if l.counted {
 			r.uncountLocked(p, l, now, "store error")
@@ -597,12 +586,6 @@ func (r *SharedResource) fail(err error) {
 	}
 	r.mu.events = append(r.mu.events, batcher.Event{Kind: batcher.LimiterError, Err: err,
 		Msg: "falling back to the reserved capacity until the lease store answers"})
-	r.mu.Unlock()
-}
-
-func (r *SharedResource) recovered() {
-	r.mu.Lock()
-	r.mu.failing = false
 	r.mu.Unlock()
 }
 

@@ -689,6 +689,11 @@ func TestSharedWithBatchersNeverOverCapacity(t *testing.T) {
 		time.Sleep(20 * time.Second) // the Shutdowns drain
 		synctest.Wait()
 
+		for p := range shared / factor {
+			if h := store.Holder(p); h != "" {
+				t.Errorf("partition %d still held by %s after every Batcher shut down", p, h)
+			}
+		}
 		all := log.All()
 		limit := shared + 4*reserved
 		peak, at := releases.MaxWindow(all, time.Second)

@@ -138,7 +138,7 @@ func NewManager(ctx context.Context, store, addr, prefix string) (ratelimiter.Le
 		// The store's errors reach the report as E lines; go-redis's own
 		// log of each failed dial would only repeat them.
 		goredis.SetLogger(quiet{})
-		c := goredis.NewClient(&goredis.Options{Addr: addr, DialTimeout: time.Second, ReadTimeout: time.Second, WriteTimeout: time.Second, MaxRetries: -1})
+		c := goredis.NewClient(&goredis.Options{Addr: addr, DialTimeout: time.Second, MaxRetries: -1, ContextTimeoutEnabled: true})
 		m, err := leaseredis.New(c, prefix)
 		if err != nil {
 			c.Close()

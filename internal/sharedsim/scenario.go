@@ -79,16 +79,16 @@ type Figures struct {
 	Settled   []int   `json:"settled_partitions"`
 	FairShare float64 `json:"fair_share"`
 	// From the first instance's start, alone, until it counted every
-	// partition.
+	// partition (of a store provisioned beforehand).
 	Ramp time.Duration `json:"ramp_ns"`
 	// From the SIGKILL of one instance until the others counted every
 	// partition.
 	KillRecovery time.Duration `json:"kill_recovery_ns"`
-	// From the store's stop until every instance counted no partition
-	// (its reserved capacity only).
+	// From the moment the store was told to stop until every instance
+	// counted no partition (its reserved capacity only).
 	Fallback time.Duration `json:"fallback_ns"`
-	// From the store's restart until the instances counted every
-	// partition again.
+	// From the store's return (serving requests again) until the
+	// instances counted every partition again.
 	Recovery time.Duration `json:"recovery_ns"`
 	// One-second windows over the bound while the store was down (and
 	// over the whole run: see PeakWindow).
@@ -237,6 +237,20 @@ func Run(ctx context.Context, cfg Config) (Figures, error) {
 		return n
 	}
 
+	// The store is provisioned first, as a deployment would do, so that
+	// the ramp measures leasing alone.
+	mgr, closeMgr, err := NewManager(ctx, flags.store, flags.addr, flags.prefix)
+	if err != nil {
+		return fig, err
+	}
+	pctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	err = mgr.Provision(pctx, partitions)
+	cancel()
+	closeMgr()
+	if err != nil {
+		return fig, fmt.Errorf("sharedsim: provisioning %d partitions: %w", partitions, err)
+	}
+
 	// 1. One instance alone: the ramp from nothing to every partition.
 	first, err := spawn()
 	if err != nil {
@@ -294,10 +308,10 @@ func Run(ctx context.Context, cfg Config) (Figures, error) {
 
 	// 4. The store down: every instance falls back to its reserved
 	// capacity, and recovers when it returns.
+	down := time.Now()
 	if err := cfg.Server.Stop(); err != nil {
 		return fig, err
 	}
-	down := time.Now()
 	fell, err := until("every instance falls back to its reserved capacity", 10*time.Second, func() bool { return total(rest) == 0 })
 	if err != nil {
 		return fig, err
