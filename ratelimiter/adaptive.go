@@ -61,22 +61,33 @@ const (
 //     of a batch, several batches in flight, the releases the Batcher's
 //     one-second window still holds) and do not cut again.
 //   - Each interval after the last throttle or growth step, the limit grows
-//     by the step. Once it reaches the wrapped limiter's capacity it is unset
-//     again, and Capacity follows the wrapped limiter up and down.
+//     by the step. Once it has grown past the capacity of the last cut
+//     without a throttle, what others took has probably gone: each step is
+//     then twice the one before (up to 32 steps at once), to find the
+//     throughput again quickly. Once the limit reaches the wrapped limiter's
+//     capacity it is unset again, and Capacity follows the wrapped limiter
+//     up and down.
 //
-// With the defaults (a factor of 0.8, a step of 1% of the wrapped capacity a
-// second, a cooldown of 1s), a capacity cut by one throttle takes 20 seconds
-// to grow back, and a sudden loss of 60% of the throughput takes about four
-// cuts, four seconds, to follow. Each cycle of cut and growth throttles one
-// burst; the slower the growth, the rarer the throttles, and the longer a
-// capacity freed by others stays unused.
+// With the defaults (a factor of 0.8, a step of 0.5% of the wrapped capacity
+// a second, a cooldown of 1s), a capacity P cut once from its whole takes 40
+// seconds to grow back; a sudden loss of 60% of the throughput takes about
+// four cuts, four seconds, to follow; and after the others leave, growth
+// from 0.6 P back to P takes about 8 seconds once past the last cut. When
+// others keep using part of the throughput, the limit cycles between the
+// capacity left C and 0.8 C: one burst of throttles every 0.2 C / step
+// seconds (40 s with C = P, 24 s with C = 0.6 P). The 429s of one burst are
+// about one flush's worth of requests, so under 1% of requests are throttled
+// when a cycle spans more than 100 flushes (10 s at the Batcher's default
+// FlushInterval). A bigger step finds freed throughput sooner and is
+// throttled more often.
 //
 // # Events
 //
 // Adaptive emits a [batcher.CapacityChanged] event each time Capacity
 // changes: Val is the new capacity and Msg says why ("throttled", "grown",
-// "recovered" when it reaches the wrapped capacity again, or "wrapped
-// limiter" when the wrapped limiter changed). Events are emitted by its own
+// "probing" for steps past the last cut, "recovered" when it reaches the
+// wrapped capacity again, or "wrapped limiter" when the wrapped limiter
+// changed). Events are emitted by its own
 // goroutine, one at a time, in order. The wrapped limiter's other events
 // (leases, say) are passed on as they are; its CapacityChanged events are
 // not, since Adaptive reports the capacity that results. Changes of a wrapped
@@ -116,7 +127,7 @@ type Adaptive struct {
 
 // NewAdaptive returns a limiter that grants at most what inner grants, less
 // after throttles; see [Adaptive] for the rule and the wiring. Its defaults:
-// a decrease factor of 0.8, a growth step of 1% of inner's capacity every
+// a decrease factor of 0.8, a growth step of 0.5% of inner's capacity every
 // second, a cooldown of 1s and a floor of 1% of inner's capacity. Start
 // reports a nil inner limiter and bad settings.
 func NewAdaptive(inner batcher.RateLimiter) *Adaptive {
@@ -148,8 +159,10 @@ func (a *Adaptive) WithDecrease(factor float64) *Adaptive {
 }
 
 // WithIncrease sets how the capacity grows back while no throttle comes: by
-// step cost units per second, every interval. The defaults are a step of
-// 1% of the wrapped limiter's capacity at the time (at least 1) and an
+// step cost units per second, every interval (and by twice as much at each
+// step once past the capacity of the last cut; see [Adaptive]). The
+// defaults are a step of 0.5% of the wrapped limiter's capacity at the time
+// (at least 1) and an
 // interval of 1s. A step of 0 means the default; a negative step is invalid,
 // and interval must be more than 0. It panics after Start.
 func (a *Adaptive) WithIncrease(step int, interval time.Duration) *Adaptive {
@@ -298,6 +311,9 @@ func (a *Adaptive) innerEvent(e batcher.Event) {
 	}
 }
 
+// maxProbe is the most steps one growth step may take while probing.
+const maxProbe = 32
+
 // run is Adaptive's goroutine: it makes the cuts, the growth steps, and
 // emits the changes.
 func (a *Adaptive) run(ctx context.Context) {
@@ -308,8 +324,11 @@ func (a *Adaptive) run(ctx context.Context) {
 			a.listeners.Emit(batcher.Event{Kind: batcher.CapacityChanged, Val: c, Msg: why})
 		}
 	}
-	var lastCut time.Time
-	cut := false
+	var (
+		lastCut time.Time
+		cut     bool
+		g       growth
+	)
 	tick := time.NewTimer(a.interval)
 	defer tick.Stop()
 	for {
@@ -324,20 +343,26 @@ func (a *Adaptive) run(ctx context.Context) {
 				continue
 			}
 			cut, lastCut = true, now
-			a.cutLimit()
+			g = growth{from: a.cutLimit(), steps: 1}
 			emit("throttled")
 		case <-a.innerChg:
 			emit("wrapped limiter")
 		case <-tick.C:
 			tick.Reset(a.interval)
-			emit(a.grow())
+			emit(a.grow(&g))
 		}
 	}
 }
 
+// growth is the state of growth since the last cut.
+type growth struct {
+	from  int64 // the capacity the last cut was made from
+	steps int64 // how many steps the next growth step takes
+}
+
 // cutLimit sets the limit to the decrease factor times the capacity, but not
-// below the floor.
-func (a *Adaptive) cutLimit() {
+// below the floor, and returns the capacity it cut from.
+func (a *Adaptive) cutLimit() int64 {
 	c := a.Capacity()
 	floor := a.floor
 	if floor == 0 {
@@ -346,11 +371,13 @@ func (a *Adaptive) cutLimit() {
 	// The small addend keeps 0.29*100 at 29, not 28.999... rounded down.
 	n := int(math.Floor(float64(c)*a.decrease + 1e-9))
 	a.limit.Store(int64(max(n, floor)))
+	return int64(c)
 }
 
-// grow adds a step to the limit, and unsets it once it reaches the wrapped
-// limiter's capacity. It returns the reason to give if Capacity changed.
-func (a *Adaptive) grow() string {
+// grow adds g's steps to the limit, and unsets it once it reaches the
+// wrapped limiter's capacity. It returns the reason to give if Capacity
+// changed.
+func (a *Adaptive) grow(g *growth) string {
 	l := a.limit.Load()
 	if l < 0 {
 		return "wrapped limiter" // nothing to grow; the wrapped one may have changed
@@ -358,13 +385,20 @@ func (a *Adaptive) grow() string {
 	inner := int64(a.inner.Capacity())
 	step := int64(a.step)
 	if step == 0 {
-		step = max(1, inner/100)
+		step = max(1, inner/200)
 	}
-	if l+step >= inner {
+	l += step * max(g.steps, 1)
+	if l >= inner {
 		a.limit.Store(-1)
+		*g = growth{}
 		return "recovered"
 	}
-	a.limit.Store(l + step)
+	a.limit.Store(l)
+	if l > g.from {
+		// Past the last cut without a throttle: probe.
+		g.steps = min(2*max(g.steps, 1), maxProbe)
+		return "probing"
+	}
 	return "grown"
 }
 

@@ -102,51 +102,78 @@ func runSteps(t *testing.T, a *ratelimiter.Adaptive, p *ratelimiter.Provisioned,
 func ms(n int) time.Duration { return time.Duration(n) * time.Millisecond }
 
 func TestAdaptiveSteps(t *testing.T) {
-	// The defaults over a wrapped capacity of 1000: cuts of 20%, a step of
-	// 10 a second, a cooldown of 1s, a floor of 10.
+	// The defaults over a wrapped capacity of 2000: cuts of 20%, a step of
+	// 10 a second (0.5%), a cooldown of 1s, a floor of 20.
 	steps := []step{
-		{at: ms(300), want: 1000},
-		{at: ms(500), throttle: true, want: 800, why: "throttled"},
-		{at: ms(900), throttle: true, want: 800},                    // within the cooldown: merged
-		{at: ms(1400), want: 800},                                   // a second after the first throttle: no growth, the second restarted the clock
-		{at: ms(1900), want: 810, why: "grown"},                     // a second after the last throttle
-		{at: ms(2900), want: 820, why: "grown"},                     // and every second after
-		{at: ms(3200), throttle: true, want: 656, why: "throttled"}, // 820*0.8
-		{at: ms(4199), want: 656},
-		{at: ms(4200), want: 666, why: "grown"},
-		{at: ms(4700), throttle: true, want: 532, why: "throttled"}, // 666*0.8 = 532.8, rounded down
-		{at: ms(5000), throttle: true, want: 532},                   // merged
-		{at: ms(5999), want: 532},
-		{at: ms(6000), want: 542, why: "grown"},
-		{at: ms(7000), want: 552, why: "grown"},
+		{at: ms(300), want: 2000},
+		{at: ms(500), throttle: true, want: 1600, why: "throttled"},
+		{at: ms(900), throttle: true, want: 1600},                    // within the cooldown: merged
+		{at: ms(1400), want: 1600},                                   // a second after the first throttle: no growth, the second restarted the clock
+		{at: ms(1900), want: 1610, why: "grown"},                     // a second after the last throttle
+		{at: ms(2900), want: 1620, why: "grown"},                     // and every second after
+		{at: ms(3200), throttle: true, want: 1296, why: "throttled"}, // 1620*0.8
+		{at: ms(4199), want: 1296},
+		{at: ms(4200), want: 1306, why: "grown"},
+		{at: ms(4700), throttle: true, want: 1044, why: "throttled"}, // 1306*0.8 = 1044.8, rounded down
+		{at: ms(5000), throttle: true, want: 1044},                   // merged
+		{at: ms(5999), want: 1044},
+		{at: ms(6000), want: 1054, why: "grown"},
+		{at: ms(7000), want: 1064, why: "grown"},
 	}
 	synctest.Test(t, func(t *testing.T) {
-		p := ratelimiter.NewProvisioned(1000)
+		p := ratelimiter.NewProvisioned(2000)
 		runSteps(t, ratelimiter.NewAdaptive(p), p, steps)
 	})
 }
 
-func TestAdaptiveGrowsBackAndFollowsTheWrappedLimiter(t *testing.T) {
+func TestAdaptiveProbesPastTheLastCut(t *testing.T) {
+	// Past the capacity of the last cut, each step doubles.
 	steps := []step{
 		{at: ms(100), throttle: true, want: 500, why: "throttled"},
-		{at: ms(1100), want: 700, why: "grown"},
-		{at: ms(2100), want: 900, why: "grown"},
-		{at: ms(3100), want: 1000, why: "recovered"},                    // 1100 would pass the wrapped 1000: stops there
-		{at: ms(3500), inner: 1500, want: 1500, why: "wrapped limiter"}, // no limit left: follows up at once
-		{at: ms(4100), want: 1500},
-		{at: ms(4500), inner: 400, want: 400, why: "wrapped limiter"}, // and down
-		{at: ms(5000), throttle: true, want: 200, why: "throttled"},
-		{at: ms(5500), inner: 100, want: 100, why: "wrapped limiter"}, // below the limit: the wrapped one rules
-		{at: ms(6000), want: 100},                                     // and growth unsets the limit quietly
-		{at: ms(6500), inner: 1000, want: 1000, why: "wrapped limiter"},
+		{at: ms(200), throttle: true, want: 250, why: "throttled"}, // cut from 500
+		{at: ms(1200), want: 350, why: "grown"},
+		{at: ms(2200), want: 450, why: "grown"},
+		{at: ms(3200), want: 550, why: "probing"}, // past 500
+		{at: ms(4200), want: 750, why: "probing"}, // two steps
+		{at: ms(4500), throttle: true, want: 375, why: "throttled"},
+		{at: ms(5500), want: 475, why: "grown"}, // one step again, up to 750
+		{at: ms(6500), want: 575, why: "grown"},
+		{at: ms(7500), want: 675, why: "grown"},
+		{at: ms(8500), want: 775, why: "probing"}, // past 750
+		{at: ms(9500), want: 975, why: "probing"},
+		{at: ms(10500), want: 1000, why: "recovered"}, // four steps: the wrapped capacity
 	}
 	synctest.Test(t, func(t *testing.T) {
 		p := ratelimiter.NewProvisioned(1000)
-		a := ratelimiter.NewAdaptive(p).WithDecrease(0.5).WithIncrease(200, time.Second)
+		a := ratelimiter.NewAdaptive(p).WithDecrease(0.5).WithCooldown(0).WithIncrease(100, time.Second)
 		runSteps(t, a, p, steps)
-		if l := a.Limit(); l != -1 {
-			t.Errorf("Limit() = %d after growing back, want -1", l)
-		}
+	})
+	// The steps double up to 32 at once.
+	steps = []step{
+		{at: ms(100), throttle: true, want: 500, why: "throttled"},
+		{at: ms(200), throttle: true, want: 250, why: "throttled"},
+		{at: ms(300), throttle: true, want: 125, why: "throttled"},
+		{at: ms(400), throttle: true, want: 62, why: "throttled"},
+		{at: ms(500), throttle: true, want: 31, why: "throttled"},
+		{at: ms(600), throttle: true, want: 15, why: "throttled"},
+		{at: ms(700), throttle: true, want: 10, why: "throttled"}, // the floor, cut from 15
+		{at: ms(1700), want: 11, why: "grown"},
+		{at: ms(2700), want: 12, why: "grown"},
+		{at: ms(3700), want: 13, why: "grown"},
+		{at: ms(4700), want: 14, why: "grown"},
+		{at: ms(5700), want: 15, why: "grown"},   // not past 15 yet
+		{at: ms(6700), want: 16, why: "probing"}, // past 15
+		{at: ms(7700), want: 18, why: "probing"},
+		{at: ms(8700), want: 22, why: "probing"},
+		{at: ms(9700), want: 30, why: "probing"},
+		{at: ms(10700), want: 46, why: "probing"},
+		{at: ms(11700), want: 78, why: "probing"},  // 32 steps
+		{at: ms(12700), want: 110, why: "probing"}, // and no more
+	}
+	synctest.Test(t, func(t *testing.T) {
+		p := ratelimiter.NewProvisioned(1000)
+		a := ratelimiter.NewAdaptive(p).WithDecrease(0.5).WithCooldown(0).WithIncrease(1, time.Second)
+		runSteps(t, a, p, steps)
 	})
 }
 
@@ -159,7 +186,9 @@ func TestAdaptiveFloor(t *testing.T) {
 			{at: ms(400), throttle: true, want: 100, why: "throttled"}, // 62 is below the floor
 			{at: ms(500), throttle: true, want: 100},
 			{at: ms(1499), want: 100},
-			{at: ms(1500), want: 110, why: "grown"},
+			{at: ms(1500), want: 110, why: "probing"}, // past 100, the capacity of the last cut
+			{at: ms(2500), want: 130, why: "probing"},
+			{at: ms(3500), want: 170, why: "probing"},
 		}
 		synctest.Test(t, func(t *testing.T) {
 			p := ratelimiter.NewProvisioned(1000)
