@@ -77,6 +77,7 @@ const (
 	DefaultMaxBatchSize = MaxTransactionalBatchOps
 	DefaultConcurrency  = 16
 	DefaultMaxAttempts  = 5
+	DefaultMargin       = 0.1
 )
 
 // An Item is a document to write.
@@ -96,9 +97,11 @@ type Item struct {
 // KB (7 RU for 4 KB, 49 RU for 100 KB). Documents with many indexed
 // properties cost more; the Loader reports the actual charge of each write
 // to the Batcher anyway, so the estimate only has to be close.
-func EstimateRU(size int) int {
+func EstimateRU(size int) int { return ceilRU(writeCharge(size)) }
+
+func writeCharge(size int) float64 {
 	kb := math.Max(1, float64(size)/1024)
-	return ceilRU(5.71 + 0.44*(kb-1))
+	return 5.71 + 0.44*(kb-1)
 }
 
 // ceilRU rounds a charge up to whole request units, forgiving float noise.
@@ -172,6 +175,7 @@ type Loader struct {
 	maxBatchSize int
 	concurrency  int
 	maxAttempts  int
+	margin       float64
 
 	once    sync.Once
 	w       *batcher.Watcher
@@ -179,6 +183,7 @@ type Loader struct {
 
 	written, requests, batches, throttled, retried, failed atomic.Int64
 	centiRU                                                atomic.Int64
+	milliCost                                              atomic.Int64 // cost reported so far, in thousandths
 }
 
 // NewLoader returns a Loader that writes to container through b. b must be
@@ -195,6 +200,7 @@ func newLoader(s store, b *batcher.Batcher) *Loader {
 		maxBatchSize: DefaultMaxBatchSize,
 		concurrency:  DefaultConcurrency,
 		maxAttempts:  DefaultMaxAttempts,
+		margin:       DefaultMargin,
 	}
 }
 
@@ -230,6 +236,21 @@ func (l *Loader) WithMaxAttempts(n int) *Loader {
 	return l
 }
 
+// WithMargin sets how much more than its request charge each write counts
+// for against the Batcher's capacity: 0.1 (the default) counts 10% more.
+// The Batcher keeps within its capacity by the moments it releases batches;
+// the service counts request units by the moments requests reach it, which
+// come a little later, and not all equally late. A margin absorbs that
+// difference in delay, so that a rate limiter granting exactly the
+// provisioned throughput draws no 429s; with a margin m, the Batcher uses
+// about 1/(1+m) of it. 10% absorbs differences of about 90ms. margin must be
+// 0 or more and less than 1.
+func (l *Loader) WithMargin(margin float64) *Loader {
+	l.checkNotStarted("WithMargin")
+	l.margin = margin
+	return l
+}
+
 // watcher returns the Loader's watcher, creating it with the settings at
 // the first call; it returns an error naming every bad setting.
 func (l *Loader) watcher() (*batcher.Watcher, error) {
@@ -242,6 +263,9 @@ func (l *Loader) watcher() (*batcher.Watcher, error) {
 	}
 	if l.maxAttempts < 1 {
 		errs = append(errs, fmt.Errorf("%w: Loader MaxAttempts is %d; it must be at least 1", batcher.ErrInvalidSetting, l.maxAttempts))
+	}
+	if !(l.margin >= 0 && l.margin < 1) {
+		errs = append(errs, fmt.Errorf("%w: Loader Margin is %v; it must be 0 or more and less than 1", batcher.ErrInvalidSetting, l.margin))
 	}
 	if err := errors.Join(errs...); err != nil {
 		return nil, err
@@ -263,7 +287,7 @@ func (l *Loader) Load(ctx context.Context, item Item) (*batcher.Operation, error
 	if err != nil {
 		return nil, err
 	}
-	op := batcher.NewOperation(w, EstimateRU(len(item.Body)), item, true)
+	op := batcher.NewOperation(w, l.Cost(item), item, true)
 	if err := l.b.EnqueueContext(ctx, op); err != nil {
 		return nil, fmt.Errorf("cosmos: item %q: %w", item.ID, err)
 	}
@@ -301,6 +325,23 @@ func (l *Loader) LoadAll(ctx context.Context, items iter.Seq[Item]) error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// Cost returns what item counts for against the Batcher's capacity: the
+// estimated charge of writing it ([EstimateRU]) plus the Loader's margin,
+// rounded up. A write's actual charge replaces it once the service has
+// answered.
+func (l *Loader) Cost(item Item) int {
+	return ceilRU(writeCharge(len(item.Body)) * (1 + l.margin))
+}
+
+// setCost reports charge, plus the margin, as op's actual cost. Costs are
+// whole units: the fractions are carried over from write to write, so that
+// what all writes report adds up to what they were charged.
+func (l *Loader) setCost(op *batcher.Operation, charge float64) {
+	m := int64(math.Round(charge * (1 + l.margin) * 1000))
+	after := l.milliCost.Add(m)
+	op.SetActualCost(int(after/1000 - (after-m)/1000))
 }
 
 // Stats returns the Loader's counts.
@@ -377,7 +418,7 @@ func (l *Loader) upsert(ctx context.Context, op *batcher.Operation) {
 	it := op.Payload().(Item)
 	charge, err := l.store.upsert(ctx, it.PartitionKey, it.Body)
 	l.countRequest(charge, err)
-	op.SetActualCost(ceilRU(charge))
+	l.setCost(op, charge)
 	if err != nil {
 		l.report(op, err)
 		return
@@ -396,7 +437,7 @@ func (l *Loader) writeBatch(ctx context.Context, pk string, ops []*batcher.Opera
 	if err != nil {
 		// The request failed as a whole (a 429, say): so did every item.
 		for _, op := range ops {
-			op.SetActualCost(ceilRU(res.charge / float64(len(ops))))
+			l.setCost(op, res.charge/float64(len(ops)))
 			l.report(op, err)
 		}
 		return
@@ -418,13 +459,13 @@ func (l *Loader) writeBatch(ctx context.Context, pk string, ops []*batcher.Opera
 		}
 		switch {
 		case res.success:
-			op.SetActualCost(ceilRU(r.charge))
+			l.setCost(op, r.charge)
 			l.written.Add(1)
 		case r.status == http.StatusFailedDependency:
 			// Another item failed the batch, so this one was not written.
 			dependent = append(dependent, op)
 		default:
-			op.SetActualCost(ceilRU(r.charge))
+			l.setCost(op, r.charge)
 			l.report(op, &azcore.ResponseError{StatusCode: int(r.status), ErrorCode: "TransactionalBatchOperationFailed"})
 		}
 	}

@@ -455,8 +455,12 @@ func TestLoaderKeepsWithinProvisionedThroughput(t *testing.T) {
 		if st.Throttled != 0 || s.refused != 0 {
 			t.Errorf("%d requests throttled, want none", st.Throttled)
 		}
-		if use := st.RU / took.Seconds(); use < 0.9*provisioned {
+		// The margin leaves a tenth of it unused.
+		if use := st.RU / took.Seconds(); use < 0.8*provisioned/(1+DefaultMargin) {
 			t.Errorf("used %.0f RU/s of %d", use, provisioned)
+		}
+		if p := float64(peak) / 100; p < 0.98*provisioned/(1+DefaultMargin) {
+			t.Errorf("peak one-second window %.2f RU, want about %.0f", p, provisioned/(1+DefaultMargin))
 		}
 	})
 }
@@ -480,10 +484,30 @@ func TestLoaderAdaptsToAForeignWriter(t *testing.T) {
 	})
 }
 
+func TestLoaderCost(t *testing.T) {
+	l := newLoader(newFakeStore(0), nil)
+	if got := l.Cost(item(1, "a", 10)); got != 7 { // 5.71 * 1.1 = 6.281
+		t.Errorf("Cost of a small item = %d, want 7", got)
+	}
+	if got := l.WithMargin(0).Cost(item(1, "a", 10)); got != 6 {
+		t.Errorf("Cost of a small item without margin = %d, want 6", got)
+	}
+	// Actual costs carry their fractions over: 100 writes of 5.71 RU with
+	// a margin of 10% report 628 in all (628.1), as 6s and 7s.
+	l = newLoader(newFakeStore(0), nil)
+	w := batcher.NewWatcher(func(context.Context, []*batcher.Operation) error { return nil })
+	for range 100 {
+		l.setCost(batcher.NewOperation(w, 7, nil, true), 5.71)
+	}
+	if total := l.milliCost.Load() / 1000; total != 628 {
+		t.Errorf("100 writes of 5.71 RU reported %d in all, want 628", total)
+	}
+}
+
 func TestLoaderSettings(t *testing.T) {
-	l := newLoader(newFakeStore(0), batcher.NewBatcher()).WithMaxBatchSize(101).WithConcurrency(0).WithMaxAttempts(-1)
+	l := newLoader(newFakeStore(0), batcher.NewBatcher()).WithMaxBatchSize(101).WithConcurrency(0).WithMaxAttempts(-1).WithMargin(1)
 	_, err := l.Load(t.Context(), item(1, "a", 1))
-	for _, s := range []string{"MaxBatchSize is 101", "Concurrency is 0", "MaxAttempts is -1"} {
+	for _, s := range []string{"MaxBatchSize is 101", "Concurrency is 0", "MaxAttempts is -1", "Margin is 1"} {
 		if !errors.Is(err, batcher.ErrInvalidSetting) || !strings.Contains(err.Error(), s) {
 			t.Errorf("Load = %v, want it to say %q", err, s)
 		}
