@@ -10,13 +10,15 @@ import (
 
 // line is one polyline of the chart: units per second.
 type line struct {
-	name   string
-	color  string
-	values []float64 // one a second
+	name      string
+	color     string
+	values    []float64 // one a second
+	throttles []int64   // 429s, one a second
 }
 
 // chartSVG draws units per second over time for each line, against a
-// dashed capacity line, as a standalone SVG document.
+// dashed capacity line, and each line's 429s per second as bars along the
+// bottom, as a standalone SVG document.
 func chartSVG(title, unit string, capacity float64, lines []line) []byte {
 	const (
 		w, h                   = 900, 420
@@ -25,10 +27,14 @@ func chartSVG(title, unit string, capacity float64, lines []line) []byte {
 	)
 	secs := 1
 	ymax := capacity
+	var tmax int64
 	for _, l := range lines {
-		secs = max(secs, len(l.values))
+		secs = max(secs, len(l.values), len(l.throttles))
 		for _, v := range l.values {
 			ymax = max(ymax, v)
+		}
+		for _, n := range l.throttles {
+			tmax = max(tmax, n)
 		}
 	}
 	step := niceCeil(ymax * 1.1 / 5)
@@ -65,6 +71,23 @@ func chartSVG(title, unit string, capacity float64, lines []line) []byte {
 	// Capacity.
 	fmt.Fprintf(&b, `<line x1="%d" y1="%.1f" x2="%d" y2="%.1f" stroke="#d62728" stroke-width="1.5" stroke-dasharray="6 4"/>`+"\n", left, y(capacity), left+pw, y(capacity))
 	fmt.Fprintf(&b, `<text x="%d" y="%.1f" text-anchor="end" fill="#d62728">capacity %s %s/s</text>`+"\n", left+pw-4, y(capacity)-6, commas(int64(capacity)), esc(unit))
+
+	// 429s per second: bars up to 60 px high over the second, translucent
+	// where the lines' bars overlap.
+	if tmax > 0 {
+		bw := pw / float64(secs)
+		for _, l := range lines {
+			for t, n := range l.throttles {
+				if n == 0 {
+					continue
+				}
+				bh := float64(n) / float64(tmax) * 60
+				fmt.Fprintf(&b, `<rect x="%.1f" y="%.1f" width="%.1f" height="%.1f" fill="%s" fill-opacity="0.35"><title>%s 429s</title></rect>`+"\n",
+					x(float64(t)), top+ph-bh, bw, bh, l.color, commas(n))
+			}
+		}
+		fmt.Fprintf(&b, `<text x="%d" y="%d" fill="#555">bars: 429 answers per second (the tallest %s)</text>`+"\n", left+12, top+12+18*len(lines), commas(tmax))
+	}
 
 	// The lines, as steps: each second's value held over the second.
 	for i, l := range lines {

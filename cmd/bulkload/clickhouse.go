@@ -51,12 +51,15 @@ func loadClickHouse(ctx context.Context, cfg config, items []cosmos.Item, prog *
 	s := newSeries()
 	var written, inserts atomic.Int64
 	w := batcher.NewWatcher(func(ctx context.Context, ops []*batcher.Operation) error {
+		// Rows count in the second the Batcher released them, as its
+		// capacity does, not in the one the insert ended.
+		released := time.Now()
 		inserts.Add(1)
 		if err := insertRows(ctx, conn, insert, run, ops); err != nil {
-			s.record(time.Now(), 0, false)
+			s.record(released, 0, false)
 			return batcher.Retry(err)
 		}
-		s.record(time.Now(), float64(len(ops)), false)
+		s.record(released, float64(len(ops)), false)
 		written.Add(int64(len(ops)))
 		return nil
 	}).WithMaxBatchSize(clickHouseBatch).WithMaxAttempts(5)
@@ -67,7 +70,7 @@ func loadClickHouse(ctx context.Context, cfg config, items []cosmos.Item, prog *
 	}
 
 	s.restart()
-	stop := prog.start("batcher", len(items), written.Load, s)
+	stop := prog.start("batcher", len(items), written.Load, s, s.rate)
 	ops := make([]*batcher.Operation, 0, len(items))
 	var enqueueErr error
 	for it := range slices.Values(items) {

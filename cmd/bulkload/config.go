@@ -83,7 +83,7 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	var c config
 	fs := flag.NewFlagSet("bulkload", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	fs.IntVar(&c.items, "items", defaultItems, "number of documents to generate (ignored with -input)")
+	fs.IntVar(&c.items, "items", defaultItems, "number of documents to generate (not with -input)")
 	fs.IntVar(&c.size, "size", 1024, "approximate size of each generated document, in bytes (64 B to 2 MB)")
 	fs.IntVar(&c.partitions, "partitions", 20, "number of distinct partition key values in the generated documents")
 	fs.StringVar(&c.input, "input", "", "a JSON-lines file of documents to load instead of generated ones (each with an id and the partition key property; - for standard input)")
@@ -91,7 +91,7 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	fs.IntVar(&c.ru, "ru", defaultRU, "provisioned throughput in RU/s: of the embedded model, or of the real container with -cosmos-endpoint")
 	fs.IntVar(&c.capacity, "capacity", 0, "the Batcher's rate limit, in RU/s (rows/s with -clickhouse); 0 means -ru (50,000 rows/s with -clickhouse)")
 	fs.StringVar(&c.cosmosEndpoint, "cosmos-endpoint", "", "a real Cosmos DB endpoint, such as https://myaccount.documents.azure.com:443/ or https://127.0.0.1:8081/ (default: the embedded model)")
-	fs.StringVar(&c.cosmosKey, "cosmos-key", "", "the account key for -cosmos-endpoint (default: the emulator's well-known key, or $COSMOS_KEY)")
+	fs.StringVar(&c.cosmosKey, "cosmos-key", "", "the account key for -cosmos-endpoint (default: $COSMOS_KEY, else the emulator's well-known key)")
 	fs.StringVar(&c.database, "database", "bulkload", "the database to load into (created if missing)")
 	fs.StringVar(&c.container, "container", "items", "the container to load into (created if missing, with -partition-key)")
 	fs.StringVar(&c.clickhouse, "clickhouse", "", "load into ClickHouse instead, at this DSN, such as clickhouse://127.0.0.1:9000/default")

@@ -39,6 +39,7 @@ type phase struct {
 	units    float64 // RU (or rows) charged
 	peak     float64 // most units in one second
 	perSec   []float64
+	thrSec   []int64
 	// the embedded model's own count, when there is one
 	server *cosmosmodel.Stats
 	// what verification found, "" if none was made
@@ -115,6 +116,22 @@ func (t *cosmosTarget) open(ctx context.Context, s *series, retry bool) (cc *azc
 	return cc, close, nil
 }
 
+// rate returns the function that says how many RU the last whole second
+// served: the embedded model's own count, or else what the client saw.
+func (t *cosmosTarget) rate(s *series) func(time.Time) float64 {
+	m := t.model
+	if m == nil {
+		return s.rate
+	}
+	return func(time.Time) float64 {
+		h := m.History()
+		if len(h) < 2 {
+			return h[len(h)-1].RU
+		}
+		return h[len(h)-2].RU
+	}
+}
+
 func (t *cosmosTarget) endpoint() string {
 	if t.cfg.cosmosEndpoint != "" {
 		return t.cfg.cosmosEndpoint
@@ -167,7 +184,7 @@ func loadBatcher(ctx context.Context, cfg config, t *cosmosTarget, items []cosmo
 	loader := cosmos.NewLoader(cc, b)
 
 	s.restart() // count from the first item on
-	stop := prog.start("batcher", len(items), func() int64 { return loader.Stats().Written }, s)
+	stop := prog.start("batcher", len(items), func() int64 { return loader.Stats().Written }, s, t.rate(s))
 	loadErr := loader.LoadAll(ctx, slices.Values(items))
 	shutdownErr := b.Shutdown(context.WithoutCancel(ctx))
 	elapsed := time.Since(s.start())
@@ -199,7 +216,9 @@ const (
 
 // loadNaive loads items the way code without a rate limiter does: every
 // item at once (or workers at a time), each upserted with the SDK's default
-// retries, and retried after a second when those run out.
+// retries (three, honouring the 429's retry-after), and tried again after a
+// second when those run out or the request failed on the way, up to ten
+// times.
 func loadNaive(ctx context.Context, cfg config, t *cosmosTarget, items []cosmos.Item, prog *progress) (phase, error) {
 	s := newSeries()
 	cc, closeTarget, err := t.open(ctx, s, true)
@@ -216,7 +235,7 @@ func loadNaive(ctx context.Context, cfg config, t *cosmosTarget, items []cosmos.
 	}
 
 	s.restart()
-	stop := prog.start("naive", len(items), written.Load, s)
+	stop := prog.start("naive", len(items), written.Load, s, t.rate(s))
 	var wg sync.WaitGroup
 	for _, it := range items {
 		if sem != nil {
@@ -239,8 +258,11 @@ func loadNaive(ctx context.Context, cfg config, t *cosmosTarget, items []cosmos.
 					written.Add(1)
 					return
 				}
+				// Retry 429s and anything that is not the service refusing
+				// the document (a timeout, a broken connection, a 5xx).
 				var re *azcore.ResponseError
-				if errors.As(err, &re) && re.StatusCode == http.StatusTooManyRequests && attempt < naiveAttempts {
+				refused := errors.As(err, &re) && re.StatusCode >= 400 && re.StatusCode < 500 && re.StatusCode != http.StatusTooManyRequests
+				if !refused && attempt < naiveAttempts && ctx.Err() == nil {
 					select {
 					case <-time.After(naiveBackoff):
 						continue
@@ -270,18 +292,19 @@ func loadNaive(ctx context.Context, cfg config, t *cosmosTarget, items []cosmos.
 // fill copies the counts of s, and of the embedded model, into p.
 func (p *phase) fill(s *series, t *cosmosTarget) {
 	p.units, p.requests, p.throttle = s.totals()
-	p.perSec, _ = s.seconds(p.elapsed)
+	p.perSec, p.thrSec = s.seconds(p.elapsed)
 	if t.model != nil {
 		// The model's own seconds are exact: the client's put a response in
 		// the second it arrived, not the one the model charged it to.
 		st := t.model.Stats()
 		p.server = &st
-		p.perSec = p.perSec[:0]
+		p.perSec, p.thrSec = p.perSec[:0], p.thrSec[:0]
 		for _, sec := range t.model.History() {
 			p.perSec = append(p.perSec, sec.RU)
+			p.thrSec = append(p.thrSec, sec.Throttled)
 		}
-		for len(p.perSec) > 1 && p.perSec[len(p.perSec)-1] == 0 {
-			p.perSec = p.perSec[:len(p.perSec)-1] // the verification's second
+		for n := len(p.perSec); n > 1 && p.perSec[n-1] == 0 && p.thrSec[n-1] == 0; n-- {
+			p.perSec, p.thrSec = p.perSec[:n-1], p.thrSec[:n-1] // the verification's second
 		}
 	}
 	for _, v := range p.perSec {

@@ -33,7 +33,8 @@ func newProgress(w io.Writer, quiet bool, capacity int, unit string) *progress {
 // start shows the progress of a phase until the returned function is
 // called, which prints the final line and returns once the goroutine has
 // ended.
-func (p *progress) start(name string, total int, done func() int64, s *series) (stop func()) {
+// rate gives the units of the last whole second, for the line.
+func (p *progress) start(name string, total int, done func() int64, s *series, rate func(time.Time) float64) (stop func()) {
 	if p.quiet {
 		return func() {}
 	}
@@ -49,9 +50,9 @@ func (p *progress) start(name string, total int, done func() int64, s *series) (
 		for {
 			select {
 			case <-t.C:
-				p.print(name, total, done(), s, false)
+				p.print(name, total, done(), s, rate, false)
 			case <-quit:
-				p.print(name, total, done(), s, true)
+				p.print(name, total, done(), s, rate, true)
 				return
 			}
 		}
@@ -62,7 +63,7 @@ func (p *progress) start(name string, total int, done func() int64, s *series) (
 	}
 }
 
-func (p *progress) print(name string, total int, done int64, s *series, last bool) {
+func (p *progress) print(name string, total int, done int64, s *series, rate func(time.Time) float64, last bool) {
 	now := time.Now()
 	elapsed := now.Sub(s.start())
 	_, _, throttled := s.totals()
@@ -74,7 +75,7 @@ func (p *progress) print(name string, total int, done int64, s *series, last boo
 		eta = "0s"
 	}
 	line := fmt.Sprintf("%-7s %s/%s items  %s %s/s of %s  429s %s  %s  ETA %s",
-		name, commas(done), commas(int64(total)), commas(int64(s.rate(now))), p.unit, commas(int64(p.capacity)),
+		name, commas(done), commas(int64(total)), commas(int64(rate(now))), p.unit, commas(int64(p.capacity)),
 		commas(throttled), elapsed.Round(100*time.Millisecond), eta)
 	switch {
 	case p.tty && last:

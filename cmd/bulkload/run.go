@@ -180,9 +180,10 @@ func chartFor(rep *report) []byte {
 	var lines []line
 	for _, p := range rep.phases {
 		lines = append(lines, line{
-			name:   fmt.Sprintf("%s: %s in %s, %s 429s", p.name, commas(p.written), p.elapsed.Round(100*time.Millisecond), commas(p.throttle)),
-			color:  colors[p.name],
-			values: p.perSec,
+			name:      fmt.Sprintf("%s: %s in %s, %s 429s", p.name, commas(p.written), p.elapsed.Round(100*time.Millisecond), commas(p.throttle)),
+			color:     colors[p.name],
+			values:    p.perSec,
+			throttles: p.thrSec,
 		})
 	}
 	capacity := float64(cfg.ru)

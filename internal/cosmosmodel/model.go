@@ -203,7 +203,7 @@ func (m *Model) Start() error {
 		MaxConnsPerHost:     16, // HTTP/2 runs 250 requests on each
 		MaxIdleConnsPerHost: 16,
 		IdleConnTimeout:     90 * time.Second,
-		DialContext:         (&net.Dialer{Timeout: 5 * time.Second}).DialContext,
+		DialContext:         (&net.Dialer{Timeout: 30 * time.Second}).DialContext, // loopback, but the process may be very busy
 	}}
 	return nil
 }
