@@ -2,8 +2,8 @@
 // [batcher.Batcher], on the azcosmos SDK: as fast as the container's
 // throughput allows, and no faster.
 //
-// Each [Item] becomes an [batcher.Operation] whose cost is its estimated
-// request charge ([EstimateRU]). The [Loader] is the watcher's processor: for
+// Each [Item] becomes a [batcher.Operation] whose cost is its estimated
+// request charge ([EstimateRU]) plus a margin ([Loader.Cost]). The [Loader] is the watcher's processor: for
 // each batch the Batcher releases, it writes the items of one partition key
 // together in a transactional batch (when there are two or more and they fit
 // its limits), and the rest with concurrent upserts. It reports what each
@@ -28,6 +28,19 @@
 //	loader := cosmos.NewLoader(container, b)
 //	err := loader.LoadAll(ctx, slices.Values(items))
 //	b.Shutdown(ctx)
+//
+// # Costs and the margin
+//
+// Costs are in request units. Once a write is answered, the Loader reports
+// its actual charge (plus the margin) to the Batcher, which accounts for it
+// instead of the estimate; fractions of a unit are carried from write to
+// write. The margin (10% by default, [Loader.WithMargin]) is there because
+// the Batcher keeps within its capacity by the moments it releases batches,
+// and the service counts by the moments requests reach it: a request held
+// up on the way (a slow goroutine start, a stalled process) lands in the
+// service's next second, next to the requests released then. With a margin
+// m, the Batcher uses about 1/(1+m) of the provisioned throughput, and
+// delays that differ by up to m seconds draw no 429.
 //
 // # Errors
 //
@@ -152,13 +165,13 @@ func isStatus(err error, code int) bool {
 
 // Stats counts what a Loader did.
 type Stats struct {
-	Written   int64 // items written
-	Requests  int64 // document requests sent: upserts and transactional batches
-	Batches   int64 // transactional batches among them
-	Throttled int64 // requests answered 429
-	Retried   int64 // requests that failed in a way worth retrying (not 429)
-	Failed    int64 // items the service refused for good (those whose retries ran out are in the Batcher's Stats)
-	RU        float64
+	Written   int64   // items written
+	Requests  int64   // document requests sent: upserts and transactional batches
+	Batches   int64   // transactional batches among them
+	Throttled int64   // requests answered 429
+	Retried   int64   // requests that failed in a way worth retrying (not 429)
+	Failed    int64   // items the service refused for good (those whose retries ran out are in the Batcher's Stats)
+	RU        float64 // request units charged, as the responses said
 }
 
 // A Loader writes items to a container through a Batcher. Create it with
