@@ -479,7 +479,7 @@ func (l *Loader) writeBatch(ctx context.Context, pk string, ops []*batcher.Opera
 			dependent = append(dependent, op)
 		default:
 			l.setCost(op, r.charge)
-			l.report(op, &azcore.ResponseError{StatusCode: int(r.status), ErrorCode: "TransactionalBatchOperationFailed"})
+			l.report(op, &BatchOperationError{PartitionKey: pk, Index: i, StatusCode: int(r.status)})
 		}
 	}
 	// Write the innocent ones on their own, now: retried with the culprit,
@@ -515,12 +515,19 @@ func classify(err error) verdict {
 	if err == nil {
 		return verdictOK
 	}
+	var status int
 	var re *azcore.ResponseError
-	if !errors.As(err, &re) {
+	var be *BatchOperationError
+	switch {
+	case errors.As(err, &re):
+		status = re.StatusCode
+	case errors.As(err, &be):
+		status = be.StatusCode
+	default:
 		// Transport errors, timeouts, a cancelled context: worth another try.
 		return verdictRetry
 	}
-	switch re.StatusCode {
+	switch status {
 	case http.StatusTooManyRequests:
 		return verdictThrottle
 	case http.StatusRequestTimeout, http.StatusGone, 449, // retry with
@@ -529,6 +536,20 @@ func classify(err error) verdict {
 		return verdictRetry
 	}
 	return verdictFail
+}
+
+// A BatchOperationError is the failure of one item of a transactional batch
+// whose response said StatusCode for it. (A request that fails as a whole
+// fails with the SDK's *azcore.ResponseError.)
+type BatchOperationError struct {
+	PartitionKey string
+	Index        int // the item's place in the transactional batch
+	StatusCode   int
+}
+
+func (e *BatchOperationError) Error() string {
+	return fmt.Sprintf("cosmos: item %d of a transactional batch of partition key %q: %d %s",
+		e.Index, e.PartitionKey, e.StatusCode, http.StatusText(e.StatusCode))
 }
 
 // report tells the Batcher how a failed write went.
@@ -546,9 +567,10 @@ func (l *Loader) report(op *batcher.Operation, err error) {
 	}
 }
 
-// retryAfter returns the wait a 429 asked for in x-ms-retry-after-ms, or 0.
+// retryAfter returns the wait a 429 asked for in x-ms-retry-after-ms, or 0
+// (re may be nil).
 func retryAfter(re *azcore.ResponseError) time.Duration {
-	if re.RawResponse == nil {
+	if re == nil || re.RawResponse == nil {
 		return 0
 	}
 	ms, err := strconv.ParseFloat(re.RawResponse.Header.Get("x-ms-retry-after-ms"), 64)

@@ -358,6 +358,35 @@ func TestLoaderFeedback(t *testing.T) {
 	}
 }
 
+func TestClassify(t *testing.T) {
+	for _, c := range []struct {
+		err  error
+		want verdict
+	}{
+		{nil, verdictOK},
+		{errors.New("connection reset"), verdictRetry},
+		{context.DeadlineExceeded, verdictRetry},
+		{throttleErr(time.Second), verdictThrottle},
+		{fmt.Errorf("wrapped: %w", throttleErr(time.Second)), verdictThrottle},
+		{statusErr(http.StatusServiceUnavailable), verdictRetry},
+		{statusErr(449), verdictRetry},
+		{statusErr(http.StatusGone), verdictRetry},
+		{statusErr(http.StatusBadRequest), verdictFail},
+		{statusErr(http.StatusConflict), verdictFail},
+		{statusErr(http.StatusRequestEntityTooLarge), verdictFail},
+		{&BatchOperationError{StatusCode: http.StatusBadRequest}, verdictFail},
+		{&BatchOperationError{StatusCode: http.StatusTooManyRequests}, verdictThrottle},
+		{&BatchOperationError{StatusCode: http.StatusServiceUnavailable}, verdictRetry},
+	} {
+		if got := classify(c.err); got != c.want {
+			t.Errorf("classify(%v) = %d, want %d", c.err, got, c.want)
+		}
+	}
+	if d := retryAfter(nil); d != 0 {
+		t.Errorf("retryAfter(nil) = %v", d)
+	}
+}
+
 func TestLoaderThrottleHonoursRetryAfter(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		s := newFakeStore(0)
