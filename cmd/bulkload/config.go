@@ -15,6 +15,7 @@ import (
 	"github.com/ClickHouse/clickhouse-go/v2"
 
 	"github.com/ratebatch/batcher/internal/cosmosmodel"
+	"github.com/ratebatch/batcher/samples/cosmos"
 )
 
 // config is what the flags say.
@@ -27,6 +28,8 @@ type config struct {
 
 	ru       int
 	capacity int
+	margin   float64
+	otherRU  int
 
 	cosmosEndpoint string
 	cosmosKey      string
@@ -75,6 +78,9 @@ const (
 	// grants when -capacity is not given.
 	defaultClickHouseCapacity = 50000
 	maxDocSize                = 2 << 20
+	// defaultOtherRU is the other workload's RU/s on the embedded model
+	// (at most half of -ru).
+	defaultOtherRU = 1000
 )
 
 // parseFlags reads args into a config and checks every value, naming each
@@ -89,7 +95,9 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	fs.StringVar(&c.input, "input", "", "a JSON-lines file of documents to load instead of generated ones (each with an id and the partition key property; - for standard input)")
 	fs.StringVar(&c.pkPath, "partition-key", "/pk", "the container's partition key path; documents from -input must have it as a string")
 	fs.IntVar(&c.ru, "ru", defaultRU, "provisioned throughput in RU/s: of the embedded model, or of the real container with -cosmos-endpoint")
-	fs.IntVar(&c.capacity, "capacity", 0, "the Batcher's rate limit, in RU/s (rows/s with -clickhouse); 0 means -ru (50,000 rows/s with -clickhouse)")
+	fs.IntVar(&c.capacity, "capacity", 0, "the Batcher's rate limit, in RU/s (rows/s with -clickhouse); 0 means -ru less -other-ru (50,000 rows/s with -clickhouse)")
+	fs.IntVar(&c.otherRU, "other-ru", -1, "another workload writing to the same container at this many RU/s while each loader runs, to show who the throttling hurts; the default -1 means 1,000 RU/s for the embedded model and none for a real endpoint")
+	fs.Float64Var(&c.margin, "margin", cosmos.DefaultMargin, "how much more than its RU charge each write counts for against the Batcher's capacity, for network delays (0.1: about 91% of the capacity is used)")
 	fs.StringVar(&c.cosmosEndpoint, "cosmos-endpoint", "", "a real Cosmos DB endpoint, such as https://myaccount.documents.azure.com:443/ or https://127.0.0.1:8081/ (default: the embedded model)")
 	fs.StringVar(&c.cosmosKey, "cosmos-key", "", "the account key for -cosmos-endpoint (default: $COSMOS_KEY, else the emulator's well-known key)")
 	fs.StringVar(&c.database, "database", "bulkload", "the database to load into (created if missing)")
@@ -149,6 +157,9 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	if c.capacity < 0 {
 		bad("capacity", c.capacity, "must be 0 (the default) or more")
 	}
+	if !(c.margin >= 0 && c.margin < 1) {
+		bad("margin", c.margin, "must be 0 or more and less than 1")
+	}
 	if c.naiveWorkers < 0 {
 		bad("naive-workers", c.naiveWorkers, "must be 0 (unbounded) or more")
 	}
@@ -189,8 +200,22 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 			c.capacity = defaultClickHouseCapacity
 		}
 		c.naive = false // no naive comparison for ClickHouse
-	} else if c.capacity == 0 {
-		c.capacity = c.ru
+		if c.otherRU > 0 {
+			bad("other-ru", c.otherRU, "is for Cosmos DB only")
+		}
+		c.otherRU = 0
+	} else {
+		switch {
+		case c.otherRU == -1 && c.cosmosEndpoint == "":
+			c.otherRU = min(defaultOtherRU, c.ru/2)
+		case c.otherRU == -1:
+			c.otherRU = 0
+		case c.otherRU < 0 || c.otherRU >= c.ru:
+			bad("other-ru", c.otherRU, fmt.Sprintf("must be from 0 to less than -ru (%d)", c.ru))
+		}
+		if c.capacity == 0 {
+			c.capacity = max(c.ru-c.otherRU, 1)
+		}
 	}
 	for _, f := range []string{"database", "container"} {
 		v := c.database

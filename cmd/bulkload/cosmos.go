@@ -42,6 +42,8 @@ type phase struct {
 	thrSec   []int64
 	// the embedded model's own count, when there is one
 	server *cosmosmodel.Stats
+	// what the other workload saw meanwhile, if there was one
+	other *otherResult
 	// what verification found, "" if none was made
 	verified string
 }
@@ -61,12 +63,6 @@ const setupTimeout = 15 * time.Second
 // whether the SDK retries 429s itself (the naive loader) or leaves them to
 // the caller (the Batcher). close releases what open made.
 func (t *cosmosTarget) open(ctx context.Context, s *series, retry bool) (cc *azcosmos.ContainerClient, close func(), err error) {
-	o := cosmos.ClientOptions(false)
-	if retry {
-		o.Retry = policy.RetryOptions{} // the SDK's defaults: 3 retries, honouring x-ms-retry-after-ms
-	}
-	o.PerRetryPolicies = append(o.PerRetryPolicies, s)
-	var client *azcosmos.Client
 	close = func() {}
 	if t.cfg.target() == "embedded" {
 		m, err := cosmosmodel.New(cosmosmodel.Options{ProvisionedRU: float64(t.cfg.ru)})
@@ -78,30 +74,13 @@ func (t *cosmosTarget) open(ctx context.Context, s *series, retry bool) (cc *azc
 		}
 		t.model = m
 		close = func() { m.Close() }
-		if client, err = m.NewClient(o); err != nil {
-			close()
-			return nil, nil, err
-		}
-	} else {
-		if err := reachable(ctx, t.cfg.cosmosEndpoint); err != nil {
-			return nil, nil, err
-		}
-		u, _ := url.Parse(t.cfg.cosmosEndpoint)
-		if isLoopback(u.Hostname()) {
-			// A local emulator's self-signed certificate.
-			o.Transport = &http.Client{Transport: &http.Transport{
-				TLSClientConfig:     &tls.Config{InsecureSkipVerify: true},
-				MaxIdleConnsPerHost: 256,
-				ForceAttemptHTTP2:   true,
-			}}
-		}
-		cred, err := azcosmos.NewKeyCredential(t.cfg.cosmosKey)
-		if err != nil {
-			return nil, nil, fmt.Errorf("-cosmos-key: %w", err)
-		}
-		if client, err = azcosmos.NewClientWithKey(t.cfg.cosmosEndpoint, cred, o); err != nil {
-			return nil, nil, fmt.Errorf("cosmos endpoint %s: %w", t.cfg.cosmosEndpoint, err)
-		}
+	} else if err := reachable(ctx, t.cfg.cosmosEndpoint); err != nil {
+		return nil, nil, err
+	}
+	client, err := t.newClient(s, retry, false)
+	if err != nil {
+		close()
+		return nil, nil, err
 	}
 	sctx, cancel := context.WithTimeout(ctx, setupTimeout)
 	defer cancel()
@@ -114,6 +93,42 @@ func (t *cosmosTarget) open(ctx context.Context, s *series, retry bool) (cc *azc
 		return nil, nil, fmt.Errorf("cosmos endpoint %s: creating database %q and container %q: %w", t.endpoint(), t.cfg.database, t.cfg.container, err)
 	}
 	return cc, close, nil
+}
+
+// newClient returns a client of the target whose requests s counts; retry
+// says whether the SDK retries 429s itself or leaves them to the caller;
+// own, whether it gets connections of its own to the embedded model (as
+// another service would), rather than the model's shared ones.
+func (t *cosmosTarget) newClient(s *series, retry, own bool) (*azcosmos.Client, error) {
+	o := cosmos.ClientOptions(false)
+	if retry {
+		o.Retry = policy.RetryOptions{} // the SDK's defaults: 3 retries, honouring x-ms-retry-after-ms
+	}
+	o.PerRetryPolicies = append(o.PerRetryPolicies, s)
+	if t.model != nil {
+		if own {
+			o.Transport = t.model.NewHTTPClient()
+		}
+		return t.model.NewClient(o)
+	}
+	u, _ := url.Parse(t.cfg.cosmosEndpoint)
+	if isLoopback(u.Hostname()) {
+		// A local emulator's self-signed certificate.
+		o.Transport = &http.Client{Transport: &http.Transport{
+			TLSClientConfig:     &tls.Config{InsecureSkipVerify: true},
+			MaxIdleConnsPerHost: 256,
+			ForceAttemptHTTP2:   true,
+		}}
+	}
+	cred, err := azcosmos.NewKeyCredential(t.cfg.cosmosKey)
+	if err != nil {
+		return nil, fmt.Errorf("-cosmos-key: %w", err)
+	}
+	client, err := azcosmos.NewClientWithKey(t.cfg.cosmosEndpoint, cred, o)
+	if err != nil {
+		return nil, fmt.Errorf("cosmos endpoint %s: %w", t.cfg.cosmosEndpoint, err)
+	}
+	return client, nil
 }
 
 // rate returns the function that says how many RU the last whole second
@@ -181,19 +196,25 @@ func loadBatcher(ctx context.Context, cfg config, t *cosmosTarget, items []cosmo
 	if err := b.Start(ctx); err != nil {
 		return phase{}, err
 	}
-	loader := cosmos.NewLoader(cc, b)
+	loader := cosmos.NewLoader(cc, b).WithMargin(cfg.margin)
 
+	o, err := t.startOther(ctx, "batcher")
+	if err != nil {
+		return phase{}, err
+	}
 	s.restart() // count from the first item on
 	stop := prog.start("batcher", len(items), func() int64 { return loader.Stats().Written }, s, t.rate(s))
 	loadErr := loader.LoadAll(ctx, slices.Values(items))
 	shutdownErr := b.Shutdown(context.WithoutCancel(ctx))
 	elapsed := time.Since(s.start())
 	stop()
+	other := o.finish()
 
 	ls, bs := loader.Stats(), b.Stats()
 	p := phase{name: "batcher", items: len(items), written: ls.Written, failed: bs.Failed, elapsed: elapsed,
 		resent: bs.Released - bs.Enqueued}
 	p.fill(s, t)
+	p.other = other
 	if loadErr != nil {
 		p.firstErr = loadErr
 	}
@@ -234,6 +255,10 @@ func loadNaive(ctx context.Context, cfg config, t *cosmosTarget, items []cosmos.
 		sem = make(chan struct{}, cfg.naiveWorkers)
 	}
 
+	o, err := t.startOther(ctx, "naive")
+	if err != nil {
+		return phase{}, err
+	}
 	s.restart()
 	stop := prog.start("naive", len(items), written.Load, s, t.rate(s))
 	var wg sync.WaitGroup
@@ -278,15 +303,38 @@ func loadNaive(ctx context.Context, cfg config, t *cosmosTarget, items []cosmos.
 	wg.Wait()
 	elapsed := time.Since(s.start())
 	stop()
+	other := o.finish()
 
 	p := phase{name: "naive", items: len(items), written: written.Load(), failed: failed.Load(), elapsed: elapsed, firstErr: firstErr}
 	p.fill(s, t)
+	p.other = other
 	p.resent = p.requests - p.written - p.failed
 	if ctx.Err() != nil {
 		return p, ctx.Err()
 	}
 	p.verify(ctx, cfg, t, cc, items)
 	return p, nil
+}
+
+// startOther starts the other workload, if the config asks for one; its
+// finish is then safe to call on nil.
+func (t *cosmosTarget) startOther(ctx context.Context, phase string) (*other, error) {
+	if t.cfg.otherRU <= 0 {
+		return nil, nil
+	}
+	return startOther(ctx, t, t.cfg.otherRU, phase)
+}
+
+// served returns the units the service served during the phase: the
+// loader's and the other workload's.
+func (p *phase) served() float64 {
+	if p.server != nil {
+		return p.server.RU // exact, and without the setup's metadata requests
+	}
+	if p.other != nil {
+		return p.units + p.other.units
+	}
+	return p.units
 }
 
 // fill copies the counts of s, and of the embedded model, into p.
@@ -332,6 +380,9 @@ func (p *phase) verify(ctx context.Context, cfg config, t *cosmosTarget, cc *azc
 			_ = json.Unmarshal(d, &doc)
 			id, _ := doc["id"].(string)
 			pk, _ := doc[strings.TrimPrefix(cfg.pkPath, "/")].(string)
+			if pk == otherPK {
+				continue
+			}
 			if n, ok := want[pk+"\x00"+id]; ok && n == 1 {
 				want[pk+"\x00"+id] = 0
 				missing--
@@ -355,4 +406,7 @@ func (p *phase) verify(ctx context.Context, cfg config, t *cosmosTarget, cc *azc
 		return
 	}
 	p.verified = fmt.Sprintf("the container holds %s documents", page.Items[0])
+	if cfg.otherRU > 0 {
+		p.verified += fmt.Sprintf(" (the other workload's %q partition included)", otherPK)
+	}
 }

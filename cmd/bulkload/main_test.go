@@ -8,6 +8,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"math"
 	"os"
 	"path/filepath"
 	"strings"
@@ -69,12 +70,18 @@ func TestRunEmbedded(t *testing.T) {
 		if p.written != 300 || p.failed != 0 || p.verified != "all 300 items stored, each once" {
 			t.Errorf("%s: written %d, failed %d, verified %q", p.name, p.written, p.failed, p.verified)
 		}
-		if p.server == nil || p.server.RU != 300*5.71 {
-			t.Errorf("%s: the model's stats %+v, want %v RU", p.name, p.server, 300*5.71)
+		if math.Abs(p.units-300*5.71) > 0.01 || p.other == nil || p.server == nil ||
+			math.Abs(p.server.RU-p.units-p.other.units) > 0.01 {
+			t.Errorf("%s: loader %v RU, other workload %+v, the model %+v; want %v RU for the loader and the sum served",
+				p.name, p.units, p.other, p.server, 300*5.71)
 		}
 	}
-	if b := rep.phases[0]; b.throttle != 0 || b.server.Throttled != 0 {
-		t.Errorf("batcher met %d 429s (the model counted %d), want none", b.throttle, b.server.Throttled)
+	// 1,713 RU of items and 1,000 RU/s of the other workload within 5,000 RU/s.
+	if b := rep.phases[0]; b.throttle != 0 || b.server.Throttled != 0 || b.other.throttled != 0 || b.other.failed != 0 {
+		t.Errorf("batcher met %d 429s, the other workload %d (the model counted %d), want none", b.throttle, b.other.throttled, b.server.Throttled)
+	}
+	if rep.cfg.otherRU != 1000 || rep.cfg.capacity != 4000 {
+		t.Errorf("other workload %d RU/s, capacity %d; want 1,000 and 4,000 by default", rep.cfg.otherRU, rep.cfg.capacity)
 	}
 	checkSVG(t, chart, 2)
 	for _, want := range []string{"items written", "429 answers", "completion time", "RU wasted", "chart of RU/s over time: " + chart} {
@@ -96,7 +103,7 @@ func TestRunSaturated(t *testing.T) {
 		t.Skip("a few seconds")
 	}
 	var out bytes.Buffer
-	rep, err := run(t.Context(), []string{"-items", "400", "-ru", "1000", "-naive=false", "-chart", "", "-quiet"}, &out, io.Discard)
+	rep, err := run(t.Context(), []string{"-items", "400", "-ru", "1000", "-other-ru", "0", "-naive=false", "-chart", "", "-quiet"}, &out, io.Discard)
 	if err != nil {
 		t.Fatalf("run: %v\n%s", err, out.String())
 	}
@@ -165,6 +172,11 @@ func TestFlagErrors(t *testing.T) {
 		{[]string{"-partitions", "0"}, []string{"-partitions 0"}},
 		{[]string{"-capacity", "-1"}, []string{"-capacity -1"}},
 		{[]string{"-naive-workers", "-1"}, []string{"-naive-workers -1"}},
+		{[]string{"-margin", "1"}, []string{"-margin 1: must be 0 or more and less than 1"}},
+		{[]string{"-margin", "-0.5"}, []string{"-margin -0.5"}},
+		{[]string{"-other-ru", "10000"}, []string{"-other-ru 10000: must be from 0 to less than -ru (10000)"}},
+		{[]string{"-other-ru", "-2"}, []string{"-other-ru -2"}},
+		{[]string{"-clickhouse", "clickhouse://127.0.0.1:9000", "-other-ru", "5"}, []string{"-other-ru 5: is for Cosmos DB only"}},
 		{[]string{"-timeout", "0s"}, []string{"-timeout 0s"}},
 		{[]string{"-input", filepath.Join(dir, "nope.jsonl")}, []string{"-input " + filepath.Join(dir, "nope.jsonl") + ": cannot be read"}},
 		{[]string{"-input", dir}, []string{"is a directory"}},

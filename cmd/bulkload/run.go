@@ -35,7 +35,11 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) (*report,
 	}
 	rep := &report{cfg: cfg}
 	fmt.Fprintln(stdout, headline(cfg, items))
-	prog := newProgress(stderr, cfg.quiet, cfg.capacity, cfg.unit())
+	limit := cfg.ru // the live line shows what the service served against what it allows
+	if cfg.target() == "clickhouse" {
+		limit = cfg.capacity
+	}
+	prog := newProgress(stderr, cfg.quiet, limit, cfg.unit())
 
 	var runErr error
 	if cfg.target() == "clickhouse" {
@@ -140,13 +144,24 @@ func summary(w io.Writer, rep *report) {
 	}
 	row(charged, func(p phase) string { return commas(int64(p.units + 0.5)) })
 	row(unit+"/s, mean", func(p phase) string { return commas(int64(p.units/p.elapsed.Seconds() + 0.5)) })
-	row(unit+" in the busiest second", func(p phase) string { return commas(int64(p.peak + 0.5)) })
-	row("capacity used", func(p phase) string {
-		return fmt.Sprintf("%.0f%%", 100*p.units/(provisioned*p.elapsed.Seconds()))
+	busiest, used := unit+" in the busiest second", "capacity used"
+	if cfg.otherRU > 0 {
+		busiest, used, wasted = busiest+", all", used+", all", wasted+", all"
+	}
+	row(busiest, func(p phase) string { return commas(int64(p.peak + 0.5)) })
+	row(used, func(p phase) string {
+		return fmt.Sprintf("%.0f%%", 100*p.served()/(provisioned*p.elapsed.Seconds()))
 	})
 	row(wasted, func(p phase) string {
-		return commas(int64(max(provisioned*p.elapsed.Seconds()-p.units, 0) + 0.5))
+		return commas(int64(max(provisioned*p.elapsed.Seconds()-p.served(), 0) + 0.5))
 	})
+	if cfg.otherRU > 0 && len(rep.phases) > 0 && rep.phases[0].other != nil {
+		row(fmt.Sprintf("other workload at %s RU/s: writes", commas(int64(cfg.otherRU))), func(p phase) string { return commas(p.other.writes) })
+		row("its 429 answers", func(p phase) string { return commas(p.other.throttled) })
+		row("its writes failed", func(p phase) string { return commas(p.other.failed) })
+		row("its latency, p50", func(p phase) string { return p.other.p50.Round(time.Millisecond).String() })
+		row("its latency, p99", func(p phase) string { return p.other.p99.Round(time.Millisecond).String() })
+	}
 	tw.Flush()
 	fmt.Fprintln(w)
 	for _, p := range rep.phases {
@@ -179,8 +194,12 @@ func chartFor(rep *report) []byte {
 	colors := map[string]string{"batcher": "#1f77b4", "naive": "#ff7f0e"}
 	var lines []line
 	for _, p := range rep.phases {
+		name := fmt.Sprintf("%s: %s items in %s, %s 429s", p.name, commas(p.written), p.elapsed.Round(100*time.Millisecond), commas(p.throttle))
+		if p.other != nil {
+			name += fmt.Sprintf("; the other workload: %s 429s, p99 %s", commas(p.other.throttled), p.other.p99.Round(time.Millisecond))
+		}
 		lines = append(lines, line{
-			name:      fmt.Sprintf("%s: %s in %s, %s 429s", p.name, commas(p.written), p.elapsed.Round(100*time.Millisecond), commas(p.throttle)),
+			name:      name,
 			color:     colors[p.name],
 			values:    p.perSec,
 			throttles: p.thrSec,
@@ -188,6 +207,10 @@ func chartFor(rep *report) []byte {
 	}
 	capacity := float64(cfg.ru)
 	title := fmt.Sprintf("bulkload: RU/s of %s documents, %s RU/s provisioned", commas(int64(rep.phases[0].items)), commas(int64(cfg.ru)))
+	if cfg.otherRU > 0 {
+		title = fmt.Sprintf("bulkload: RU/s served, %s documents plus another workload at %s RU/s",
+			commas(int64(rep.phases[0].items)), commas(int64(cfg.otherRU)))
+	}
 	if cfg.target() == "clickhouse" {
 		capacity = float64(cfg.capacity)
 		title = fmt.Sprintf("bulkload: rows/s of %s documents into ClickHouse, limit %s rows/s", commas(int64(rep.phases[0].items)), commas(int64(cfg.capacity)))

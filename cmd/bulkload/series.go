@@ -3,6 +3,7 @@ package main
 import (
 	"net/http"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -69,10 +70,13 @@ func (s *series) growLocked(sec int) {
 	}
 }
 
-// Do implements policy.Policy.
+// Do implements policy.Policy: it counts the charge of each document
+// request and whether it was throttled.
 func (s *series) Do(req *policy.Request) (*http.Response, error) {
 	resp, err := req.Next()
-	if resp != nil {
+	// Only document requests: the account, database and container requests
+	// draw on no throughput.
+	if resp != nil && strings.Contains(req.Raw().URL.Path, "/docs") {
 		charge, _ := strconv.ParseFloat(resp.Header.Get("x-ms-request-charge"), 64)
 		s.record(time.Now(), charge, resp.StatusCode == http.StatusTooManyRequests)
 	}

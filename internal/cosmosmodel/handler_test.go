@@ -198,7 +198,7 @@ func TestNewAndLifecycle(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if m.URL() != "" || m.Client() != nil || m.ClientOptions() != nil {
+	if m.URL() != "" || m.Client() != nil || m.ClientOptions() != nil || m.NewHTTPClient() != nil {
 		t.Errorf("before Start: URL %q, Client %v", m.URL(), m.Client())
 	}
 	if _, err := m.NewClient(nil); err == nil {
@@ -213,6 +213,14 @@ func TestNewAndLifecycle(t *testing.T) {
 	resp, err := m.Client().Get(m.URL())
 	if err != nil || resp.StatusCode != 200 || resp.ProtoMajor != 2 {
 		t.Fatalf("GET %s: %v %v", m.URL(), err, resp)
+	}
+	resp.Body.Close()
+	own := m.NewHTTPClient()
+	if own == m.Client() {
+		t.Errorf("NewHTTPClient returned the shared client")
+	}
+	if resp, err = own.Get(m.URL()); err != nil || resp.StatusCode != 200 {
+		t.Fatalf("GET %s with NewHTTPClient: %v %v", m.URL(), err, resp)
 	}
 	resp.Body.Close()
 	if err := m.Close(); err != nil {

@@ -24,7 +24,8 @@
 // The exported API: [Options] (ProvisionedRU, Backend, BackendTransport,
 // Addr), [New], [Model.Start], [Model.Close], [Model.URL], [Model.Client]
 // (an *http.Client trusting the model's self-signed certificate),
-// [Model.NewClient], [Model.ClientOptions], [Model.Handler] (serve without a
+// [Model.NewHTTPClient] (one with connections of its own), [Model.NewClient],
+// [Model.ClientOptions], [Model.Handler] (serve without a
 // listener), [Model.Stats], [Model.History], [Model.Items],
 // [Model.SetProvisionedRU]; the charge functions [ReadCharge],
 // [WriteCharge], [QueryCharge] and their constants; [Stats] and [Second].
@@ -76,6 +77,7 @@ package cosmosmodel
 
 import (
 	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"net"
@@ -131,7 +133,9 @@ type Model struct {
 		url     string
 		srv     *http.Server
 		done    chan struct{} // closed when Serve has returned
+		pool    *x509.CertPool
 		client  *http.Client
+		clients []*http.Client // made by NewHTTPClient
 	}
 }
 
@@ -197,7 +201,13 @@ func (m *Model) Start() error {
 	m.mu.srv = srv
 	m.mu.done = done
 	m.mu.url = "https://" + ln.Addr().String() + "/"
-	m.mu.client = &http.Client{Transport: &http.Transport{
+	m.mu.pool = pool
+	m.mu.client = newHTTPClient(pool)
+	return nil
+}
+
+func newHTTPClient(pool *x509.CertPool) *http.Client {
+	return &http.Client{Transport: &http.Transport{
 		TLSClientConfig:     &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12},
 		ForceAttemptHTTP2:   true,
 		MaxConnsPerHost:     16, // HTTP/2 runs 250 requests on each
@@ -205,7 +215,6 @@ func (m *Model) Start() error {
 		IdleConnTimeout:     90 * time.Second,
 		DialContext:         (&net.Dialer{Timeout: 30 * time.Second}).DialContext, // loopback, but the process may be very busy
 	}}
-	return nil
 }
 
 // Close stops the server, closing its connections, and waits for its
@@ -217,14 +226,16 @@ func (m *Model) Close() error {
 		return nil
 	}
 	m.mu.closed = true
-	srv, done, c := m.mu.srv, m.mu.done, m.mu.client
+	srv, done, clients := m.mu.srv, m.mu.done, append([]*http.Client{m.mu.client}, m.mu.clients...)
 	m.mu.Unlock()
 	if srv == nil {
 		return nil
 	}
 	err := srv.Close()
 	<-done
-	c.CloseIdleConnections()
+	for _, c := range clients {
+		c.CloseIdleConnections()
+	}
 	if m.backend != nil {
 		m.backend.c.CloseIdleConnections()
 	}
@@ -251,6 +262,21 @@ func (m *Model) Client() *http.Client {
 	return m.mu.client
 }
 
+// NewHTTPClient returns a new HTTP client like Client, with connections of
+// its own: a client for another process's traffic, which should not queue
+// behind this one's for a connection. Close closes its idle connections.
+// It returns nil before Start.
+func (m *Model) NewHTTPClient() *http.Client {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.mu.pool == nil {
+		return nil
+	}
+	c := newHTTPClient(m.mu.pool)
+	m.mu.clients = append(m.mu.clients, c)
+	return c
+}
+
 // ClientOptions returns azcosmos client options whose transport is Client,
 // and which leave 429s to the caller: MaxRetries is -1, so a throttled
 // request fails with an *azcore.ResponseError of StatusCode 429 instead of
@@ -268,8 +294,9 @@ func (m *Model) ClientOptions() *azcosmos.ClientOptions {
 }
 
 // NewClient returns an azcosmos client for the model, with Key as its key.
-// o may be nil for ClientOptions(); otherwise its Transport is replaced by
-// Client. It fails before Start.
+// o may be nil for ClientOptions(); otherwise a nil Transport is set to
+// Client, and a Transport given (such as NewHTTPClient's) is kept. It fails
+// before Start.
 func (m *Model) NewClient(o *azcosmos.ClientOptions) (*azcosmos.Client, error) {
 	c := m.Client()
 	if c == nil {
@@ -279,7 +306,9 @@ func (m *Model) NewClient(o *azcosmos.ClientOptions) (*azcosmos.Client, error) {
 		o = m.ClientOptions()
 	} else {
 		cp := *o
-		cp.Transport = c
+		if cp.Transport == nil {
+			cp.Transport = c
+		}
 		o = &cp
 	}
 	cred, err := azcosmos.NewKeyCredential(Key)
