@@ -61,6 +61,10 @@
 //
 // TestIngestMillion inserts 1,000,000 events through the Ingester and the
 // same rows straight through clickhouse-go (same chunk size, same number of
-// concurrent inserts) in one run, and logs rows per second both ways; see
-// README.md in this directory for the figures measured.
+// concurrent inserts) in one run, and logs rows per second both ways. On
+// this project's machine (2 shared vCPUs, the server on the same machine,
+// 2026-11-22, without -race) three runs gave ratios of 0.90, 0.97 and 1.45:
+// 716,701 against 794,834 rows/s, 472,195 against 488,790, 384,642 against
+// 265,155; the Ingester used about 0.45 s more client CPU per million events.
+// README.md in this directory has the details.
 package clickhouse

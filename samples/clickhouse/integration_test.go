@@ -344,6 +344,10 @@ func TestIngestServerRestart(t *testing.T) {
 	restarted := make(chan error, 1)
 	go func() {
 		for acked.Load() < int64(n/testChunkSize/3) {
+			if err := t.Context().Err(); err != nil {
+				restarted <- err
+				return
+			}
 			time.Sleep(time.Millisecond)
 		}
 		if err := srv.Kill(); err != nil {

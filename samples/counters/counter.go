@@ -32,7 +32,10 @@ const (
 
 const shards = 32 // the in-memory sums are split so that increments rarely wait for each other
 
-// Stats counts what a Counter did since it started.
+// Stats counts what a Counter did since it started. Once Shutdown has
+// returned, every delta was applied once or failed: Written + Skipped +
+// Failed = Deltas (a delta applied by a call whose reply was lost is counted
+// as Skipped by the retry that finds it applied).
 type Stats struct {
 	Increments  int64 // Increment calls accepted
 	Flushes     int64 // flushes that found sums to write
