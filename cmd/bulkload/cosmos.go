@@ -200,6 +200,7 @@ func loadBatcher(ctx context.Context, cfg config, t *cosmosTarget, items []cosmo
 
 	o, err := t.startOther(ctx, "batcher")
 	if err != nil {
+		b.Close()
 		return phase{}, err
 	}
 	s.restart() // count from the first item on
