@@ -262,12 +262,13 @@ cmd_up() {
 }
 
 cmd_down() {
-  local name p
+  local name p stopped=0
   for name in "${SERVICES[@]}"; do
     if ! p=$(our_pid "$name"); then
       rm -f "$S/$name.pid"
       continue
     fi
+    stopped=$((stopped + 1))
     kill "$p" 2>/dev/null || true
     for _ in $(seq 1 150); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
     if kill -0 "$p" 2>/dev/null; then
@@ -277,6 +278,7 @@ cmd_down() {
     rm -f "$S/$name.pid"
     log "stopped $name (pid $p)"
   done
+  [ "$stopped" -gt 0 ] || log "nothing that this script started is running (services started otherwise are left alone)"
 }
 
 cmd_status() {
