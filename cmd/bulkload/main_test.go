@@ -194,6 +194,7 @@ func TestFlagErrors(t *testing.T) {
 		{[]string{"-nosuchflag"}, []string{"flag provided but not defined: -nosuchflag"}},
 		{[]string{"-items", "many"}, []string{`invalid value "many" for flag -items`}},
 		{[]string{"extra"}, []string{`unexpected arguments ["extra"]`}},
+		{[]string{"-items", "3", "-size", "1000000", "-capacity", "100"}, []string{"-capacity 100: the largest document (1,000,000 B) counts for 479 RU"}},
 	}
 	for _, tt := range tests {
 		_, err := run(context.Background(), tt.args, io.Discard, io.Discard)

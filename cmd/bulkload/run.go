@@ -5,11 +5,13 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"os"
 	"strings"
 	"text/tabwriter"
 	"time"
 
+	"github.com/ratebatch/batcher/internal/cosmosmodel"
 	"github.com/ratebatch/batcher/samples/cosmos"
 )
 
@@ -32,6 +34,17 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) (*report,
 	items, err := loadItems(cfg, os.Stdin)
 	if err != nil {
 		return nil, fmt.Errorf("-input: %w", err)
+	}
+	if cfg.target() != "clickhouse" {
+		// An item that costs more than a second's capacity could never be
+		// released: say so now rather than fail every such item.
+		largest := 0
+		for _, it := range items {
+			largest = max(largest, len(it.Body))
+		}
+		if need := int(math.Ceil(cosmosmodel.WriteCharge(largest) * (1 + cfg.margin))); need > cfg.capacity {
+			return nil, &usageError{fmt.Errorf("-capacity %d: the largest document (%s B) counts for %d RU with the margin, more than the Batcher may release in a second; raise -capacity (or -ru), or lower -size", cfg.capacity, commas(int64(largest)), need)}
+		}
 	}
 	rep := &report{cfg: cfg}
 	fmt.Fprintln(stdout, headline(cfg, items))
