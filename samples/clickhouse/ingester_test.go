@@ -270,3 +270,54 @@ func TestSortByTime(t *testing.T) {
 		}
 	}
 }
+
+// WithMaxRowsPerSecond caps the rows inserted in any second.
+func TestMaxRowsPerSecond(t *testing.T) {
+	var mu sync.Mutex
+	var at []time.Time // one per row, when its chunk was inserted
+	i := NewIngester(fakeConn{}, "events").WithBatchSize(100).WithMaxRowsPerSecond(1000)
+	i.insertChunk = func(ctx context.Context, events []Event) error {
+		mu.Lock()
+		defer mu.Unlock()
+		for range events {
+			at = append(at, time.Now())
+		}
+		return nil
+	}
+	if err := i.Start(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	for k := range 2500 {
+		if err := i.Track(t.Context(), Event{ID: uint64(k + 1)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := i.Shutdown(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	elapsed := time.Since(start)
+	mu.Lock()
+	defer mu.Unlock()
+	if len(at) != 2500 {
+		t.Fatalf("%d rows inserted, want 2500", len(at))
+	}
+	// No one-second window (as the inserts see it, a little after release)
+	// holds much more than the cap.
+	for k := range at {
+		n := 0
+		for _, u := range at[k:] {
+			if u.Sub(at[k]) >= time.Second {
+				break
+			}
+			n++
+		}
+		if n > 1100 {
+			t.Fatalf("%d rows inserted within a second of %v, cap 1000", n, at[k].Sub(start))
+		}
+	}
+	if elapsed < 1500*time.Millisecond || elapsed > 10*time.Second {
+		t.Errorf("2500 rows at 1000 a second took %v", elapsed)
+	}
+	t.Logf("2500 rows at most 1000 a second: %v", elapsed.Round(time.Millisecond))
+}

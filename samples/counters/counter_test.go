@@ -238,3 +238,58 @@ func TestJitter(t *testing.T) {
 		t.Errorf("intervals in [%v, %v], want spread over [0.8s, 1.2s]", lo, hi)
 	}
 }
+
+// timedStore records when each delta was applied.
+type timedStore struct {
+	*MemoryStore
+	mu sync.Mutex
+	at []time.Time
+}
+
+func (s *timedStore) Apply(ctx context.Context, deltas []Delta) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for range deltas {
+		s.at = append(s.at, time.Now())
+	}
+	return s.MemoryStore.Apply(ctx, deltas)
+}
+
+// WithMaxWritesPerSecond caps the key writes in any second.
+func TestMaxWritesPerSecond(t *testing.T) {
+	store := &timedStore{MemoryStore: NewMemoryStore()}
+	c := NewCounter(store).WithFlushInterval(50 * time.Millisecond).WithBatchSize(100).WithMaxWritesPerSecond(1000)
+	if err := c.Start(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	want := map[string]int64{}
+	for k := range 2000 {
+		key := fmt.Sprint("k", k)
+		c.Increment(key, 2)
+		want[key] = 2
+	}
+	if err := c.Shutdown(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	elapsed := time.Since(start)
+	wantCounts(t, store.Counts(), want)
+	store.mu.Lock()
+	defer store.mu.Unlock()
+	for k := range store.at {
+		n := 0
+		for _, u := range store.at[k:] {
+			if u.Sub(store.at[k]) >= time.Second {
+				break
+			}
+			n++
+		}
+		if n > 1100 {
+			t.Fatalf("%d writes within a second of %v, cap 1000", n, store.at[k].Sub(start))
+		}
+	}
+	if elapsed < time.Second || elapsed > 10*time.Second {
+		t.Errorf("2000 writes at 1000 a second took %v", elapsed)
+	}
+	t.Logf("2000 key writes at most 1000 a second: %v", elapsed.Round(time.Millisecond))
+}
