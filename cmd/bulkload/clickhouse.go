@@ -12,7 +12,6 @@ import (
 	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
 
 	"github.com/ratebatch/batcher"
-	"github.com/ratebatch/batcher/ratelimiter"
 	"github.com/ratebatch/batcher/samples/cosmos"
 )
 
@@ -63,7 +62,12 @@ func loadClickHouse(ctx context.Context, cfg config, items []cosmos.Item, prog *
 		written.Add(int64(len(ops)))
 		return nil
 	}).WithMaxBatchSize(clickHouseBatch).WithMaxAttempts(5)
-	b := batcher.NewBatcher().WithRateLimiter(ratelimiter.NewProvisioned(cfg.capacity)).
+	lim, closeLimiter, err := newLimiter(ctx, cfg)
+	if err != nil {
+		return phase{}, err
+	}
+	defer closeLimiter()
+	b := batcher.NewBatcher().WithRateLimiter(lim).
 		WithBufferSize(4 * clickHouseBatch)
 	if err := b.Start(ctx); err != nil {
 		return phase{}, err

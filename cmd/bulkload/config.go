@@ -15,6 +15,8 @@ import (
 	"github.com/ClickHouse/clickhouse-go/v2"
 
 	"github.com/ratebatch/batcher/internal/cosmosmodel"
+	"github.com/ratebatch/batcher/internal/leasestore"
+	"github.com/ratebatch/batcher/ratelimiter"
 	"github.com/ratebatch/batcher/samples/cosmos"
 )
 
@@ -38,6 +40,11 @@ type config struct {
 
 	clickhouse string
 	table      string
+
+	leaseStore  string // a lease store address, for capacity shared with other loaders
+	leasePrefix string
+	reserved    int
+	factor      int
 
 	chart        string
 	naive        bool
@@ -104,6 +111,10 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	fs.StringVar(&c.container, "container", "items", "the container to load into (created if missing, with -partition-key)")
 	fs.StringVar(&c.clickhouse, "clickhouse", "", "load into ClickHouse instead, at this DSN, such as clickhouse://127.0.0.1:9000/default")
 	fs.StringVar(&c.table, "table", "bulkload_items", "the ClickHouse table to load into (created if missing)")
+	fs.StringVar(&c.leaseStore, "lease-store", "", "share -capacity with the other loaders that use this lease store: redis://host:port, etcd://host:port, or an Azure Blob Storage container URL (Azurite's http://127.0.0.1:10000/devstoreaccount1/leases, or https://ACCOUNT.blob.core.windows.net/CONTAINER with $AZURE_STORAGE_KEY or an Azure identity)")
+	fs.StringVar(&c.leasePrefix, "lease-prefix", "bulkload", "the name of the shared capacity in the lease store: loaders with the same store and prefix share it")
+	fs.IntVar(&c.reserved, "reserved", 0, "with -lease-store: capacity reserved for this loader alone, on top of its share of -capacity")
+	fs.IntVar(&c.factor, "factor", ratelimiter.DefaultFactor, "with -lease-store: the capacity of one partition of the shared capacity; -capacity must be a multiple of it")
 	fs.StringVar(&c.chart, "chart", filepath.Join(os.TempDir(), "bulkload-ru.svg"), "where to write the chart of RU/s over time (SVG); empty for none")
 	fs.BoolVar(&c.naive, "naive", true, "also load with the naive loader (unbounded concurrency, the SDK's own retries) and compare")
 	fs.IntVar(&c.naiveWorkers, "naive-workers", 0, "how many writes the naive loader runs at once; 0 means one goroutine per item (unbounded)")
@@ -215,6 +226,28 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 		}
 		if c.capacity == 0 {
 			c.capacity = max(c.ru-c.otherRU, 1)
+		}
+	}
+	if c.leaseStore != "" {
+		if _, _, err := leasestore.Parse(c.leaseStore); err != nil {
+			bad("lease-store", c.leaseStore, err.Error())
+		}
+		if c.reserved < 0 {
+			bad("reserved", c.reserved, "must be 0 or more")
+		}
+		if c.factor < 1 {
+			bad("factor", c.factor, "must be at least 1")
+		} else if c.capacity%c.factor != 0 {
+			bad("capacity", c.capacity, fmt.Sprintf("must be a multiple of -factor (%d) to be shared through -lease-store", c.factor))
+		}
+		if c.leasePrefix == "" {
+			bad("lease-prefix", `""`, "must not be empty")
+		}
+	} else {
+		for _, f := range []string{"reserved", "factor"} {
+			if set[f] {
+				bad(f, "(given)", "needs -lease-store")
+			}
 		}
 	}
 	for _, f := range []string{"database", "container"} {

@@ -21,7 +21,6 @@ import (
 
 	"github.com/ratebatch/batcher"
 	"github.com/ratebatch/batcher/internal/cosmosmodel"
-	"github.com/ratebatch/batcher/ratelimiter"
 	"github.com/ratebatch/batcher/samples/cosmos"
 )
 
@@ -192,7 +191,12 @@ func loadBatcher(ctx context.Context, cfg config, t *cosmosTarget, items []cosmo
 		return phase{}, err
 	}
 	defer closeTarget()
-	b := batcher.NewBatcher().WithRateLimiter(ratelimiter.NewProvisioned(cfg.capacity))
+	lim, closeLimiter, err := newLimiter(ctx, cfg)
+	if err != nil {
+		return phase{}, err
+	}
+	defer closeLimiter()
+	b := batcher.NewBatcher().WithRateLimiter(lim)
 	if err := b.Start(ctx); err != nil {
 		return phase{}, err
 	}

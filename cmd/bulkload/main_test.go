@@ -194,6 +194,11 @@ func TestFlagErrors(t *testing.T) {
 		{[]string{"-nosuchflag"}, []string{"flag provided but not defined: -nosuchflag"}},
 		{[]string{"-items", "many"}, []string{`invalid value "many" for flag -items`}},
 		{[]string{"extra"}, []string{`unexpected arguments ["extra"]`}},
+		{[]string{"-lease-store", "mongo://x:1"}, []string{`-lease-store mongo://x:1: lease store "mongo://x:1": unknown scheme "mongo"`}},
+		{[]string{"-lease-store", "https://acct.blob.core.windows.net/"}, []string{"must name the container"}},
+		{[]string{"-lease-store", "redis://127.0.0.1:6379", "-capacity", "1500", "-reserved", "-1"}, []string{"-reserved -1", "-capacity 1500: must be a multiple of -factor (1000)"}},
+		{[]string{"-lease-store", "redis://127.0.0.1:6379", "-factor", "0", "-lease-prefix", ""}, []string{"-factor 0", `-lease-prefix "": must not be empty`}},
+		{[]string{"-reserved", "100"}, []string{"-reserved (given): needs -lease-store"}},
 		{[]string{"-items", "3", "-size", "1000000", "-capacity", "100"}, []string{"-capacity 100: the largest document (1,000,000 B) counts for 479 RU"}},
 	}
 	for _, tt := range tests {
@@ -242,6 +247,27 @@ func TestRealCosmos(t *testing.T) {
 		if p.written != 200 || p.verified != "the container holds 200 documents" {
 			t.Errorf("%s: written %d, verified %q", p.name, p.written, p.verified)
 		}
+	}
+}
+
+// TestSharedThroughRedis loads with the limit shared through the real Redis
+// as a lease store: the loader leases the partitions it needs, and every
+// item is stored once without a 429.
+func TestSharedThroughRedis(t *testing.T) {
+	addr := servicetest.Need(t, servicetest.Redis)
+	prefix := fmt.Sprintf("bulkload-test-%d", time.Now().UnixNano())
+	var out bytes.Buffer
+	rep, err := run(t.Context(), []string{"-items", "300", "-ru", "5000", "-capacity", "4000", "-naive=false", "-chart", "", "-quiet",
+		"-lease-store", "redis://" + addr, "-lease-prefix", prefix, "-reserved", "100"}, &out, io.Discard)
+	if err != nil {
+		t.Fatalf("run: %v\n%s", err, out.String())
+	}
+	p := rep.phases[0]
+	if p.written != 300 || p.verified != "all 300 items stored, each once" || p.throttle != 0 {
+		t.Errorf("written %d, verified %q, %d 429s", p.written, p.verified, p.throttle)
+	}
+	if !strings.Contains(out.String(), "shared through the lease store redis://"+addr) {
+		t.Errorf("the headline does not say the limit is shared:\n%s", out.String())
 	}
 }
 

@@ -104,6 +104,15 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) (*report,
 }
 
 func headline(cfg config, items []cosmos.Item) string {
+	h := headlineTarget(cfg, items)
+	if cfg.leaseStore != "" {
+		h += fmt.Sprintf(", the limit shared through the lease store %s (prefix %q) plus %s reserved",
+			cfg.leaseStore, cfg.leasePrefix, commas(int64(cfg.reserved)))
+	}
+	return h
+}
+
+func headlineTarget(cfg config, items []cosmos.Item) string {
 	size := 0
 	for _, it := range items {
 		size += len(it.Body)

@@ -25,30 +25,13 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/Azure/azure-sdk-for-go/sdk/azcore"
-	"github.com/Azure/azure-sdk-for-go/sdk/azcore/policy"
-	"github.com/Azure/azure-sdk-for-go/sdk/storage/azblob/container"
-	goredis "github.com/redis/go-redis/v9"
-	clientv3 "go.etcd.io/etcd/client/v3"
-	"go.uber.org/zap"
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/backoff"
-
 	"github.com/ratebatch/batcher"
+	"github.com/ratebatch/batcher/internal/leasestore"
 	"github.com/ratebatch/batcher/ratelimiter"
-	leaseblob "github.com/ratebatch/batcher/ratelimiter/azblob"
-	leaseetcd "github.com/ratebatch/batcher/ratelimiter/etcd"
-	leaseredis "github.com/ratebatch/batcher/ratelimiter/redis"
-)
-
-// The Azurite development account, which the azblob store uses.
-const (
-	azuriteAccount = "devstoreaccount1"
-	azuriteKey     = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
 )
 
 // Stores are the lease stores an instance can use.
-var Stores = []string{"redis", "etcd", "azblob"}
+var Stores = leasestore.Kinds
 
 // instanceFlags are one instance's settings, as command-line flags.
 type instanceFlags struct {
@@ -126,58 +109,14 @@ func (r *reporter) flush() {
 	r.w.Flush()
 }
 
-type quiet struct{}
-
-func (quiet) Printf(context.Context, string, ...any) {}
-
-// NewManager returns a lease manager for store at addr, with prefix naming
-// the shared capacity, and a function that closes its client.
+// NewManager returns a lease manager for store at addr (for azblob, the
+// blob service URL of the account: each run gets its own container, named
+// by prefix), and a function that closes its client.
 func NewManager(ctx context.Context, store, addr, prefix string) (ratelimiter.LeaseManager, func(), error) {
-	switch store {
-	case "redis":
-		// The store's errors reach the report as E lines; go-redis's own
-		// log of each failed dial would only repeat them.
-		goredis.SetLogger(quiet{})
-		c := goredis.NewClient(&goredis.Options{Addr: addr, DialTimeout: time.Second, MaxRetries: -1, ContextTimeoutEnabled: true})
-		m, err := leaseredis.New(c, prefix)
-		if err != nil {
-			c.Close()
-			return nil, nil, err
-		}
-		return m, func() { c.Close() }, nil
-	case "etcd":
-		// Reconnect within a second of the server's return: gRPC's
-		// default back-off between attempts grows to two minutes.
-		c, err := clientv3.New(clientv3.Config{
-			Endpoints: []string{addr}, DialTimeout: 2 * time.Second, Context: ctx, Logger: zap.NewNop(),
-			DialOptions: []grpc.DialOption{grpc.WithConnectParams(grpc.ConnectParams{
-				Backoff:           backoff.Config{BaseDelay: 100 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: time.Second},
-				MinConnectTimeout: time.Second,
-			})},
-		})
-		if err != nil {
-			return nil, nil, fmt.Errorf("etcd at %s: %w", addr, err)
-		}
-		m, err := leaseetcd.New(c, prefix)
-		if err != nil {
-			c.Close()
-			return nil, nil, err
-		}
-		return m, func() { c.Close() }, nil
-	case "azblob":
-		// Fail a call soon when the store is down, rather than retry
-		// it for seconds: the SharedResource retries every round anyway.
-		m, err := leaseblob.NewWithSharedKey(strings.TrimSuffix(addr, "/")+"/"+prefix, azuriteAccount, azuriteKey, &leaseblob.Options{
-			ClientOptions: &container.ClientOptions{ClientOptions: azcore.ClientOptions{Retry: policy.RetryOptions{
-				MaxRetries: 2, RetryDelay: 50 * time.Millisecond, MaxRetryDelay: 200 * time.Millisecond, TryTimeout: time.Second,
-			}}},
-		})
-		if err != nil {
-			return nil, nil, err
-		}
-		return m, func() {}, nil
+	if store == "azblob" {
+		addr = strings.TrimSuffix(addr, "/") + "/" + prefix
 	}
-	return nil, nil, fmt.Errorf("sharedsim: unknown -store %q: want one of %s", store, strings.Join(Stores, ", "))
+	return leasestore.Open(ctx, store, addr, prefix)
 }
 
 func runInstance(ctx context.Context, f instanceFlags, stdout io.Writer) error {
