@@ -9,7 +9,6 @@ import (
 	"math/rand/v2"
 	"regexp"
 	"slices"
-	"sync"
 	"sync/atomic"
 	"time"
 
@@ -88,11 +87,11 @@ type Ingester struct {
 	// insertChunk writes one chunk; tests replace it.
 	insertChunk func(ctx context.Context, events []Event) error
 
-	startOnce sync.Once
-	started   atomic.Bool
-	b         *batcher.Batcher
-	w         *batcher.Watcher
-	nextID    atomic.Uint64
+	started atomic.Bool // Start was called: the With* methods panic
+	running atomic.Bool // Start succeeded: b and w are set
+	b       *batcher.Batcher
+	w       *batcher.Watcher
+	nextID  atomic.Uint64
 
 	failed       atomic.Int64
 	inserts      atomic.Int64
@@ -282,7 +281,11 @@ func (i *Ingester) Start(ctx context.Context) error {
 		i.b.WithRateLimiter(ratelimiter.NewProvisioned(i.rowsPerSecond))
 	}
 	i.b.AddListener(i.listen)
-	return i.b.Start(ctx)
+	if err := i.b.Start(ctx); err != nil {
+		return err
+	}
+	i.running.Store(true)
+	return nil
 }
 
 // listen turns the Batcher's Failed events back into events for OnFailed.
@@ -307,7 +310,7 @@ func (i *Ingester) listen(e batcher.Event) {
 // itself. It returns an error wrapping batcher.ErrClosed once Shutdown has
 // begun, and batcher.ErrImproperOrder before Start.
 func (i *Ingester) Track(ctx context.Context, e Event) error {
-	if !i.started.Load() || i.b == nil {
+	if !i.running.Load() {
 		return fmt.Errorf("clickhouse: Track before Start: %w", batcher.ErrImproperOrder)
 	}
 	if e.ID == 0 {
@@ -328,7 +331,7 @@ func (i *Ingester) Track(ctx context.Context, e Event) error {
 // fail with an error wrapping batcher.ErrClosed and are reported to OnFailed,
 // and Shutdown returns ctx.Err(). Shutdown before Start returns nil.
 func (i *Ingester) Shutdown(ctx context.Context) error {
-	if !i.started.Load() || i.b == nil {
+	if !i.running.Load() {
 		return nil
 	}
 	return i.b.Shutdown(ctx)
@@ -341,7 +344,7 @@ func (i *Ingester) Stats() Stats {
 		Inserts:      i.inserts.Load(),
 		InsertErrors: i.insertErrors.Load(),
 	}
-	if i.b != nil {
+	if i.running.Load() {
 		bs := i.b.Stats()
 		s.Tracked, s.Inserted, s.Buffered, s.Retried = bs.Enqueued, bs.Succeeded, bs.Buffered+bs.InFlight, bs.Retried
 	}

@@ -73,7 +73,8 @@ type Counter struct {
 	instance       string // makes flush ids unique to this Counter
 	shardSeed      maphash.Seed
 	shard          [shards]shard
-	started        atomic.Bool
+	started        atomic.Bool // Start was called: the With* methods panic
+	running        atomic.Bool // Start succeeded: b, w and the flush loop are set
 	b              *batcher.Batcher
 	w              *batcher.Watcher
 	flushMu        sync.Mutex // one flush at a time
@@ -285,6 +286,7 @@ func (c *Counter) Start(ctx context.Context) error {
 	c.enqueueCtx, c.cancelEnqueues = context.WithCancel(context.Background())
 	c.stop, c.loopDone = make(chan struct{}), make(chan struct{})
 	go c.loop(ctx)
+	c.running.Store(true)
 	return nil
 }
 
@@ -315,7 +317,7 @@ func (c *Counter) nextInterval() time.Duration {
 // never waits for the store. It returns an error wrapping batcher.ErrClosed
 // once Shutdown has begun, and batcher.ErrImproperOrder before Start.
 func (c *Counter) Increment(key string, n int64) error {
-	if !c.started.Load() {
+	if !c.running.Load() {
 		return fmt.Errorf("counters: Increment before Start: %w", batcher.ErrImproperOrder)
 	}
 	s := &c.shard[maphash.String(c.shardSeed, key)%shards]
@@ -415,7 +417,7 @@ func (c *Counter) fail(deltas []Delta, err error) {
 // retries) have ended, or ctx ends (it returns ctx.Err()). It returns an
 // error wrapping batcher.ErrImproperOrder before Start.
 func (c *Counter) Flush(ctx context.Context) error {
-	if !c.started.Load() {
+	if !c.running.Load() {
 		return fmt.Errorf("counters: Flush before Start: %w", batcher.ErrImproperOrder)
 	}
 	c.flush(ctx)
@@ -430,7 +432,7 @@ func (c *Counter) Flush(ctx context.Context) error {
 // Shutdown returns ctx.Err(). No goroutine of the Counter outlives it.
 // Shutdown before Start returns nil.
 func (c *Counter) Shutdown(ctx context.Context) error {
-	if !c.started.Load() {
+	if !c.running.Load() {
 		return nil
 	}
 	var err error
