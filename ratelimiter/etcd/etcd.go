@@ -66,6 +66,7 @@ import (
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
+	"github.com/ratebatch/batcher/internal/leasecall"
 	"github.com/ratebatch/batcher/ratelimiter"
 )
 
@@ -152,32 +153,12 @@ func seconds(setting string, d time.Duration) (int64, error) {
 
 // checkCall returns ctx's error, or one for a bad partition or owner.
 func checkCall(ctx context.Context, method string, p int, owner string) error {
-	if err := ctx.Err(); err != nil {
-		return errorf("%s partition %d: %w", method, p, err)
-	}
-	if p < 0 {
-		return errorf("%s: partition %d is negative", method, p)
-	}
-	if owner == "" {
-		return errorf("%s partition %d: owner is empty", method, p)
-	}
-	return nil
+	return leasecall.Check(ctx, "ratelimiter/etcd", method, p, owner)
 }
 
-// wrap annotates an error of the client, keeping ctx's error visible to
-// errors.Is when ctx ended during the call. A call that timed out at ctx's
-// deadline may return before ctx's timer has fired: that counts as ctx's
-// deadline too.
+// wrap annotates an error of the client; see leasecall.Wrap.
 func wrap(ctx context.Context, err error, format string, a ...any) error {
-	msg := fmt.Sprintf(format, a...)
-	cerr := ctx.Err()
-	if dl, ok := ctx.Deadline(); ok && cerr == nil && !time.Now().Before(dl) {
-		cerr = context.DeadlineExceeded
-	}
-	if cerr != nil && !errors.Is(err, cerr) {
-		return errorf("%s: %w (%w)", msg, cerr, err)
-	}
-	return errorf("%s: %w", msg, err)
+	return leasecall.Wrap(ctx, "ratelimiter/etcd", err, format, a...)
 }
 
 // revoke revokes an etcd lease nobody needs any more. It is tidiness, not

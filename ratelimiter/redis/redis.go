@@ -58,6 +58,7 @@ import (
 
 	goredis "github.com/redis/go-redis/v9"
 
+	"github.com/ratebatch/batcher/internal/leasecall"
 	"github.com/ratebatch/batcher/ratelimiter"
 )
 
@@ -113,32 +114,12 @@ func millis(setting string, d time.Duration) (int64, error) {
 
 // checkCall returns ctx's error, or one for a bad partition or owner.
 func checkCall(ctx context.Context, method string, p int, owner string) error {
-	if err := ctx.Err(); err != nil {
-		return errorf("%s partition %d: %w", method, p, err)
-	}
-	if p < 0 {
-		return errorf("%s: partition %d is negative", method, p)
-	}
-	if owner == "" {
-		return errorf("%s partition %d: owner is empty", method, p)
-	}
-	return nil
+	return leasecall.Check(ctx, "ratelimiter/redis", method, p, owner)
 }
 
-// wrap annotates an error of the client, keeping ctx's error visible to
-// errors.Is when ctx ended during the call. A call that timed out at ctx's
-// deadline may return before ctx's timer has fired: that counts as ctx's
-// deadline too.
+// wrap annotates an error of the client; see leasecall.Wrap.
 func wrap(ctx context.Context, err error, format string, a ...any) error {
-	msg := fmt.Sprintf(format, a...)
-	cerr := ctx.Err()
-	if dl, ok := ctx.Deadline(); ok && cerr == nil && !time.Now().Before(dl) {
-		cerr = context.DeadlineExceeded
-	}
-	if cerr != nil && !errors.Is(err, cerr) {
-		return errorf("%s: %w (%w)", msg, cerr, err)
-	}
-	return errorf("%s: %w", msg, err)
+	return leasecall.Wrap(ctx, "ratelimiter/redis", err, format, a...)
 }
 
 // provisionScript raises the recorded partition count to ARGV[1].
