@@ -36,8 +36,12 @@ type Batcher struct {
 	listeners Listeners
 	gate      emitGate
 	refused   atomic.Int64
-	intake    atomic.Pointer[intake] // set by Start
-	lowWater  int                    // free slots that wake blocked Enqueue calls
+	// Operations ended without and with an error. Each is counted before
+	// it is ended (and uncounted if something else ended it first), so
+	// that Stats counts an operation by the time its Wait returns.
+	succeeded, failed atomic.Int64
+	intake            atomic.Pointer[intake] // set by Start
+	lowWater          int                    // free slots that wake blocked Enqueue calls
 
 	kick       chan struct{} // wakes the owner goroutine; holds at most one
 	intakeKick chan struct{} // asks the owner goroutine to sweep the intake
@@ -468,7 +472,9 @@ func (b *Batcher) NeedsCapacity() int {
 	return b.mu.target
 }
 
-// Stats returns the Batcher's counts.
+// Stats returns the Batcher's counts. An operation is counted in Succeeded
+// or Failed by the time its Wait returns; Buffered and InFlight may trail a
+// batch that has just completed by a moment.
 func (b *Batcher) Stats() Stats {
 	b.mu.Lock()
 	b.sweepLocked()
@@ -477,6 +483,7 @@ func (b *Batcher) Stats() Stats {
 	s.InFlight = int64(b.mu.outstanding - b.mu.buffered)
 	b.unlock()
 	s.Refused = b.refused.Load()
+	s.Succeeded, s.Failed = b.succeeded.Load(), b.failed.Load()
 	return s
 }
 
@@ -625,16 +632,16 @@ func (b *Batcher) abort(cause error, fromOwner bool) {
 	retire(idle)
 	// End the operations before cancelling the running ProcessBatch calls,
 	// so that they end with cause, not with what those calls return.
-	var failed int64
+	b.failed.Add(int64(len(lost)))
 	for _, op := range lost {
 		if op.end(cause) {
-			failed++
 			b.emit(Event{Kind: Failed, Batch: []*Operation{op}, Err: cause})
+		} else {
+			b.failed.Add(-1) // a completion ended it first
 		}
 	}
 	b.runCancel()
 	b.mu.Lock()
-	b.mu.stats.Failed += failed
 	b.mu.epochs.releaseAll()
 	b.unlock()
 	if !fromOwner {

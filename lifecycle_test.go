@@ -743,3 +743,33 @@ func TestShutdownStopsTheLimiterAfterTheLastBatch(t *testing.T) {
 		}
 	})
 }
+
+// G3: an operation is counted in Stats by the time its Wait returns, so a
+// caller that waits and then reads Stats sees it.
+func TestStatsCountAnOperationByTheTimeWaitReturns(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		b := batcher.NewBatcher().WithEagerRelease()
+		if err := b.Start(t.Context()); err != nil {
+			t.Fatal(err)
+		}
+		defer b.Close()
+		boom := errors.New("boom")
+		w := batcher.NewWatcher(func(_ context.Context, ops []*batcher.Operation) error {
+			if ops[0].Payload().(int)%2 == 1 {
+				return boom
+			}
+			return nil
+		})
+		for i := range 500 {
+			op := batcher.NewOperation(w, 1, i, true)
+			if err := b.Enqueue(op); err != nil {
+				t.Fatal(err)
+			}
+			op.Wait(t.Context())
+			st := b.Stats()
+			if st.Succeeded != int64(i/2+1) || st.Failed != int64((i+1)/2) {
+				t.Fatalf("after operation %d ended: Stats %+v, want %d succeeded and %d failed", i, st, i/2+1, (i+1)/2)
+			}
+		}
+	})
+}

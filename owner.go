@@ -232,7 +232,7 @@ func (b *Batcher) dropAboveLocked(max int) []*Operation {
 		r.ops = kept
 	}
 	if len(dropped) > 0 {
-		b.mu.stats.Failed += int64(len(dropped))
+		b.failed.Add(int64(len(dropped))) // before they are ended, after the lock
 		b.wakeSpaceLocked()
 		b.checkDrainedLocked()
 	}

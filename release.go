@@ -335,14 +335,14 @@ func (b *Batcher) complete(bt *batch, w *worker) (next *batch, idle bool) {
 		}
 	}
 
-	// End what succeeded or failed for good; set aside what is retried.
+	// Decide each operation's end; set aside what is retried.
 	var (
-		succeeded, failedN int
-		retry, throttle    []*Operation
-		failed             []Event
-		delta              int // actual cost minus declared
-		after              time.Duration
-		retryErr           error
+		succeeded       int
+		retry, throttle []*Operation
+		fails           []Event // one for each operation failed for good
+		delta           int     // actual cost minus declared
+		after           time.Duration
+		retryErr        error
 	)
 	for _, op := range bt.ops {
 		if a, ok := op.actualCost(); ok {
@@ -360,15 +360,9 @@ func (b *Batcher) complete(bt *batch, w *worker) (next *batch, idle bool) {
 		}
 		switch v {
 		case verdictNone:
-			if op.end(nil) {
-				succeeded++
-			}
+			succeeded++
 		case verdictFail:
-			err = orFailure(err)
-			if op.end(err) {
-				failedN++
-				failed = append(failed, Event{Kind: Failed, Batch: []*Operation{op}, Err: err})
-			}
+			fails = append(fails, Event{Kind: Failed, Batch: []*Operation{op}, Err: orFailure(err)})
 		case verdictRetry:
 			op.clearFeedback()
 			op.retries.Add(1)
@@ -387,14 +381,33 @@ func (b *Batcher) complete(bt *batch, w *worker) (next *batch, idle bool) {
 		}
 	}
 
+	// End what succeeded or failed for good, counting each first, so that
+	// Stats counts it by the time its Wait returns. One that Close ended
+	// first is Close's to count and report.
+	b.succeeded.Add(int64(succeeded))
+	b.failed.Add(int64(len(fails)))
+	if succeeded > 0 {
+		for _, op := range bt.ops {
+			if op.verdict == verdictNone && !op.end(nil) {
+				b.succeeded.Add(-1)
+			}
+		}
+	}
+	failed := fails[:0]
+	for _, e := range fails {
+		if e.Batch[0].end(e.Err) {
+			failed = append(failed, e)
+		} else {
+			b.failed.Add(-1)
+		}
+	}
+
 	var evs []Event
 	var now time.Time // only needed with a limiter or retries: time.Now is not free
 	if !b.mu.unlimited || len(retry) > 0 || len(throttle) > 0 {
 		now = time.Now()
 	}
 	b.mu.Lock()
-	b.mu.stats.Succeeded += int64(succeeded)
-	b.mu.stats.Failed += int64(failedN)
 	if bt.abandoned {
 		// Close or a failed Shutdown has already ended the rest and taken
 		// the batch off the books.
