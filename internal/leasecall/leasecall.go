@@ -1,13 +1,17 @@
 // Package leasecall holds what the lease managers in ratelimiter/redis and
-// ratelimiter/etcd check before each call and how they wrap their clients'
-// errors.
+// ratelimiter/etcd share: the check before each call, how they wrap their
+// clients' errors, and how they write a demand.
 package leasecall
 
 import (
 	"context"
 	"errors"
 	"fmt"
+	"strconv"
+	"strings"
 	"time"
+
+	"github.com/ratebatch/batcher/ratelimiter"
 )
 
 // Check returns ctx's error, or one for a bad partition or owner, each
@@ -39,4 +43,45 @@ func Wrap(ctx context.Context, pkg string, err error, format string, a ...any) e
 		return fmt.Errorf("%s: %s: %w (%w)", pkg, msg, cerr, err)
 	}
 	return fmt.Errorf("%s: %s: %w", pkg, msg, err)
+}
+
+// EncodeDemand writes d's want and held partitions as "want p1,p2,...",
+// the form the Redis and etcd managers store.
+func EncodeDemand(d ratelimiter.Demand) string {
+	b := strconv.AppendInt(nil, int64(d.Want), 10)
+	b = append(b, ' ')
+	for i, p := range d.Held {
+		if i > 0 {
+			b = append(b, ',')
+		}
+		b = strconv.AppendInt(b, int64(p), 10)
+	}
+	return string(b)
+}
+
+// DecodeDemand reads what EncodeDemand wrote for owner; a malformed s gets
+// an error starting with pkg.
+func DecodeDemand(pkg, owner, s string) (ratelimiter.Demand, error) {
+	bad := func() (ratelimiter.Demand, error) {
+		return ratelimiter.Demand{}, fmt.Errorf("%s: Announce: owner %q's demand %q is malformed", pkg, owner, s)
+	}
+	want, held, ok := strings.Cut(s, " ")
+	if !ok {
+		return bad()
+	}
+	w, err := strconv.Atoi(want)
+	if err != nil {
+		return bad()
+	}
+	d := ratelimiter.Demand{Owner: owner, Want: w, Held: []int{}}
+	if held != "" {
+		for ps := range strings.SplitSeq(held, ",") {
+			p, err := strconv.Atoi(ps)
+			if err != nil {
+				return bad()
+			}
+			d.Held = append(d.Held, p)
+		}
+	}
+	return d, nil
 }

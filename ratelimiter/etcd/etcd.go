@@ -469,7 +469,7 @@ func (m *Manager) Announce(ctx context.Context, d ratelimiter.Demand) ([]ratelim
 	}
 	resp, err := m.client.Txn(ctx).
 		Then(
-			clientv3.OpPut(m.demandKey(d.Owner), encodeDemand(d), clientv3.WithLease(g.id)),
+			clientv3.OpPut(m.demandKey(d.Owner), leasecall.EncodeDemand(d), clientv3.WithLease(g.id)),
 			clientv3.OpGet(m.demandPrefix(), clientv3.WithPrefix()),
 		).
 		Commit()
@@ -487,7 +487,7 @@ func (m *Manager) Announce(ctx context.Context, d ratelimiter.Demand) ([]ratelim
 	out := make([]ratelimiter.Demand, 0, len(kvs))
 	for _, kv := range kvs {
 		owner := strings.TrimPrefix(string(kv.Key), m.demandPrefix())
-		dd, err := decodeDemand(owner, string(kv.Value))
+		dd, err := leasecall.DecodeDemand("ratelimiter/etcd", owner, string(kv.Value))
 		if err != nil {
 			return nil, err
 		}
@@ -495,42 +495,4 @@ func (m *Manager) Announce(ctx context.Context, d ratelimiter.Demand) ([]ratelim
 	}
 	slices.SortFunc(out, func(a, b ratelimiter.Demand) int { return strings.Compare(a.Owner, b.Owner) })
 	return out, nil
-}
-
-// encodeDemand writes the want and the held partitions as "want p1,p2,...".
-func encodeDemand(d ratelimiter.Demand) string {
-	b := strconv.AppendInt(nil, int64(d.Want), 10)
-	b = append(b, ' ')
-	for i, p := range d.Held {
-		if i > 0 {
-			b = append(b, ',')
-		}
-		b = strconv.AppendInt(b, int64(p), 10)
-	}
-	return string(b)
-}
-
-func decodeDemand(owner, s string) (ratelimiter.Demand, error) {
-	bad := func() (ratelimiter.Demand, error) {
-		return ratelimiter.Demand{}, errorf("Announce: owner %q's demand %q is malformed", owner, s)
-	}
-	want, held, ok := strings.Cut(s, " ")
-	if !ok {
-		return bad()
-	}
-	w, err := strconv.Atoi(want)
-	if err != nil {
-		return bad()
-	}
-	d := ratelimiter.Demand{Owner: owner, Want: w, Held: []int{}}
-	if held != "" {
-		for ps := range strings.SplitSeq(held, ",") {
-			p, err := strconv.Atoi(ps)
-			if err != nil {
-				return bad()
-			}
-			d.Held = append(d.Held, p)
-		}
-	}
-	return d, nil
 }

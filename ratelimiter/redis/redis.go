@@ -291,13 +291,15 @@ func (m *Manager) Announce(ctx context.Context, d ratelimiter.Demand) ([]ratelim
 	if i := slices.IndexFunc(d.Held, func(p int) bool { return p < 0 }); i >= 0 {
 		return nil, errorf("Announce owner %q: held partition %d is negative", d.Owner, d.Held[i])
 	}
-	res, err := announceScript.Run(ctx, m.client, []string{m.demandsKey()}, d.Owner, ms, encodeDemand(d)).StringSlice()
+	res, err := announceScript.Run(ctx, m.client, []string{m.demandsKey()}, d.Owner, ms, leasecall.EncodeDemand(d)).StringSlice()
 	if err != nil {
 		return nil, wrap(ctx, err, "Announce owner %q", d.Owner)
 	}
 	out := make([]ratelimiter.Demand, 0, len(res)/2)
 	for i := 0; i+1 < len(res); i += 2 {
-		dd, err := decodeDemand(res[i], res[i+1])
+		// The script stamps each demand with its end: "end want p1,p2,...".
+		_, wantHeld, _ := strings.Cut(res[i+1], " ")
+		dd, err := leasecall.DecodeDemand("ratelimiter/redis", res[i], wantHeld)
 		if err != nil {
 			return nil, err
 		}
@@ -305,43 +307,4 @@ func (m *Manager) Announce(ctx context.Context, d ratelimiter.Demand) ([]ratelim
 	}
 	slices.SortFunc(out, func(a, b ratelimiter.Demand) int { return strings.Compare(a.Owner, b.Owner) })
 	return out, nil
-}
-
-// encodeDemand writes the want and the held partitions as "want p1,p2,...".
-func encodeDemand(d ratelimiter.Demand) string {
-	b := strconv.AppendInt(nil, int64(d.Want), 10)
-	b = append(b, ' ')
-	for i, p := range d.Held {
-		if i > 0 {
-			b = append(b, ',')
-		}
-		b = strconv.AppendInt(b, int64(p), 10)
-	}
-	return string(b)
-}
-
-// decodeDemand reads "end want p1,p2,...", as the script stamped it.
-func decodeDemand(owner, s string) (ratelimiter.Demand, error) {
-	bad := func() (ratelimiter.Demand, error) {
-		return ratelimiter.Demand{}, errorf("Announce: owner %q's demand %q is malformed", owner, s)
-	}
-	f := strings.Split(s, " ")
-	if len(f) != 3 {
-		return bad()
-	}
-	want, err := strconv.Atoi(f[1])
-	if err != nil {
-		return bad()
-	}
-	d := ratelimiter.Demand{Owner: owner, Want: want, Held: []int{}}
-	if f[2] != "" {
-		for ps := range strings.SplitSeq(f[2], ",") {
-			p, err := strconv.Atoi(ps)
-			if err != nil {
-				return bad()
-			}
-			d.Held = append(d.Held, p)
-		}
-	}
-	return d, nil
 }
