@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"math/rand/v2"
+	"slices"
 	"sync"
 	"testing"
 	"testing/synctest"
@@ -428,6 +429,66 @@ func TestCapacityDropFailsWhatCanNeverGo(t *testing.T) {
 		}
 		if st := b.Stats(); st.Failed != 1 || st.Succeeded != 6 || st.Buffered != 0 {
 			t.Errorf("Stats %+v", st)
+		}
+	})
+}
+
+// demandLimiter grants a fixed capacity and records what GiveMe is told.
+type demandLimiter struct {
+	capacity int
+	mu       sync.Mutex
+	demands  []int
+}
+
+func (l *demandLimiter) MaxCapacity() int            { return l.capacity }
+func (l *demandLimiter) Capacity() int               { return l.capacity }
+func (l *demandLimiter) Start(context.Context) error { return nil }
+func (l *demandLimiter) GiveMe(d int) {
+	l.mu.Lock()
+	l.demands = append(l.demands, d)
+	l.mu.Unlock()
+}
+
+// A limiter that acquires capacity (a shared one) learns what the Batcher
+// would use: under a backlog more than the capacity however small the
+// buffer, and at a steady rate under the capacity about that rate. If the
+// Batcher gave only what waits, a buffer smaller than a second's capacity
+// would keep a backlogged instance from ever asking for more (G2, G6).
+func TestGiveMeIsTheDemandPerSecond(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		lim := &demandLimiter{capacity: 1000}
+		b := start(t, batcher.NewBatcher().WithRateLimiter(lim).WithBufferSize(200)) // 200 waiting at most: a fifth of the capacity
+		w := batcher.NewWatcher(func(context.Context, []*batcher.Operation) error { return nil })
+		ctx, cancel := context.WithCancel(t.Context())
+		feed(ctx, b, w, 1)
+		time.Sleep(3 * time.Second)
+		cancel()
+		lim.mu.Lock()
+		backlog := slices.Clone(lim.demands[len(lim.demands)-10:])
+		lim.mu.Unlock()
+		for _, d := range backlog {
+			if d <= lim.capacity {
+				t.Fatalf("demands under a backlog %v, want each over the capacity %d", backlog, lim.capacity)
+			}
+		}
+
+		// A steady 200 a second, under the capacity: about 200.
+		time.Sleep(2 * time.Second)
+		for range 30 {
+			for i := range 20 {
+				if err := b.Enqueue(batcher.NewOperation(w, 1, i, true)); err != nil {
+					t.Fatal(err)
+				}
+				time.Sleep(5 * time.Millisecond)
+			}
+		}
+		lim.mu.Lock()
+		steady := slices.Clone(lim.demands[len(lim.demands)-10:])
+		lim.mu.Unlock()
+		for _, d := range steady {
+			if d < 180 || d > 260 {
+				t.Fatalf("demands at a steady 200 a second %v, want about 200 (the last second's releases and what waits)", steady)
+			}
 		}
 	})
 }
