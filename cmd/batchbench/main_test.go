@@ -3,7 +3,9 @@ package main
 import (
 	"bytes"
 	"encoding/json"
+	"runtime"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 )
@@ -44,6 +46,11 @@ func TestMeasureTiny(t *testing.T) {
 	}
 	if len(r.Runs) != cfg.runs {
 		t.Errorf("%d throughput runs, want %d", len(r.Runs), cfg.runs)
+	}
+	for i, run := range r.Runs {
+		if run.FloorOpsPerSec <= 0 || run.MinimalOpsPerSec <= 0 {
+			t.Errorf("run %d: floor %v ops/s, minimal pipeline %v ops/s; want both measured", i, run.FloorOpsPerSec, run.MinimalOpsPerSec)
+		}
 	}
 
 	var text, md, js bytes.Buffer
@@ -118,5 +125,43 @@ func TestPercentileAndMedian(t *testing.T) {
 	}
 	if got := median([]float64{4, 1, 2, 3}); got != 2.5 {
 		t.Errorf("median = %v, want 2.5", got)
+	}
+}
+
+// TestMinimalPipelineEndsEachOperation checks the yardstick of figure 1 does
+// the work it stands for: every operation reaches a batch and is ended, once.
+func TestMinimalPipelineEndsEachOperation(t *testing.T) {
+	const producers, each = 4, 5000
+	p := newMinPipe(1000) // small, so that producers wait for room
+	stop := make(chan struct{})
+	done := make(chan struct{})
+	go func() { defer close(done); p.consume(stop) }()
+	ops := make([][]*minOp, producers)
+	var wg sync.WaitGroup
+	for i := range producers {
+		ops[i] = make([]*minOp, each)
+		wg.Go(func() {
+			for j := range ops[i] {
+				ops[i][j] = &minOp{watcher: minWatcher, cost: 1}
+				p.enqueue(ops[i][j])
+			}
+		})
+	}
+	wg.Wait()
+	for p.ended.Load() < producers*each {
+		p.wake()
+		runtime.Gosched()
+	}
+	close(stop)
+	<-done
+	if n := p.ended.Load(); n != producers*each {
+		t.Errorf("%d operations ended, want %d", n, producers*each)
+	}
+	for i := range ops {
+		for j, op := range ops[i] {
+			if s := op.state.Load(); s != 3 {
+				t.Fatalf("producer %d's operation %d is in state %d, want 3 (ended)", i, j, s)
+			}
+		}
 	}
 }
