@@ -2,6 +2,7 @@ package batcher
 
 import (
 	"context"
+	"math/rand/v2"
 	"sync"
 	"testing"
 	"testing/synctest"
@@ -208,6 +209,51 @@ func TestRing(t *testing.T) {
 	r.push(42)
 	if r.front() != 42 {
 		t.Error("reuse after emptying")
+	}
+}
+
+// TestRingAgainstASlice drives a ring and a plain slice with the same random
+// pushes, front pushes, pops and rotations (so that it wraps and grows while
+// wrapped) and compares them after every step.
+func TestRingAgainstASlice(t *testing.T) {
+	rng := rand.New(rand.NewPCG(7, 11))
+	var r ring[int]
+	var model []int
+	next := 0
+	for step := range 20000 {
+		switch k := rng.IntN(10); {
+		case k < 4:
+			r.push(next)
+			model = append(model, next)
+			next++
+		case k < 5:
+			xs := make([]int, rng.IntN(12))
+			for i := range xs {
+				xs[i] = next
+				next++
+			}
+			r.pushFront(xs)
+			model = append(append([]int(nil), xs...), model...)
+		case k < 9 && len(model) > 0:
+			if got := r.popFront(); got != model[0] {
+				t.Fatalf("step %d: popFront %d, want %d", step, got, model[0])
+			}
+			model = model[1:]
+		case len(model) > 0:
+			r.rotate()
+			model = append(model[1:], model[0])
+		}
+		if r.len() != len(model) {
+			t.Fatalf("step %d: len %d, want %d", step, r.len(), len(model))
+		}
+		if len(r.buf)&(len(r.buf)-1) != 0 {
+			t.Fatalf("step %d: buffer of %d, not a power of two", step, len(r.buf))
+		}
+		for i, want := range model {
+			if got := r.at(i); got != want {
+				t.Fatalf("step %d: at(%d) = %d, want %d", step, i, got, want)
+			}
+		}
 	}
 }
 
