@@ -231,7 +231,7 @@ func (b *Batcher) sweepLocked() {
 		epoch := b.mu.epochs.addN(len(ops))
 		var q *queue
 		cost := 0
-		for i, e := range ops {
+		for _, e := range ops {
 			if q == nil || e.w != q.w {
 				q = b.queueLocked(e.w)
 				b.markLocked(q)
@@ -243,8 +243,8 @@ func (b *Batcher) sweepLocked() {
 				e.op.epoch = epoch
 			}
 			cost += e.cost
-			ops[i] = entry{}
 		}
+		clear(ops)
 		n := len(ops)
 		b.mu.reserved -= n
 		b.mu.buffered += n
