@@ -143,10 +143,7 @@ func measureMinimal(n, producers int) float64 {
 	runtime.GC()
 	start := time.Now()
 	for i := range producers {
-		k := n / producers
-		if i < n%producers {
-			k++
-		}
+		k := share(n, producers, i)
 		wg.Go(func() {
 			for range k {
 				p.enqueue(&minOp{watcher: minWatcher, cost: 1})

@@ -67,10 +67,7 @@ func measureThroughput(n, producers int) (throughputRun, error) {
 	runtime.ReadMemStats(&m0)
 	start := time.Now()
 	for p := range producers {
-		k := n / producers
-		if p < n%producers {
-			k++
-		}
+		k := share(n, producers, p)
 		wg.Go(func() {
 			for range k {
 				if err := b.Enqueue(batcher.NewOperation(w, 1, nil, true)); err != nil {
@@ -101,6 +98,15 @@ func measureThroughput(n, producers int) (throughputRun, error) {
 	}, err
 }
 
+// share returns how many of n operations producer p of producers makes.
+func share(n, producers, p int) int {
+	k := n / producers
+	if p < n%producers {
+		k++
+	}
+	return k
+}
+
 // measureFloor times the producers of measureThroughput doing nothing but
 // creating their operations (each kept in a small ring, as a caller would
 // hold on to them a while), on the same machine moments later.
@@ -109,10 +115,7 @@ func measureFloor(n, producers int, w *batcher.Watcher) float64 {
 	runtime.GC()
 	start := time.Now()
 	for p := range producers {
-		k := n / producers
-		if p < n%producers {
-			k++
-		}
+		k := share(n, producers, p)
 		wg.Go(func() {
 			var keep [64]*batcher.Operation
 			for i := range k {
