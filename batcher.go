@@ -65,15 +65,16 @@ type Batcher struct {
 		sync.Mutex
 		state       state
 		queues      map[*Watcher]*queue
-		ready       ring[*queue] // queues with operations to release, in turn
-		idle        []*queue     // queues that may be forgotten at the next flush
-		buffered    int          // operations waiting for release or retry
-		outstanding int          // buffered plus in flight
-		reserved    int          // buffer slots granted to intake shards; outstanding+reserved <= bufferSize
-		touched     []*queue     // queues that received operations since the last release
-		target      int          // cost of the buffered operations
-		inflight    int          // batches running
-		running     []*batch     // batches in flight; each knows its index
+		ready       ring[*queue]   // queues with operations to release, in turn
+		idle        []*queue       // queues that may be forgotten at the next flush
+		buffered    int            // operations waiting for release or retry
+		outstanding int            // buffered plus in flight
+		reserved    int            // buffer slots granted to intake shards; outstanding+reserved <= bufferSize
+		touched     []*queue       // queues that received operations since the last release
+		target      int            // cost of the buffered operations
+		inflight    int            // batches running
+		running     []*batch       // batches in flight; each knows its index
+		spareOps    [][]*Operation // the Batcher's copies of ended batches, cleared, for reuse
 		idleWorkers []*worker
 		flushes     uint64        // flush intervals so far
 		space       chan struct{} // closed when room frees, if someone waits

@@ -365,6 +365,46 @@ func TestWatchersThatComeAndGoLeaveNothingBehind(t *testing.T) {
 	})
 }
 
+// The Batcher's own copies of ended batches are kept for reuse cleared, so
+// that they hold on to no operation (nor its payload), and no more than
+// maxSpareOps of them.
+func TestReusedBatchCopiesHoldNoOperations(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		b := NewBatcher().WithEagerRelease().WithMaxConcurrentBatches(100)
+		if err := b.Start(t.Context()); err != nil {
+			t.Fatal(err)
+		}
+		defer b.Close()
+		release := make(chan struct{})
+		w := NewWatcher(func(ctx context.Context, _ []*Operation) error {
+			<-release // many batches at once, so that many copies end together
+			return nil
+		}).WithMaxBatchSize(10)
+		for i := range 1000 {
+			if err := b.Enqueue(NewOperation(w, 1, i, true)); err != nil {
+				t.Fatal(err)
+			}
+		}
+		synctest.Wait()
+		close(release)
+		if err := b.Flush(t.Context()); err != nil {
+			t.Fatal(err)
+		}
+		b.mu.Lock()
+		defer b.mu.Unlock()
+		if n := len(b.mu.spareOps); n == 0 || n > maxSpareOps {
+			t.Fatalf("%d spare copies, want 1 to %d", n, maxSpareOps)
+		}
+		for i, s := range b.mu.spareOps {
+			for j, op := range s[:cap(s)] {
+				if op != nil {
+					t.Fatalf("spare copy %d holds an operation at %d", i, j)
+				}
+			}
+		}
+	})
+}
+
 func TestFlushInALoopCostsNoMemory(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		b := NewBatcher().WithRateLimiter(fixedLimiter(10))

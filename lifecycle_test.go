@@ -572,7 +572,7 @@ func TestProcessBatchMayChangeItsSlice(t *testing.T) {
 			mu.Unlock()
 			return nil
 		}).WithMaxBatchSize(4)
-		ops := enqueue(t, b, w, 8, 1)
+		ops := enqueue(t, b, w, 40, 1)
 		if err := b.Shutdown(t.Context()); err != nil {
 			t.Fatal(err)
 		}
@@ -581,8 +581,22 @@ func TestProcessBatchMayChangeItsSlice(t *testing.T) {
 				t.Errorf("op %d: done %v, err %v", i, isDone(op), op.Err())
 			}
 		}
-		if st := b.Stats(); st.Succeeded != 8 {
+		if st := b.Stats(); st.Succeeded != 40 {
 			t.Errorf("Stats %+v", st)
+		}
+		// What ProcessBatch kept is still what it left there, after the
+		// batches that came later: the Batcher reuses only its own copies.
+		seen := map[*batcher.Operation]bool{}
+		for _, k := range kept {
+			for _, op := range k {
+				if op == nil || op.Payload().(int)%2 != 1 || seen[op] {
+					t.Fatalf("a kept slice changed after its batch: %v", k)
+				}
+				seen[op] = true
+			}
+		}
+		if len(seen) != 20 {
+			t.Errorf("the kept slices hold %d odd operations, want 20", len(seen))
 		}
 	})
 }

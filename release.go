@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"slices"
 	"time"
 )
 
@@ -276,12 +277,12 @@ func (b *Batcher) noteWakeLocked(t time.Time) {
 // and gives it an idle worker if there is one.
 func (b *Batcher) takeLocked(now time.Time, q *queue, n, cost int) *batch {
 	// ProcessBatch gets a slice of its own, to change and keep, beside the
-	// one the Batcher reads when it returns; one allocation for both. (The
-	// batch is new too: a worker's timer may still look at it after it ends.)
-	buf := make([]*Operation, 2*n)
-	ops, given := buf[:n:n], buf[n:]
+	// one the Batcher reads when it returns; that one is reused once the
+	// batch has ended. (The batch is new: a worker's timer may still look at
+	// it after it ends.)
+	ops := b.spareOpsLocked(n)
 	q.popInto(ops)
-	copy(given, ops)
+	given := slices.Clone(ops)
 	bt := &batch{q: q, ops: ops, given: given, cost: cost, pauses: b.mu.pauses, worker: b.popIdleLocked()}
 	if !b.mu.unlimited {
 		bt.entry = b.mu.ledger.add(now, cost)
@@ -433,6 +434,7 @@ func (b *Batcher) complete(bt *batch, w *worker) (next *batch, idle bool) {
 		}
 		b.mu.epochs.done(ep, n)
 	}
+	b.reuseOpsLocked(bt) // nothing reads bt.ops from here on
 	if delta != 0 && !b.mu.unlimited {
 		b.mu.ledger.adjust(bt.entry, delta)
 		if b.pacer != nil {
@@ -491,6 +493,36 @@ func (b *Batcher) complete(bt *batch, w *worker) (next *batch, idle bool) {
 	b.emitEntered(failed)
 	b.emitEntered(evs)
 	return next, idle
+}
+
+// maxSpareOps bounds how many slices spareOps keeps: enough for the batches
+// of a busy Batcher to reuse each other's.
+const maxSpareOps = 64
+
+// spareOpsLocked returns a slice of n operations for a batch's own copy,
+// reusing an ended batch's if one is big enough.
+func (b *Batcher) spareOpsLocked(n int) []*Operation {
+	if k := len(b.mu.spareOps); k > 0 {
+		s := b.mu.spareOps[k-1]
+		b.mu.spareOps[k-1] = nil
+		b.mu.spareOps = b.mu.spareOps[:k-1]
+		if cap(s) >= n {
+			return s[:n]
+		}
+	}
+	return make([]*Operation, n)
+}
+
+// reuseOpsLocked keeps bt's own copy of its operations, cleared, for another
+// batch. Only complete calls it, once it no longer needs bt.ops: the
+// worker's timer and Close read bt.ops only while bt runs, and events carry
+// copies.
+func (b *Batcher) reuseOpsLocked(bt *batch) {
+	if len(b.mu.spareOps) < maxSpareOps {
+		clear(bt.ops)
+		b.mu.spareOps = append(b.mu.spareOps, bt.ops)
+	}
+	bt.ops = nil
 }
 
 // removeRunningLocked takes bt off the list of running batches.
