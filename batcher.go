@@ -51,7 +51,8 @@ type Batcher struct {
 	ownerDone  chan struct{} // closed when the owner goroutine has returned
 	finished   chan struct{} // closed when Shutdown or Close is complete
 
-	runCtx      context.Context // parent of every ProcessBatch context
+	runCtx      context.Context // every ProcessBatch context ends when it does
+	runValues   context.Context // Start's context without its cancellation: the values of every ProcessBatch context
 	runCancel   context.CancelFunc
 	limCancel   context.CancelFunc
 	limListener int
@@ -267,7 +268,8 @@ func (b *Batcher) Start(ctx context.Context) error {
 		capacity, maxCapacity = lim.Capacity(), lim.MaxCapacity()
 	}
 	b.limCancel = limCancel
-	b.runCtx, b.runCancel = context.WithCancel(context.WithoutCancel(ctx))
+	b.runValues = context.WithoutCancel(ctx)
+	b.runCtx, b.runCancel = context.WithCancel(b.runValues)
 	b.kick = make(chan struct{}, 1)
 	b.intakeKick = make(chan struct{}, 1)
 	b.draining = make(chan struct{})

@@ -26,9 +26,11 @@ import (
 // [Operation.Retry], [Operation.Throttle] and [Operation.Fail], and report
 // what each really cost with [Operation.SetActualCost].
 //
-// ctx is cancelled when the call overruns the watcher's MaxOperationTime
-// (ctx.Err() is then context.DeadlineExceeded) and when the Batcher is
-// closed; ProcessBatch should return soon after. ctx and the operations'
+// ctx carries the values of the context given to [Batcher.Start] and the
+// call's deadline. It is cancelled when the call overruns the watcher's
+// MaxOperationTime (ctx.Err() is then context.DeadlineExceeded), when the
+// Batcher is closed, and when ProcessBatch returns; ProcessBatch should
+// return soon after the first two. ctx and the operations'
 // feedback methods must not be used after ProcessBatch returns, and
 // contexts derived from ctx must be cancelled before it returns (as go vet's
 // lostcancel check asks). The batch slice is ProcessBatch's to keep. The

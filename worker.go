@@ -15,15 +15,16 @@ import (
 type worker struct {
 	b      *Batcher
 	next   chan *batch // a batch to run, or nil to leave; holds one
-	base   context.Context
-	cancel context.CancelFunc
-	timer  *time.Timer // reports the current batch when it overruns
+	stop   func() bool // stops ending the current batch's context when the Batcher closes
+	timer  *time.Timer // ends the current batch's context at its deadline, and reports it
 	idleAt uint64      // the flush count when it went idle; under b.mu
 
-	mu      sync.Mutex // guards the current batch, for the timer
-	cur     *batch
+	mu      sync.Mutex // guards what follows, for the timer and the Batcher's closing
+	cur     *batch     // the batch in ProcessBatch, or nil
+	ctx     *batchCtx  // its context
 	started time.Time
 	limit   time.Duration
+	armed   time.Time // when the timer fires, or zero if it is stopped
 }
 
 // dispatch hands each batch to the worker takeLocked chose for it, or to a
@@ -35,15 +36,15 @@ func (b *Batcher) dispatch(bts []*batch) {
 			continue
 		}
 		w := &worker{b: b, next: make(chan *batch, 1)}
-		w.base, w.cancel = context.WithCancel(b.runCtx)
 		w.timer = time.AfterFunc(time.Hour, w.overran)
 		w.timer.Stop()
+		w.stop = context.AfterFunc(b.runCtx, w.closed)
 		b.batches.Go(func() { w.loop(bt) })
 	}
 }
 
 func (w *worker) loop(bt *batch) {
-	defer w.cancel()
+	defer w.stop()
 	defer w.timer.Stop()
 	for {
 		for bt != nil {
@@ -71,11 +72,21 @@ func (w *worker) process(bt *batch) {
 		limit = b.cfg.maxOperationTime
 	}
 	now := time.Now()
-	ctx, cancel := context.WithDeadline(w.base, now.Add(limit))
+	ctx := &batchCtx{values: b.runValues, deadline: now.Add(limit)}
 	w.mu.Lock()
-	w.cur, w.started, w.limit = bt, now, limit
+	w.cur, w.ctx, w.started, w.limit = bt, ctx, now, limit
+	// The timer stays set from one batch to the next and is moved only when
+	// this batch's deadline comes before it: setting a timer for every batch
+	// is a measurable part of the hot path. When it fires for an earlier
+	// batch's deadline, overran sets it again for this one.
+	if w.armed.IsZero() || w.armed.After(ctx.deadline) {
+		w.timer.Reset(limit)
+		w.armed = ctx.deadline
+	}
 	w.mu.Unlock()
-	w.timer.Reset(limit)
+	if b.runCtx.Err() != nil {
+		ctx.cancel(context.Canceled) // closed before w.ctx was set, so closed missed it
+	}
 
 	// The last thing before the call: tell the ledger the batch starts now
 	// (see ledger), unless Close has already ended its operations.
@@ -90,25 +101,42 @@ func (w *worker) process(bt *batch) {
 	} else {
 		bt.err = bt.q.w.p.ProcessBatch(ctx, bt.given)
 	}
-	cancel()
+	ctx.cancel(context.Canceled)
 
-	w.timer.Stop()
 	w.mu.Lock()
-	w.cur = nil
+	w.cur, w.ctx = nil, nil
 	w.mu.Unlock()
 }
 
-// overran runs on the timer: it reports the current batch if it has run
-// longer than its limit (its context, a deadline context, ends by itself at
-// the same moment). A timer that fires late for a batch that has already
-// returned finds another batch, or none, that has not overrun.
+// closed runs when the Batcher's run context ends (Close): it ends the
+// current batch's context.
+func (w *worker) closed() {
+	w.mu.Lock()
+	ctx := w.ctx
+	w.mu.Unlock()
+	if ctx != nil {
+		ctx.cancel(context.Canceled)
+	}
+}
+
+// overran runs on the timer. If the current batch has run for its limit, it
+// ends the batch's context with DeadlineExceeded and reports the batch; if
+// the timer was set for an earlier batch's deadline, it sets it again for
+// the current one.
 func (w *worker) overran() {
 	w.mu.Lock()
 	defer w.mu.Unlock()
+	w.armed = time.Time{}
 	bt, limit := w.cur, w.limit
-	if bt == nil || time.Since(w.started) < limit {
+	if bt == nil {
+		return // the next batch sets the timer
+	}
+	if left := limit - time.Since(w.started); left > 0 {
+		w.timer.Reset(left)
+		w.armed = w.started.Add(limit)
 		return
 	}
+	w.ctx.cancel(context.DeadlineExceeded)
 	ops := slices.Clone(bt.ops) // while w.cur holds bt, its batch is not done
 	b := w.b
 	b.mu.Lock()
