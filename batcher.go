@@ -618,7 +618,7 @@ func (b *Batcher) abort(cause error, fromOwner bool) {
 		lost = append(lost, r.ops...)
 	}
 	for _, bt := range b.mu.running {
-		bt.abandoned = true
+		bt.abandoned.Store(true)
 		lost = append(lost, bt.ops...)
 	}
 	b.mu.running = nil

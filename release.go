@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"math"
 	"slices"
+	"sync/atomic"
 	"time"
 )
 
@@ -23,7 +24,7 @@ type batch struct {
 	index     int          // in Batcher.mu.running
 	worker    *worker      // the idle worker chosen to run it, or nil for a new one
 	err       error        // what ProcessBatch returned
-	abandoned bool         // Close or a failed Shutdown ended its operations; under mu
+	abandoned atomic.Bool  // Close or a failed Shutdown ended its operations; set under mu
 	skipped   bool         // abandoned before ProcessBatch was called; set by its worker
 }
 
@@ -409,7 +410,7 @@ func (b *Batcher) complete(bt *batch, w *worker) (next *batch, idle bool) {
 		now = time.Now()
 	}
 	b.mu.Lock()
-	if bt.abandoned {
+	if bt.abandoned.Load() {
 		// Close or a failed Shutdown has already ended the rest and taken
 		// the batch off the books.
 		b.unlock()

@@ -89,13 +89,19 @@ func (w *worker) process(bt *batch) {
 	}
 
 	// The last thing before the call: tell the ledger the batch starts now
-	// (see ledger), unless Close has already ended its operations.
-	b.mu.Lock()
-	abandoned := bt.abandoned
-	if !abandoned && bt.entry != 0 {
-		b.mu.ledger.started(bt.entry, time.Now())
+	// (see ledger), unless Close has already ended its operations. Without
+	// a limiter there is no ledger, and no need for the lock, which the
+	// batches of a busy Batcher would otherwise queue for.
+	var abandoned bool
+	if bt.entry == 0 {
+		abandoned = bt.abandoned.Load()
+	} else {
+		b.mu.Lock()
+		if abandoned = bt.abandoned.Load(); !abandoned {
+			b.mu.ledger.started(bt.entry, time.Now())
+		}
+		b.mu.Unlock() // not b.unlock: no sweep between this and the call
 	}
-	b.mu.Unlock() // not b.unlock: no sweep between this and the call
 	if abandoned {
 		bt.skipped = true // Close ended its operations before it could start
 	} else {
@@ -140,7 +146,7 @@ func (w *worker) overran() {
 	ops := slices.Clone(bt.ops) // while w.cur holds bt, its batch is not done
 	b := w.b
 	b.mu.Lock()
-	abandoned := bt.abandoned
+	abandoned := bt.abandoned.Load()
 	if !abandoned {
 		b.mu.stats.TimedOut++
 	}
