@@ -550,6 +550,41 @@ func TestConcurrentShutdowns(t *testing.T) {
 	})
 }
 
+// Flush waits for the operations enqueued before it to end, those that are
+// between attempts included, when Flush had never been called before they
+// were enqueued.
+func TestFlushWaitsForOperationsBetweenAttempts(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		b := start(t, batcher.NewBatcher())
+		var mu sync.Mutex
+		attempts := 0
+		w := batcher.NewWatcher(func(ctx context.Context, batch []*batcher.Operation) error {
+			mu.Lock()
+			defer mu.Unlock()
+			attempts++
+			if attempts == 1 {
+				return batcher.Retry(errors.New("try again"))
+			}
+			return nil
+		}).WithMaxBatchSize(10).WithRetryBackoff(time.Second, time.Second)
+		ops := enqueue(t, b, w, 5, 1)
+		time.Sleep(150 * time.Millisecond) // the first attempt has failed
+		synctest.Wait()
+		t0 := time.Now()
+		if err := b.Flush(t.Context()); err != nil {
+			t.Fatal(err)
+		}
+		for i, op := range ops {
+			if !isDone(op) {
+				t.Fatalf("Flush returned after %v with op %d not ended", time.Since(t0), i)
+			}
+		}
+		if st := b.Stats(); st.Succeeded != 5 || st.Retried != 5 {
+			t.Errorf("Stats %+v, want 5 retried and then succeeded", st)
+		}
+	})
+}
+
 func TestProcessBatchMayChangeItsSlice(t *testing.T) {
 	// The usual filter idiom reuses the slice ProcessBatch got: every
 	// operation still ends, once.

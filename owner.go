@@ -332,6 +332,7 @@ func (r *retryQueue) drain() []retryEntry {
 type epochs struct {
 	segs    []epochSeg // oldest first; the last holds the current epoch
 	cur     uint32     // the current epoch; epochs wrap around
+	split   bool       // a barrier has begun a new epoch: operations may be in different ones
 	waiters []*epochWaiter
 }
 
@@ -381,6 +382,7 @@ func (e *epochs) barrier() *epochWaiter {
 		last = e.cur - 1 // nothing enqueued since the last barrier
 	} else {
 		e.cur++
+		e.split = true
 		e.segs = append(e.segs, epochSeg{start: e.cur})
 	}
 	if n := len(e.waiters); n > 0 && e.waiters[n-1].last == last {

@@ -422,18 +422,31 @@ func (b *Batcher) complete(bt *batch, w *worker) (next *batch, idle bool) {
 	bt.q.inflight--
 	ended := len(bt.ops) - len(retry) - len(throttle)
 	b.mu.outstanding -= ended
-	for i := 0; i < len(bt.ops); {
-		// Operations of a batch mostly share an epoch: count them off in runs.
-		ep, n := bt.ops[i].epoch, 0
-		for ; i < len(bt.ops) && bt.ops[i].epoch == ep; i++ {
-			switch op := bt.ops[i]; op.verdict {
-			case verdictNone, verdictFail:
-				n++
-			default:
-				op.verdict = verdictNone // for its next attempt
+	if b.mu.epochs.split {
+		for i := 0; i < len(bt.ops); {
+			// Operations of a batch mostly share an epoch: count them off
+			// in runs.
+			ep, n := bt.ops[i].epoch, 0
+			for ; i < len(bt.ops) && bt.ops[i].epoch == ep; i++ {
+				switch op := bt.ops[i]; op.verdict {
+				case verdictNone, verdictFail:
+					n++
+				default:
+					op.verdict = verdictNone // for its next attempt
+				}
 			}
+			b.mu.epochs.done(ep, n)
 		}
-		b.mu.epochs.done(ep, n)
+	} else {
+		// Until the first Flush every operation is in epoch 0: count them
+		// off at once, without a pass over the batch under the lock.
+		b.mu.epochs.done(0, ended)
+		for _, op := range retry {
+			op.verdict = verdictNone // for its next attempt
+		}
+		for _, op := range throttle {
+			op.verdict = verdictNone
+		}
 	}
 	b.reuseOpsLocked(bt) // nothing reads bt.ops from here on
 	if delta != 0 && !b.mu.unlimited {
