@@ -4,7 +4,6 @@ import (
 	"container/heap"
 	"context"
 	"fmt"
-	"runtime"
 	"slices"
 	"time"
 )
@@ -31,11 +30,6 @@ func (b *Batcher) loop(ctx context.Context) {
 		select {
 		case <-flush.C:
 			tick = true
-			// Goroutines the same wake-up made runnable, as a producer
-			// whose timer fell due with the tick, run first: what they
-			// enqueue at the moment of the flush goes with it, rather than
-			// waiting a whole interval because the owner ran first.
-			runtime.Gosched()
 		case <-capacity.C:
 			b.askCapacity()
 		case <-audit.C:
