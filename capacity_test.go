@@ -415,11 +415,11 @@ func TestCapacityDropFailsWhatCanNeverGo(t *testing.T) {
 		}
 		time.Sleep(200 * time.Millisecond) // a capacity interval
 		close(hold)
-		if err := big.Wait(t.Context()); !errors.Is(err, batcher.ErrTooExpensive) {
+		if err := waitFor(t, big); !errors.Is(err, batcher.ErrTooExpensive) {
 			t.Errorf("the operation above the new maximum capacity ended with %v, want ErrTooExpensive", err)
 		}
 		for i, op := range small {
-			if err := op.Wait(t.Context()); err != nil {
+			if err := waitFor(t, op); err != nil {
 				t.Errorf("small op %d: %v", i, err)
 			}
 		}

@@ -77,8 +77,8 @@ func TestThrottlesPauseAndDoubleWhileTheyRepeat(t *testing.T) {
 				if err := b.Enqueue(op); err != nil {
 					t.Fatal(err)
 				}
-				if err := op.Wait(t.Context()); err != nil {
-					t.Fatalf("the throttled operation failed: %v (throttles must not use up attempts)", err)
+				if err := waitFor(t, op); err != nil {
+					t.Fatalf("the throttled operation did not succeed: %v (throttles must not use up attempts)", err)
 				}
 				gaps := th.gaps(t0)
 				if len(gaps) != 6 || gaps[0] != 0 {
@@ -127,7 +127,7 @@ func TestThrottleStreakResetsAfterASuccess(t *testing.T) {
 			if err := b.Enqueue(op); err != nil {
 				t.Fatal(err)
 			}
-			if err := op.Wait(t.Context()); err != nil {
+			if err := waitFor(t, op); err != nil {
 				t.Fatal(err)
 			}
 		}
@@ -163,7 +163,7 @@ func TestConcurrentThrottlesCountAsOne(t *testing.T) {
 		}).WithMaxBatchSize(1)
 		ops := enqueue(t, b, w, 4, 1)
 		for _, op := range ops {
-			if err := op.Wait(t.Context()); err != nil {
+			if err := waitFor(t, op); err != nil {
 				t.Fatal(err)
 			}
 		}
@@ -226,7 +226,7 @@ func TestRetryBackoffDoublesUpToItsMax(t *testing.T) {
 		if err := b.Enqueue(op); err != nil {
 			t.Fatal(err)
 		}
-		err := op.Wait(t.Context())
+		err := waitFor(t, op)
 		if !errors.Is(err, batcher.ErrTooManyAttempts) || err.Error() == "" {
 			t.Fatalf("Wait = %v, want ErrTooManyAttempts", err)
 		}

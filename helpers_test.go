@@ -155,3 +155,18 @@ func sleep(ctx context.Context, d time.Duration) error {
 		return ctx.Err()
 	}
 }
+
+// waitFor waits for op to end, for at most an hour of the bubble's fake
+// time: an operation that never ends fails the test at once, where op.Wait
+// with the test's context would let fake time run on until go test's own
+// timeout.
+func waitFor(t *testing.T, op *batcher.Operation) error {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(t.Context(), time.Hour)
+	defer cancel()
+	err := op.Wait(ctx)
+	if err == context.DeadlineExceeded && ctx.Err() != nil {
+		t.Fatalf("the operation had not ended after an hour (of fake time)")
+	}
+	return err
+}

@@ -163,7 +163,7 @@ func TestRefusedEnqueueChangesNothing(t *testing.T) {
 		if err := b.Shutdown(t.Context()); err != nil {
 			t.Fatal(err)
 		}
-		if err := retry.Wait(t.Context()); err != nil {
+		if err := waitFor(t, retry); err != nil {
 			t.Errorf("the operation first refused for a full buffer: %v", err)
 		}
 		// An operation is enqueued once only.
