@@ -27,7 +27,10 @@ import (
 // what each really cost with [Operation.SetActualCost].
 //
 // ctx carries the values of the context given to [Batcher.Start] and the
-// call's deadline. It is cancelled when the call overruns the watcher's
+// call's deadline: MaxOperationTime after the moment the Batcher released
+// the batch, the moment its rate limiting counts the batch from (so
+// ProcessBatch can tell when that was, and how long the call waited to
+// start). It is cancelled when the call overruns the watcher's
 // MaxOperationTime (ctx.Err() is then context.DeadlineExceeded), when the
 // Batcher is closed, and when ProcessBatch returns; ProcessBatch should
 // return soon after the first two. ctx and the operations'

@@ -71,7 +71,31 @@ func (w *worker) process(bt *batch) {
 	if limit == 0 {
 		limit = b.cfg.maxOperationTime
 	}
-	now := time.Now()
+	// First tell the ledger the batch starts now (see ledger), unless Close
+	// has already ended its operations. That moment is also where the
+	// deadline counts from, so that ProcessBatch can tell when the batch
+	// was released. Without a limiter there is no ledger, and no need for
+	// the lock, which the batches of a busy Batcher would otherwise queue
+	// for.
+	var (
+		now       time.Time
+		abandoned bool
+	)
+	if bt.entry == 0 {
+		now, abandoned = time.Now(), bt.abandoned.Load()
+	} else {
+		b.mu.Lock()
+		now = time.Now()
+		if abandoned = bt.abandoned.Load(); !abandoned {
+			b.mu.ledger.started(bt.entry, now)
+		}
+		b.mu.Unlock() // not b.unlock: no sweep between this and the call
+	}
+	if abandoned {
+		bt.skipped = true // Close ended its operations before it could start
+		return
+	}
+
 	ctx := &batchCtx{values: b.runValues, deadline: now.Add(limit)}
 	w.mu.Lock()
 	w.cur, w.ctx, w.started, w.limit = bt, ctx, now, limit
@@ -87,26 +111,7 @@ func (w *worker) process(bt *batch) {
 	if b.runCtx.Err() != nil {
 		ctx.cancel(context.Canceled) // closed before w.ctx was set, so closed missed it
 	}
-
-	// The last thing before the call: tell the ledger the batch starts now
-	// (see ledger), unless Close has already ended its operations. Without
-	// a limiter there is no ledger, and no need for the lock, which the
-	// batches of a busy Batcher would otherwise queue for.
-	var abandoned bool
-	if bt.entry == 0 {
-		abandoned = bt.abandoned.Load()
-	} else {
-		b.mu.Lock()
-		if abandoned = bt.abandoned.Load(); !abandoned {
-			b.mu.ledger.started(bt.entry, time.Now())
-		}
-		b.mu.Unlock() // not b.unlock: no sweep between this and the call
-	}
-	if abandoned {
-		bt.skipped = true // Close ended its operations before it could start
-	} else {
-		bt.err = bt.q.w.p.ProcessBatch(ctx, bt.given)
-	}
+	bt.err = bt.q.w.p.ProcessBatch(ctx, bt.given)
 	ctx.cancel(context.Canceled)
 
 	w.mu.Lock()

@@ -55,7 +55,7 @@ func (f *instanceFlags) args() []string {
 // returns the exit code. It reports on stdout, one line each:
 //
 //	READY <unix ns>                 the Batcher has started
-//	R <unix ns> <cost>              a ProcessBatch call started, with its cost
+//	R <unix ns> <cost>              a batch released (the moment the Batcher counts it from), with its cost
 //	P <unix ns> <n> <p1,p2,...>     the partitions it counts changed
 //	E <unix ns> <message>           the lease store failed
 //	DONE <unix ns> <error or ok>    Shutdown returned
@@ -92,11 +92,13 @@ type reporter struct {
 
 // line writes a line stamped now: the time is taken before the lock, which
 // a flush to a slow reader may hold for a while.
-func (r *reporter) line(kind string, rest ...any) {
-	now := time.Now().UnixNano()
+func (r *reporter) line(kind string, rest ...any) { r.lineAt(kind, time.Now(), rest...) }
+
+// lineAt writes a line stamped at.
+func (r *reporter) lineAt(kind string, at time.Time, rest ...any) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	fmt.Fprint(r.w, kind, " ", now)
+	fmt.Fprint(r.w, kind, " ", at.UnixNano())
 	for _, x := range rest {
 		fmt.Fprint(r.w, " ", x)
 	}
@@ -141,12 +143,18 @@ func runInstance(ctx context.Context, f instanceFlags, stdout io.Writer) error {
 			rep.line("E", strings.ReplaceAll(e.Err.Error(), "\n", " "))
 		}
 	})
-	w := batcher.NewWatcher(func(_ context.Context, ops []*batcher.Operation) error {
+	w := batcher.NewWatcher(func(ctx context.Context, ops []*batcher.Operation) error {
+		// Stamped with the moment the Batcher released the batch, which
+		// its deadline counts from: a stamp taken here would carry however
+		// long the goroutine waited to run, and on a loaded machine two
+		// batches released a second and a millisecond apart, as a backlog
+		// releases them, can be stamped less than a second apart.
+		d, _ := ctx.Deadline()
 		cost := 0
 		for _, op := range ops {
 			cost += op.Cost()
 		}
-		rep.line("R", cost)
+		rep.lineAt("R", d.Add(-batcher.DefaultMaxOperationTime), cost)
 		return nil
 	})
 	// A buffer of one second of the whole capacity: enough for a backlog
