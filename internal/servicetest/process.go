@@ -52,8 +52,10 @@ type Server struct {
 }
 
 // StartRedis starts a private redis-server on a free port of 127.0.0.1 and
-// returns once it answers PING. Its data are kept in an append-only file, so
-// a key written before Stop or Kill is there after Start.
+// returns once it answers PING. Its data are kept in an append-only file
+// synced at every write (appendfsync always), so a key whose write was
+// acknowledged before Stop or Kill is there after Start; with everysec a
+// SIGKILL can lose up to a second of acknowledged writes.
 //
 // If redis-server is not installed, the test fails when the services are
 // required (see Required) and is skipped otherwise.
@@ -69,7 +71,7 @@ func StartRedis(t testing.TB) *Server {
 			dir:     dir,
 			logFile: filepath.Join(dir, "redis.log"),
 			argv: []string{bin, "--bind", "127.0.0.1", "--port", strconv.Itoa(ports[0]),
-				"--dir", dir, "--save", "", "--appendonly", "yes", "--appendfsync", "everysec",
+				"--dir", dir, "--save", "", "--appendonly", "yes", "--appendfsync", "always",
 				"--daemonize", "no"},
 			ready: func(ctx context.Context) error { return pingRedis(ctx, addr) },
 		}
