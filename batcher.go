@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -128,11 +129,11 @@ type queue struct {
 type entry struct {
 	op        *Operation
 	w         *Watcher
-	cost      int
+	cost      int32
 	batchable bool
 }
 
-func entryOf(op *Operation) entry { return entry{op, op.watcher, op.cost, op.batchable} }
+func entryOf(op *Operation) entry { return entry{op, op.watcher, op.cost, op.Batchable()} }
 
 func (q *queue) push(e entry) {
 	q.ops.push(e)
@@ -146,7 +147,7 @@ func (q *queue) pushFront(ops []*Operation) {
 	es := make([]entry, len(ops))
 	for i, op := range ops {
 		es[i] = entryOf(op)
-		if !op.batchable {
+		if !op.Batchable() {
 			q.unbatchable++
 		}
 	}
@@ -358,14 +359,17 @@ func (b *Batcher) check(op *Operation) error {
 		return ErrNoOperation
 	case op.watcher == nil:
 		return ErrNoWatcher
-	case op.cost < 0:
-		return fmt.Errorf("%w: cost %d", ErrNegativeCost, op.cost)
+	case op.cost < 0: // negative, or too big for 32 bits
+		if c := op.Cost(); c > math.MaxInt32 {
+			return fmt.Errorf("%w: cost %d, and an operation may cost at most %d", ErrTooExpensive, c, math.MaxInt32)
+		}
+		return fmt.Errorf("%w: cost %d", ErrNegativeCost, op.Cost())
 	}
 	if err := op.watcher.seal(); err != nil {
 		return err
 	}
 	if lim := b.cfg.limiter; lim != nil {
-		if m := lim.MaxCapacity(); op.cost > m {
+		if m := lim.MaxCapacity(); int(op.cost) > m {
 			return fmt.Errorf("%w: cost %d, maximum capacity %d", ErrTooExpensive, op.cost, m)
 		}
 	}

@@ -94,7 +94,7 @@ func (b *Batcher) enqueue(ctx context.Context, op *Operation) error {
 	if !ok {
 		return b.admitSlow(ctx, op, sh)
 	}
-	if (b.cfg.eager || !op.batchable) && b.mu.TryLock() {
+	if (b.cfg.eager || !op.Batchable()) && b.mu.TryLock() {
 		b.unlock()
 	} else if first {
 		b.kickIntake()
@@ -194,7 +194,7 @@ func (b *Batcher) acceptLocked(op *Operation) {
 	op.epoch = b.mu.epochs.addN(1)
 	b.mu.buffered++
 	b.mu.outstanding++
-	b.mu.target += op.cost
+	b.mu.target += int(op.cost)
 	b.mu.stats.Enqueued++
 	b.markLocked(q)
 }
@@ -242,7 +242,7 @@ func (b *Batcher) sweepLocked() {
 				// epoch 0, and the sweep does not touch them otherwise.
 				e.op.epoch = epoch
 			}
-			cost += e.cost
+			cost += int(e.cost)
 		}
 		clear(ops)
 		n := len(ops)

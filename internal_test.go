@@ -3,10 +3,12 @@ package batcher
 import (
 	"context"
 	"math/rand/v2"
+	"strconv"
 	"sync"
 	"testing"
 	"testing/synctest"
 	"time"
+	"unsafe"
 )
 
 // Unit tests of the bookkeeping, with explicit times.
@@ -483,3 +485,19 @@ func (f fixedLimiter) MaxCapacity() int            { return max(int(f), 100) }
 func (f fixedLimiter) Capacity() int               { return int(f) }
 func (f fixedLimiter) GiveMe(int)                  {}
 func (f fixedLimiter) Start(context.Context) error { return nil }
+
+// An Operation is allocated by the caller for every write: its size sets
+// how often the garbage collector runs on the hot path (figure 1 of
+// cmd/batchbench). 48 bytes is a size class of the allocator; 49 would cost
+// 64.
+func TestAnOperationIs48Bytes(t *testing.T) {
+	if strconv.IntSize < 64 {
+		t.Skip("pointers have 32 bits here")
+	}
+	if n := unsafe.Sizeof(Operation{}); n != 48 {
+		t.Errorf("an Operation is %d bytes, want 48", n)
+	}
+	if n := unsafe.Sizeof(entry{}); n != 24 {
+		t.Errorf("a queue entry is %d bytes, want 24", n)
+	}
+}

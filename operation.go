@@ -26,20 +26,21 @@ import (
 //
 // The accessors and Done, Wait and Err are safe for concurrent use.
 type Operation struct {
-	watcher   *Watcher
-	payload   any
-	cost      int
-	ext       atomic.Pointer[opExt] // made when first needed
-	state     atomic.Uint32         // opNew, opQueued, opEnding or opEnded, and opWaiter
-	retries   atomic.Int32          // attempts before the current or last one
-	epoch     uint32                // the Flush epoch it was enqueued in; under the Batcher's lock
-	actual    int32                 // actual cost + 1 from ProcessBatch, or 0
-	batchable bool
-	verdict   verdict // what ProcessBatch said
+	watcher *Watcher
+	payload any
+	ext     atomic.Pointer[opExt] // made when first needed
+	cost    int32                 // the declared cost, or wideCost if it does not fit (then it is in ext)
+	actual  int32                 // actual cost + 1 from ProcessBatch, or 0
+	state   atomic.Uint32         // see the bits below
+	epoch   uint32                // the Flush epoch it was enqueued in; under the Batcher's lock
 }
 
-// opExt holds what most operations never need, so that an Operation fits in
-// 64 bytes: the channel for Done, the failure, the feedback's details.
+// An Operation is 48 bytes (tested): every enqueued operation is allocated
+// by its caller, and the bytes allocated per operation set how often the
+// garbage collector runs on the hot path.
+
+// opExt holds what most operations never need: the channel for Done, the
+// failure, the feedback's details, a cost too big for Operation.cost.
 type opExt struct {
 	mu        sync.Mutex
 	done      chan struct{}
@@ -48,16 +49,30 @@ type opExt struct {
 	feedback  error         // the error given with Retry, Throttle or Fail
 	after     time.Duration // the retry-after given with Throttle
 	throttles uint32        // attempts that ended in a throttle
+	cost      int           // the declared cost, when Operation.cost is wideCost
 }
 
-// The states of an Operation, in the low bits of state.
+// wideCost in Operation.cost says that the declared cost does not fit in 32
+// bits and is in opExt.cost. It is negative, so that Enqueue's check of the
+// cost takes its slow path for it.
+const wideCost = math.MinInt32
+
+// The bits of Operation.state. The low two are where the operation is; the
+// others say what it is (opSingle), who waits for it (opWaiter), what
+// ProcessBatch said of it (the verdict) and how many attempts it had before
+// the current or last one (the rest).
 const (
-	opNew     uint32 = 0
-	opQueued  uint32 = 1
-	opEnding  uint32 = 2 // its result is being written
-	opEnded   uint32 = 3
-	stateMask uint32 = 3
-	opWaiter  uint32 = 4 // someone asked for Done
+	opNew        uint32 = 0
+	opQueued     uint32 = 1
+	opEnding     uint32 = 2 // its result is being written
+	opEnded      uint32 = 3
+	stateMask    uint32 = 3
+	opWaiter     uint32 = 1 << 2 // someone asked for Done
+	opSingle     uint32 = 1 << 3 // not batchable; set by NewOperation
+	verdictShift        = 4
+	verdictMask  uint32 = 3 << verdictShift
+	retryShift          = 6
+	oneRetry     uint32 = 1 << retryShift // attempts count up to 1<<26, then wrap
 )
 
 // verdict is what ProcessBatch said of an operation.
@@ -70,38 +85,72 @@ const (
 	verdictFail                    // failed for good
 )
 
+// verdict returns what ProcessBatch said of the operation.
+func (op *Operation) verdict() verdict {
+	return verdict(op.state.Load() & verdictMask >> verdictShift)
+}
+
+// setVerdict records what ProcessBatch said of the operation. Other bits
+// of state may change meanwhile (Done sets opWaiter at any time).
+func (op *Operation) setVerdict(v verdict) {
+	for {
+		s := op.state.Load()
+		n := s&^verdictMask | uint32(v)<<verdictShift
+		if s == n || op.state.CompareAndSwap(s, n) {
+			return
+		}
+	}
+}
+
 // NewOperation returns an operation for watcher w that costs cost units of
 // the rate limiter's capacity and carries payload for ProcessBatch. If
 // batchable is false, the operation is always released in a batch of its own.
-// Enqueue checks w and cost.
+// Enqueue checks w and cost: a cost must be at least 0 and at most
+// math.MaxInt32 (and the rate limiter's maximum capacity).
 func NewOperation(w *Watcher, cost int, payload any, batchable bool) *Operation {
-	return &Operation{watcher: w, cost: cost, payload: payload, batchable: batchable}
+	op := &Operation{watcher: w, payload: payload, cost: int32(cost)}
+	if cost <= wideCost || cost > math.MaxInt32 {
+		op.cost = wideCost
+		op.ext.Store(&opExt{cost: cost})
+	}
+	if !batchable {
+		op.state.Store(opSingle)
+	}
+	return op
 }
 
 // Watcher returns the watcher the operation belongs to.
 func (op *Operation) Watcher() *Watcher { return op.watcher }
 
 // Cost returns the operation's declared cost.
-func (op *Operation) Cost() int { return op.cost }
+func (op *Operation) Cost() int {
+	if op.cost == wideCost {
+		return op.ext.Load().cost
+	}
+	return int(op.cost)
+}
 
 // Payload returns what the operation carries.
 func (op *Operation) Payload() any { return op.payload }
 
 // Batchable reports whether the operation may share a batch with others.
-func (op *Operation) Batchable() bool { return op.batchable }
+func (op *Operation) Batchable() bool { return op.state.Load()&opSingle == 0 }
 
 // Attempt returns the number of the operation's current or last attempt: 1
 // until, and during, its first ProcessBatch call; 2 once ProcessBatch has
 // asked for it to be tried again, during its second call; and so on. After
 // the operation ended it is the number of ProcessBatch calls it took.
-func (op *Operation) Attempt() int { return int(op.retries.Load()) + 1 }
+func (op *Operation) Attempt() int { return int(op.state.Load()>>retryShift) + 1 }
+
+// countAttempt counts the attempt that just ended, before another.
+func (op *Operation) countAttempt() { op.state.Add(oneRetry) }
 
 // Retry asks, during ProcessBatch, for the operation to be tried again after
 // its watcher's back-off, because of err. Once it has been attempted
 // MaxAttempts times it fails instead, with an error wrapping
 // [ErrTooManyAttempts] and err.
 func (op *Operation) Retry(err error) {
-	op.verdict = verdictRetry
+	op.setVerdict(verdictRetry)
 	op.extOrNew().feedback = err
 }
 
@@ -111,7 +160,7 @@ func (op *Operation) Retry(err error) {
 // [Batcher.WithPauseTime]) and retries the operation; throttles do not count
 // towards MaxAttempts.
 func (op *Operation) Throttle(after time.Duration, err error) {
-	op.verdict = verdictThrottle
+	op.setVerdict(verdictThrottle)
 	e := op.extOrNew()
 	e.feedback, e.after = err, after
 }
@@ -119,7 +168,7 @@ func (op *Operation) Throttle(after time.Duration, err error) {
 // Fail says, during ProcessBatch, that the operation failed for good because
 // of err (nil is replaced by a generic error). It is not retried.
 func (op *Operation) Fail(err error) {
-	op.verdict = verdictFail
+	op.setVerdict(verdictFail)
 	op.extOrNew().feedback = err
 }
 
@@ -153,7 +202,8 @@ func (op *Operation) throttles() int {
 
 // clearFeedback forgets what ProcessBatch said, before another attempt.
 func (op *Operation) clearFeedback() {
-	op.verdict, op.actual = verdictNone, 0
+	op.setVerdict(verdictNone)
+	op.actual = 0
 	if e := op.ext.Load(); e != nil {
 		e.feedback, e.after = nil, 0
 	}

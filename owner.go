@@ -202,13 +202,13 @@ func (b *Batcher) dropAboveLocked(max int) []*Operation {
 		dropped = append(dropped, op)
 		b.mu.buffered--
 		b.mu.outstanding--
-		b.mu.target -= op.cost
+		b.mu.target -= int(op.cost)
 		b.mu.epochs.done(op.epoch, 1)
 	}
 	for _, q := range b.mu.queues {
 		for range q.ops.len() {
 			e := q.ops.popFront()
-			if e.cost <= max {
+			if int(e.cost) <= max {
 				q.ops.push(e) // in the same order, once round
 				continue
 			}
@@ -222,7 +222,7 @@ func (b *Batcher) dropAboveLocked(max int) []*Operation {
 		r := &b.mu.retries[i]
 		kept := r.ops[:0:0]
 		for _, op := range r.ops {
-			if op.cost <= max {
+			if int(op.cost) <= max {
 				kept = append(kept, op)
 			} else {
 				r.q.retrying--
@@ -250,13 +250,13 @@ func (b *Batcher) audit() Event {
 	for _, q := range b.mu.queues {
 		for i := range q.ops.len() {
 			buffered++
-			target += q.ops.at(i).cost
+			target += int(q.ops.at(i).cost)
 		}
 	}
 	for _, r := range b.mu.retries {
 		for _, op := range r.ops {
 			buffered++
-			target += op.cost
+			target += int(op.cost)
 		}
 	}
 	inflight, outstanding := len(b.mu.running), buffered

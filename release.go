@@ -123,14 +123,14 @@ func (b *Batcher) formLocked(now time.Time, q *queue, tick bool) *batch {
 		limit = min(limit, w.maxBatchSize)
 	}
 	// The candidate: the front operations that may share a batch.
-	n, cost := 1, q.ops.at(0).cost
+	n, cost := 1, int(q.ops.at(0).cost)
 	if q.ops.at(0).batchable {
 		for n < limit {
 			op := q.ops.at(n)
 			if !op.batchable {
 				break
 			}
-			cost += op.cost
+			cost += int(op.cost)
 			n++
 		}
 	}
@@ -217,7 +217,7 @@ func (b *Batcher) fitLocked(now time.Time, q *queue, n int) fit {
 	// the ceiling (at least one operation).
 	f.want, f.wantCost = n, 0
 	for i := range n {
-		cost := q.ops.at(i).cost
+		cost := int(q.ops.at(i).cost)
 		if i > 0 && f.wantCost+cost > ceiling {
 			f.want = i
 			break
@@ -228,7 +228,7 @@ func (b *Batcher) fitLocked(now time.Time, q *queue, n int) fit {
 	sum := 0
 	paced := true // the prefix so far fits the pacing
 	for i := range n {
-		sum += q.ops.at(i).cost
+		sum += int(q.ops.at(i).cost)
 		if sum > room {
 			break
 		}
@@ -348,9 +348,9 @@ func (b *Batcher) complete(bt *batch, w *worker) (next *batch, idle bool) {
 	)
 	for _, op := range bt.ops {
 		if a, ok := op.actualCost(); ok {
-			delta += a - op.cost
+			delta += a - int(op.cost)
 		}
-		v, err, ra := op.verdict, batchErr, batchAfter
+		v, err, ra := op.verdict(), batchErr, batchAfter
 		if v == verdictNone {
 			v = batchVerdict
 		} else {
@@ -367,19 +367,19 @@ func (b *Batcher) complete(bt *batch, w *worker) (next *batch, idle bool) {
 			fails = append(fails, Event{Kind: Failed, Batch: []*Operation{op}, Err: orFailure(err)})
 		case verdictRetry:
 			op.clearFeedback()
-			op.retries.Add(1)
+			op.countAttempt()
 			retry = append(retry, op)
 			retryErr = err
 		case verdictThrottle:
 			op.clearFeedback()
-			op.retries.Add(1)
+			op.countAttempt()
 			op.extOrNew().throttles++
 			throttle = append(throttle, op)
 			after = max(after, ra)
 			retryErr = err
 		}
-		if op.verdict != v { // no write in the usual case: success, no verdict
-			op.verdict = v // the final word, read below under the lock
+		if op.verdict() != v { // no write in the usual case: success, no verdict
+			op.setVerdict(v) // the final word, read below under the lock
 		}
 	}
 
@@ -390,7 +390,7 @@ func (b *Batcher) complete(bt *batch, w *worker) (next *batch, idle bool) {
 	b.failed.Add(int64(len(fails)))
 	if succeeded > 0 {
 		for _, op := range bt.ops {
-			if op.verdict == verdictNone && !op.end(nil) {
+			if op.verdict() == verdictNone && !op.end(nil) {
 				b.succeeded.Add(-1)
 			}
 		}
@@ -428,11 +428,11 @@ func (b *Batcher) complete(bt *batch, w *worker) (next *batch, idle bool) {
 			// in runs.
 			ep, n := bt.ops[i].epoch, 0
 			for ; i < len(bt.ops) && bt.ops[i].epoch == ep; i++ {
-				switch op := bt.ops[i]; op.verdict {
+				switch op := bt.ops[i]; op.verdict() {
 				case verdictNone, verdictFail:
 					n++
 				default:
-					op.verdict = verdictNone // for its next attempt
+					op.setVerdict(verdictNone) // for its next attempt
 				}
 			}
 			b.mu.epochs.done(ep, n)
@@ -442,10 +442,10 @@ func (b *Batcher) complete(bt *batch, w *worker) (next *batch, idle bool) {
 		// off at once, without a pass over the batch under the lock.
 		b.mu.epochs.done(0, ended)
 		for _, op := range retry {
-			op.verdict = verdictNone // for its next attempt
+			op.setVerdict(verdictNone) // for its next attempt
 		}
 		for _, op := range throttle {
-			op.verdict = verdictNone
+			op.setVerdict(verdictNone)
 		}
 	}
 	b.reuseOpsLocked(bt) // nothing reads bt.ops from here on
@@ -551,7 +551,7 @@ func (b *Batcher) removeRunningLocked(bt *batch) {
 // bufferAgainLocked puts operations that will be retried back on the books.
 func (b *Batcher) bufferAgainLocked(ops []*Operation) {
 	for _, op := range ops {
-		b.mu.target += op.cost
+		b.mu.target += int(op.cost)
 	}
 	b.mu.buffered += len(ops)
 }

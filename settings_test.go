@@ -3,8 +3,12 @@ package batcher_test
 import (
 	"context"
 	"errors"
+	"math"
+	"strconv"
 	"strings"
+	"sync"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	"github.com/ratebatch/batcher"
@@ -170,4 +174,94 @@ func TestWatcherAccessorsAndDefaults(t *testing.T) {
 	if op.Watcher() != w || op.Cost() != 7 || op.Payload() != "x" || op.Batchable() || op.Attempt() != 1 || op.Err() != nil {
 		t.Errorf("operation accessors wrong")
 	}
+}
+
+// Costs that do not fit in 32 bits keep their value, and Enqueue refuses
+// them by name, whatever the limiter.
+func TestCostsBeyond32BitsAreRefusedByName(t *testing.T) {
+	if strconv.IntSize < 64 {
+		t.Skip("int has 32 bits here: no cost beyond them")
+	}
+	synctest.Test(t, func(t *testing.T) {
+		b := start(t, batcher.NewBatcher()) // no limiter: no maximum capacity
+		w := batcher.NewWatcher(func(context.Context, []*batcher.Operation) error { return nil })
+		huge, tiny := 1<<40, -(1 << 40)
+		for _, c := range []struct {
+			cost int
+			want error
+		}{
+			{huge, batcher.ErrTooExpensive},
+			{math.MaxInt32 + 1, batcher.ErrTooExpensive},
+			{tiny, batcher.ErrNegativeCost},
+			{math.MinInt32, batcher.ErrNegativeCost},
+		} {
+			op := batcher.NewOperation(w, c.cost, nil, true)
+			if op.Cost() != c.cost {
+				t.Errorf("Cost() = %d, want %d", op.Cost(), c.cost)
+			}
+			err := b.Enqueue(op)
+			if !errors.Is(err, c.want) || !strings.Contains(err.Error(), strconv.Itoa(c.cost)) {
+				t.Errorf("Enqueue of cost %d = %v, want %v naming the cost", c.cost, err, c.want)
+			}
+		}
+		op := batcher.NewOperation(w, math.MaxInt32, nil, true)
+		if err := b.Enqueue(op); err != nil {
+			t.Fatalf("Enqueue of cost math.MaxInt32 = %v, want it taken", err)
+		}
+		if err := waitFor(t, op); err != nil {
+			t.Errorf("the operation of cost math.MaxInt32 ended with %v", err)
+		}
+		if s := b.Stats(); s.Refused != 4 || s.Enqueued != 1 {
+			t.Errorf("Stats = %+v, want 4 refused and 1 enqueued", s)
+		}
+	})
+}
+
+// An operation's settings and its life (attempts, feedback, a waiter) are
+// kept side by side: none of them may disturb another.
+func TestAnUnbatchableOperationStaysSoThroughRetries(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		b := start(t, batcher.NewBatcher())
+		var mu sync.Mutex
+		var withOthers, calls int // batches holding the unbatchable operation
+		w := batcher.NewWatcher(func(_ context.Context, batch []*batcher.Operation) error {
+			for _, op := range batch {
+				if op.Batchable() {
+					continue
+				}
+				mu.Lock()
+				calls++
+				if len(batch) > 1 {
+					withOthers++
+				}
+				mu.Unlock()
+				if op.Attempt() < 4 {
+					op.Retry(errors.New("again"))
+				}
+			}
+			return nil
+		}).WithMaxAttempts(4)
+		single := batcher.NewOperation(w, 3, "single", false)
+		done := single.Done() // a waiter before it starts
+		if err := b.Enqueue(single); err != nil {
+			t.Fatal(err)
+		}
+		for range 4 {
+			enqueue(t, b, w, 5, 1) // others to share its batches, if it could
+			time.Sleep(time.Second)
+		}
+		<-done
+		if err := single.Err(); err != nil {
+			t.Fatalf("the unbatchable operation ended with %v", err)
+		}
+		if single.Batchable() || single.Attempt() != 4 || single.Cost() != 3 || single.Payload() != "single" {
+			t.Errorf("after its retries: batchable %v, attempt %d, cost %d, payload %v; want false, 4, 3, single",
+				single.Batchable(), single.Attempt(), single.Cost(), single.Payload())
+		}
+		mu.Lock()
+		defer mu.Unlock()
+		if calls != 4 || withOthers != 0 {
+			t.Errorf("the unbatchable operation was in %d batches, %d of them with others; want 4, alone", calls, withOthers)
+		}
+	})
 }

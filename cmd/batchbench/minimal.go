@@ -13,7 +13,7 @@ import (
 // settings, limiter, ledger, statistics, events, retries, flushes or
 // shutdown; what it keeps is what the figure's path cannot do without:
 //
-//   - an operation of 64 bytes holding three pointers, allocated by the
+//   - an operation of 48 bytes holding three pointers, allocated by the
 //     producer (the size of batcher.Operation);
 //   - a compare-and-swap claiming it, so that it is enqueued only once;
 //   - a per-CPU shard under a mutex, picked through a sync.Pool, holding at
@@ -31,11 +31,11 @@ import (
 type minOp struct {
 	watcher *int
 	payload any
-	cost    int
 	ext     *int
+	cost    int32
+	_       int32
 	state   atomic.Uint32
-	_       [12]byte
-	_       bool
+	_       uint32
 }
 
 type minShard struct {
