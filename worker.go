@@ -71,12 +71,16 @@ func (w *worker) process(bt *batch) {
 	if limit == 0 {
 		limit = b.cfg.maxOperationTime
 	}
-	// First tell the ledger the batch starts now (see ledger), unless Close
-	// has already ended its operations. That moment is also where the
-	// deadline counts from, so that ProcessBatch can tell when the batch
+	// Tell the ledger the batch starts now (see ledger), unless Close has
+	// already ended its operations, as late as may be: the ledger counts
+	// the batch for a window (and slack) from this moment, and ProcessBatch
+	// must start within the slack of it. Anything that may wait (allocating
+	// may help the garbage collector) comes before. The same moment is where
+	// the deadline counts from, so that ProcessBatch can tell when the batch
 	// was released. Without a limiter there is no ledger, and no need for
 	// the lock, which the batches of a busy Batcher would otherwise queue
 	// for.
+	ctx := &batchCtx{values: b.runValues}
 	var (
 		now       time.Time
 		abandoned bool
@@ -96,7 +100,7 @@ func (w *worker) process(bt *batch) {
 		return
 	}
 
-	ctx := &batchCtx{values: b.runValues, deadline: now.Add(limit)}
+	ctx.deadline = now.Add(limit)
 	w.mu.Lock()
 	w.cur, w.ctx, w.started, w.limit = bt, ctx, now, limit
 	// The timer stays set from one batch to the next and is moved only when
