@@ -75,7 +75,7 @@ func TestListenerMayRemoveItselfAndPause(t *testing.T) {
 		if n := ev.count(batcher.Paused); n != 1 {
 			t.Errorf("%d pause events", n)
 		}
-		if err := b.Shutdown(t.Context()); err != nil {
+		if err := shutdown(t, b); err != nil {
 			t.Fatal(err)
 		}
 		if n := s.ops(); n != 4 {
@@ -100,7 +100,7 @@ func TestListenerMayEnqueue(t *testing.T) {
 		w := batcher.NewWatcher(func(context.Context, []*batcher.Operation) error { return errors.New("no") }).WithMaxAttempts(1)
 		enqueue(t, b, w, 3, 1)
 		time.Sleep(time.Second)
-		if err := b.Shutdown(t.Context()); err != nil {
+		if err := shutdown(t, b); err != nil {
 			t.Fatal(err)
 		}
 		if n := s.ops(); n != 3 {
@@ -120,7 +120,7 @@ func TestLimiterEventsArePassedOnUntilShutdown(t *testing.T) {
 		if e := ev.of(batcher.CapacityChanged); len(e) != 1 || e[0].Val != 200 {
 			t.Fatalf("capacity events %v, want one with 200", e)
 		}
-		if err := b.Shutdown(t.Context()); err != nil {
+		if err := shutdown(t, b); err != nil {
 			t.Fatal(err)
 		}
 		lim.SetCapacity(300)
@@ -144,7 +144,7 @@ func TestEmitSwitches(t *testing.T) {
 			s := &sink{}
 			enqueue(t, b, s.watcher().WithMaxBatchSize(5), 12, 1)
 			time.Sleep(950 * time.Millisecond) // off the ticks
-			if err := b.Shutdown(t.Context()); err != nil {
+			if err := shutdown(t, b); err != nil {
 				t.Fatal(err)
 			}
 			return ev

@@ -279,7 +279,7 @@ func TestPerOperationFeedbackOverridesTheBatch(t *testing.T) {
 				t.Fatal(err)
 			}
 		}
-		if err := b.Shutdown(t.Context()); err != nil {
+		if err := shutdown(t, b); err != nil {
 			t.Fatal(err)
 		}
 		check := func(i int, want string) {
@@ -318,7 +318,7 @@ func TestThrottledRetriesStayWithinCapacity(t *testing.T) {
 			return nil
 		}
 		enqueue(t, b, s.watcher().WithMaxBatchSize(10), 2000, 1)
-		if err := b.Shutdown(t.Context()); err != nil {
+		if err := shutdown(t, b); err != nil {
 			t.Fatal(err)
 		}
 		checkWindows(t, &s.log, 500)

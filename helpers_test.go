@@ -2,6 +2,7 @@ package batcher_test
 
 import (
 	"context"
+	"errors"
 	"sync"
 	"testing"
 	"time"
@@ -162,11 +163,31 @@ func sleep(ctx context.Context, d time.Duration) error {
 // timeout.
 func waitFor(t *testing.T, op *batcher.Operation) error {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(t.Context(), time.Hour)
-	defer cancel()
+	ctx := bounded(t)
 	err := op.Wait(ctx)
 	if err == context.DeadlineExceeded && ctx.Err() != nil {
 		t.Fatalf("the operation had not ended after an hour (of fake time)")
+	}
+	return err
+}
+
+// bounded returns a context that ends an hour after now, which under
+// synctest is fake time: a wait that should end, and does not, fails the
+// test by name instead of hanging it until go test's timeout.
+func bounded(t *testing.T) context.Context {
+	ctx, cancel := context.WithTimeout(t.Context(), time.Hour)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+// shutdown shuts b down within an hour (of fake time), and fails the test
+// if it has not returned by then.
+func shutdown(t *testing.T, b *batcher.Batcher) error {
+	t.Helper()
+	ctx := bounded(t)
+	err := b.Shutdown(ctx)
+	if errors.Is(err, context.DeadlineExceeded) && ctx.Err() != nil {
+		t.Fatalf("Shutdown had not returned after an hour (of fake time): %v", err)
 	}
 	return err
 }

@@ -53,7 +53,7 @@ func TestEveryOperationEndsOnceAndIsCounted(t *testing.T) {
 		if err := b.Enqueue(nil); !errors.Is(err, batcher.ErrNoOperation) {
 			t.Fatalf("Enqueue(nil) = %v, want ErrNoOperation", err)
 		}
-		if err := b.Shutdown(t.Context()); err != nil {
+		if err := shutdown(t, b); err != nil {
 			t.Fatalf("Shutdown: %v", err)
 		}
 
@@ -160,7 +160,7 @@ func TestRefusedEnqueueChangesNothing(t *testing.T) {
 		for b.Enqueue(retry) != nil {
 			time.Sleep(time.Millisecond)
 		}
-		if err := b.Shutdown(t.Context()); err != nil {
+		if err := shutdown(t, b); err != nil {
 			t.Fatal(err)
 		}
 		if err := waitFor(t, retry); err != nil {
@@ -184,7 +184,7 @@ func TestEnqueueTwiceIsRefused(t *testing.T) {
 		if err := b.Enqueue(op); !errors.Is(err, batcher.ErrImproperOrder) {
 			t.Errorf("second Enqueue of the same operation = %v, want ErrImproperOrder", err)
 		}
-		if err := b.Shutdown(t.Context()); err != nil {
+		if err := shutdown(t, b); err != nil {
 			t.Fatal(err)
 		}
 		if n := s.ops(); n != 1 {
@@ -203,7 +203,7 @@ func TestShutdownDrainsThroughTheLimiter(t *testing.T) {
 		w := s.watcher().WithMaxBatchSize(10)
 		ops := enqueue(t, b, w, 500, 10) // five seconds' worth
 		t0 := time.Now()
-		if err := b.Shutdown(t.Context()); err != nil {
+		if err := shutdown(t, b); err != nil {
 			t.Fatalf("Shutdown: %v", err)
 		}
 		took := time.Since(t0)
@@ -225,7 +225,7 @@ func TestShutdownDrainsThroughTheLimiter(t *testing.T) {
 		// Nothing is emitted after Shutdown returns.
 		n := len(ev.list)
 		b.Pause()
-		b.Flush(t.Context())
+		b.Flush(bounded(t))
 		time.Sleep(time.Second)
 		if len(ev.list) != n {
 			t.Errorf("events after Shutdown returned: %v", ev.list[n:])
@@ -233,7 +233,7 @@ func TestShutdownDrainsThroughTheLimiter(t *testing.T) {
 		if err := b.Enqueue(batcher.NewOperation(w, 1, nil, true)); !errors.Is(err, batcher.ErrClosed) {
 			t.Errorf("Enqueue after Shutdown = %v, want ErrClosed", err)
 		}
-		if err := b.Shutdown(t.Context()); err != nil {
+		if err := shutdown(t, b); err != nil {
 			t.Errorf("a second Shutdown = %v, want nil", err)
 		}
 		if err := b.Close(); err != nil {
@@ -278,7 +278,7 @@ func TestShutdownWaitsForRetriesAndInFlightBatches(t *testing.T) {
 		}
 		time.Sleep(150 * time.Millisecond) // in flight
 		t0 := time.Now()
-		if err := b.Shutdown(t.Context()); err != nil {
+		if err := shutdown(t, b); err != nil {
 			t.Fatal(err)
 		}
 		// Released at the first flush (0.1s), 1s in flight, 2s back-off, 1s,
@@ -324,7 +324,7 @@ func TestEnqueueBlockedOnAFullBufferReturnsAtShutdown(t *testing.T) {
 		default:
 		}
 		shut := make(chan error, 1)
-		go func() { shut <- b.Shutdown(t.Context()) }()
+		go func() { shut <- b.Shutdown(bounded(t)) }()
 		for range 3 {
 			if err := <-errs; !errors.Is(err, batcher.ErrClosed) {
 				t.Errorf("blocked Enqueue returned %v at Shutdown, want ErrClosed", err)
@@ -457,7 +457,7 @@ func TestStartContextEndingActsAsClose(t *testing.T) {
 		if err := b.Enqueue(batcher.NewOperation(s.watcher(), 1, nil, true)); !errors.Is(err, batcher.ErrClosed) {
 			t.Errorf("Enqueue after Start's context ended = %v, want ErrClosed", err)
 		}
-		if err := b.Shutdown(t.Context()); !errors.Is(err, batcher.ErrClosed) {
+		if err := shutdown(t, b); !errors.Is(err, batcher.ErrClosed) {
 			t.Errorf("Shutdown after Start's context ended = %v, want ErrClosed: there was no drain", err)
 		}
 	})
@@ -536,7 +536,7 @@ func TestConcurrentShutdowns(t *testing.T) {
 		var wg sync.WaitGroup
 		errs := make([]error, 4)
 		for i := range errs {
-			wg.Go(func() { errs[i] = b.Shutdown(t.Context()) })
+			wg.Go(func() { errs[i] = b.Shutdown(bounded(t)) })
 		}
 		wg.Wait()
 		for i, err := range errs {
@@ -571,7 +571,7 @@ func TestFlushWaitsForOperationsBetweenAttempts(t *testing.T) {
 		time.Sleep(150 * time.Millisecond) // the first attempt has failed
 		synctest.Wait()
 		t0 := time.Now()
-		if err := b.Flush(t.Context()); err != nil {
+		if err := b.Flush(bounded(t)); err != nil {
 			t.Fatal(err)
 		}
 		for i, op := range ops {
@@ -608,7 +608,7 @@ func TestProcessBatchMayChangeItsSlice(t *testing.T) {
 			return nil
 		}).WithMaxBatchSize(4)
 		ops := enqueue(t, b, w, 40, 1)
-		if err := b.Shutdown(t.Context()); err != nil {
+		if err := shutdown(t, b); err != nil {
 			t.Fatal(err)
 		}
 		for i, op := range ops {
@@ -693,7 +693,7 @@ func TestShutdownDuringStart(t *testing.T) {
 		started := make(chan error, 1)
 		go func() { started <- b.Start(t.Context()) }()
 		synctest.Wait() // Start is waiting for the limiter
-		if err := b.Shutdown(t.Context()); err != nil {
+		if err := shutdown(t, b); err != nil {
 			t.Fatalf("Shutdown during Start = %v", err)
 		}
 		close(lim.release)
@@ -771,10 +771,10 @@ func TestShutdownStopsTheLimiterAfterTheLastBatch(t *testing.T) {
 		})
 		enqueue(t, b, w, 3, 1)
 		time.Sleep(150 * time.Millisecond)
-		if err := b.Shutdown(t.Context()); err != nil {
+		if err := shutdown(t, b); err != nil {
 			t.Fatal(err)
 		}
-		b.Shutdown(t.Context())
+		shutdown(t, b)
 		stops := lim.stops()
 		mu.Lock()
 		defer mu.Unlock()

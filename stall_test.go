@@ -47,7 +47,7 @@ func TestAuditDuringALongBatchDoesNotStall(t *testing.T) {
 		if got := b.Inflight(); got != 1 {
 			t.Errorf("Inflight = %d during the long batch, want 1", got)
 		}
-		if err := b.Shutdown(t.Context()); err != nil {
+		if err := shutdown(t, b); err != nil {
 			t.Fatal(err)
 		}
 		if n := long.ops(); n != 1 {
@@ -255,7 +255,7 @@ func TestConcurrencyLimitHoldsWhateverHappens(t *testing.T) {
 					}
 					time.Sleep(time.Duration(rng.IntN(200)) * time.Millisecond)
 				}
-				if err := b.Shutdown(t.Context()); err != nil {
+				if err := shutdown(t, b); err != nil {
 					t.Fatal(err)
 				}
 				mu.Lock()
