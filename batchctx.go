@@ -19,6 +19,7 @@ import (
 // error (DeadlineExceeded after an overrun) and need no goroutine.
 type batchCtx struct {
 	values   context.Context // for Value: the run context without its cancellation
+	released time.Time       // for ReleasedAt
 	deadline time.Time
 
 	mu     sync.Mutex
@@ -29,7 +30,31 @@ type batchCtx struct {
 
 func (c *batchCtx) Deadline() (time.Time, bool) { return c.deadline, true }
 
-func (c *batchCtx) Value(key any) any { return c.values.Value(key) }
+func (c *batchCtx) Value(key any) any {
+	if key == (releasedKey{}) {
+		return c.released
+	}
+	return c.values.Value(key)
+}
+
+// releasedKey is the key a ProcessBatch context answers ReleasedAt's
+// question under, and contexts derived from it pass the question on.
+type releasedKey struct{}
+
+// ReleasedAt returns, given the context of a ProcessBatch call or a context
+// derived from it, the moment the Batcher released the batch: the moment
+// its rate limiting counts the batch from (at most Capacity in any
+// one-second window of these moments), taken just before the call. ok is
+// false for any other context.
+//
+// A ProcessBatch that paces its requests, or an observer that checks the
+// releases against a datastore's own accounting, can stamp the batch with
+// it; time.Now inside ProcessBatch is a little later, by however long the
+// goroutine took to start the call.
+func ReleasedAt(ctx context.Context) (t time.Time, ok bool) {
+	t, ok = ctx.Value(releasedKey{}).(time.Time)
+	return t, ok
+}
 
 func (c *batchCtx) Done() <-chan struct{} {
 	c.mu.Lock()

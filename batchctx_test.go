@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/ratebatch/batcher"
+	"github.com/ratebatch/batcher/ratelimiter"
 )
 
 // The context ProcessBatch gets behaves as one made with context.WithDeadline
@@ -173,6 +174,45 @@ func TestEachBatchEndsAtItsOwnDeadlineOnAReusedWorker(t *testing.T) {
 		next := t1.Sub(t0).Truncate(100*time.Millisecond) + 100*time.Millisecond // its flush
 		if at := endedAt(); at != next+5*time.Second {
 			t.Errorf("the 5 s batch after a 1 s one ended at %v, want %v", at, next+5*time.Second)
+		}
+	})
+}
+
+// ReleasedAt gives ProcessBatch the moment its batch counts from, through
+// derived contexts too; the moments keep to the capacity (here one batch
+// of the whole capacity a second).
+func TestReleasedAtIsWhenTheBatchCounts(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		b := start(t, batcher.NewBatcher().WithRateLimiter(ratelimiter.NewProvisioned(10)))
+		if _, ok := batcher.ReleasedAt(t.Context()); ok {
+			t.Error("ReleasedAt of a context that is not ProcessBatch's says ok")
+		}
+		t0 := time.Now()
+		var released, called []time.Time
+		w := batcher.NewWatcher(func(ctx context.Context, _ []*batcher.Operation) error {
+			derived, cancel := context.WithCancel(context.WithValue(ctx, valueKey{}, 1))
+			defer cancel()
+			at, ok := batcher.ReleasedAt(derived)
+			if !ok {
+				t.Error("ReleasedAt in ProcessBatch, through derived contexts, is not ok")
+			}
+			released, called = append(released, at), append(called, time.Now())
+			return nil
+		}).WithMaxBatchSize(1)
+		enqueue(t, b, w, 3, 10)
+		if err := b.Flush(bounded(t)); err != nil {
+			t.Fatal(err)
+		}
+		if len(released) != 3 {
+			t.Fatalf("%d batches, want 3", len(released))
+		}
+		for i, at := range released {
+			if !at.Equal(called[i]) { // no time passes under synctest
+				t.Errorf("batch %d: ReleasedAt %v, called at %v", i, at.Sub(t0), called[i].Sub(t0))
+			}
+			if i > 0 && at.Sub(released[i-1]) < time.Second {
+				t.Errorf("batches %d and %d, each of the whole capacity, released %v apart", i-1, i, at.Sub(released[i-1]))
+			}
 		}
 	})
 }

@@ -143,3 +143,27 @@ func ExampleBatcher_AddListener() {
 	mu.Unlock()
 	// Output: failed 1 shutdown 1
 }
+
+// ProcessBatch learns when its batch was released: the moment the rate
+// limiting counts it from. The time until the call started is how long the
+// batch waited for its goroutine.
+func ExampleReleasedAt() {
+	b := batcher.NewBatcher()
+	if err := b.Start(context.Background()); err != nil {
+		fmt.Println(err)
+		return
+	}
+	w := batcher.NewWatcher(func(ctx context.Context, batch []*batcher.Operation) error {
+		released, ok := batcher.ReleasedAt(ctx)
+		waited := time.Since(released)
+		fmt.Println("released:", ok, "waited less than a second:", waited >= 0 && waited < time.Second)
+		return nil
+	})
+	if err := b.Enqueue(batcher.NewOperation(w, 1, nil, true)); err != nil {
+		fmt.Println(err)
+	}
+	if err := b.Shutdown(context.Background()); err != nil {
+		fmt.Println(err)
+	}
+	// Output: released: true waited less than a second: true
+}

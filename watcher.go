@@ -26,17 +26,15 @@ import (
 // [Operation.Retry], [Operation.Throttle] and [Operation.Fail], and report
 // what each really cost with [Operation.SetActualCost].
 //
-// ctx carries the values of the context given to [Batcher.Start] and the
-// call's deadline: MaxOperationTime after the moment the Batcher released
-// the batch, the moment its rate limiting counts the batch from (so
-// ProcessBatch can tell when that was, and how long the call waited to
-// start). It is cancelled when the call overruns the watcher's
-// MaxOperationTime (ctx.Err() is then context.DeadlineExceeded), when the
-// Batcher is closed, and when ProcessBatch returns; ProcessBatch should
-// return soon after the first two. ctx and the operations'
-// feedback methods must not be used after ProcessBatch returns, and
-// contexts derived from ctx must be cancelled before it returns (as go vet's
-// lostcancel check asks). The batch slice is ProcessBatch's to keep. The
+// ctx carries the values of the context given to [Batcher.Start], the
+// moment the Batcher released the batch (see [ReleasedAt]), and the call's
+// deadline: MaxOperationTime after that moment. It is cancelled when the
+// call overruns the watcher's MaxOperationTime (ctx.Err() is then
+// context.DeadlineExceeded), when the Batcher is closed, and when
+// ProcessBatch returns; ProcessBatch should return soon after the first two.
+// ctx and the operations' feedback methods must not be used after
+// ProcessBatch returns, and contexts derived from ctx must be cancelled
+// before it returns (as go vet's lostcancel check asks). The batch slice is ProcessBatch's to keep. The
 // Batcher does not recover panics in ProcessBatch.
 type Processor interface {
 	ProcessBatch(ctx context.Context, batch []*Operation) error

@@ -100,7 +100,7 @@ func (w *worker) process(bt *batch) {
 		return
 	}
 
-	ctx.deadline = now.Add(limit)
+	ctx.released, ctx.deadline = now, now.Add(limit)
 	w.mu.Lock()
 	w.cur, w.ctx, w.started, w.limit = bt, ctx, now, limit
 	// The timer stays set from one batch to the next and is moved only when

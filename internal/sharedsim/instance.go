@@ -15,6 +15,7 @@ package sharedsim
 import (
 	"bufio"
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -145,16 +146,19 @@ func runInstance(ctx context.Context, f instanceFlags, stdout io.Writer) error {
 	})
 	w := batcher.NewWatcher(func(ctx context.Context, ops []*batcher.Operation) error {
 		// Stamped with the moment the Batcher released the batch, which
-		// its deadline counts from: a stamp taken here would carry however
-		// long the goroutine waited to run, and on a loaded machine two
-		// batches released a second and a millisecond apart, as a backlog
-		// releases them, can be stamped less than a second apart.
-		d, _ := ctx.Deadline()
+		// its rate limiting counts from: a stamp taken here would carry
+		// however long the goroutine waited to run, and on a loaded machine
+		// two batches released a second and a millisecond apart, as a
+		// backlog releases them, can be stamped less than a second apart.
+		released, ok := batcher.ReleasedAt(ctx)
+		if !ok {
+			return errors.New("sharedsim: ProcessBatch's context does not say when the batch was released")
+		}
 		cost := 0
 		for _, op := range ops {
 			cost += op.Cost()
 		}
-		rep.lineAt("R", d.Add(-batcher.DefaultMaxOperationTime), cost)
+		rep.lineAt("R", released, cost)
 		return nil
 	})
 	// A buffer of one second of the whole capacity: enough for a backlog
