@@ -17,8 +17,10 @@ var (
 	ErrNegativeCost = errors.New("batcher: operation cost is negative")
 
 	// ErrTooExpensive is returned by Enqueue for an operation that costs more
-	// than the rate limiter's MaxCapacity: it could never be released.
-	ErrTooExpensive = errors.New("batcher: operation costs more than the rate limiter's maximum capacity")
+	// than the rate limiter's MaxCapacity, which could never be released, or
+	// more than math.MaxInt32, the most an operation may cost. The error
+	// wrapping it names both numbers.
+	ErrTooExpensive = errors.New("batcher: operation costs more than can be released")
 
 	// ErrTooManyAttempts ends an operation that ProcessBatch asked to retry
 	// once it has been attempted its watcher's MaxAttempts times. The error
