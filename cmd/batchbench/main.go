@@ -33,9 +33,10 @@
 //     Released cost per second / C in backlog (a): for every whole second from
 //     2 s after its start, the cost released in that second over C; the median
 //     and the minimum. Latency from the Enqueue call to ProcessBatch at 100
-//     operations per second (a ticker every 10 ms; the payload is the time
-//     taken just before Enqueue) for 10 s, no rate limiter, batches of 100:
-//     p50 and p99 with the default settings, and with WithEagerRelease and
+//     operations per second (one in each 10 ms slot, at a random point of
+//     it; the payload is the time taken just before Enqueue) for 30 s, as
+//     long as the backlogs, no rate limiter, batches of 100: p50 and p99
+//     with the default settings, and with WithEagerRelease and
 //     WithMaxConcurrentBatches(4).
 //
 // The default run takes about 45 s; -quick shortens every phase (a smoke
@@ -80,7 +81,7 @@ func defaultConfig() config {
 		capacity:  5 * time.Second,
 		backlog:   30 * time.Second,
 		settle:    2 * time.Second,
-		latency:   10 * time.Second,
+		latency:   30 * time.Second, // as long as the backlogs it runs beside: 3,000 samples
 	}
 }
 
