@@ -185,14 +185,15 @@ func TestCostsBeyond32BitsAreRefusedByName(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		b := start(t, batcher.NewBatcher()) // no limiter: no maximum capacity
 		w := batcher.NewWatcher(func(context.Context, []*batcher.Operation) error { return nil })
-		huge, tiny := 1<<40, -(1 << 40)
+		// Made from int64 so that the file builds where int has 32 bits.
+		wide := func(c int64) int { return int(c) }
 		for _, c := range []struct {
 			cost int
 			want error
 		}{
-			{huge, batcher.ErrTooExpensive},
-			{math.MaxInt32 + 1, batcher.ErrTooExpensive},
-			{tiny, batcher.ErrNegativeCost},
+			{wide(1 << 40), batcher.ErrTooExpensive},
+			{wide(math.MaxInt32 + 1), batcher.ErrTooExpensive},
+			{wide(-1 << 40), batcher.ErrNegativeCost},
 			{math.MinInt32, batcher.ErrNegativeCost},
 		} {
 			op := batcher.NewOperation(w, c.cost, nil, true)
