@@ -26,6 +26,9 @@ import (
 //
 // The accessors and Done, Wait and Err are safe for concurrent use.
 type Operation struct {
+	// 48 bytes (tested), an allocator size class: every enqueued operation
+	// is allocated by its caller, and the bytes allocated per operation set
+	// how often the garbage collector runs on the hot path.
 	watcher *Watcher
 	payload any
 	ext     atomic.Pointer[opExt] // made when first needed
@@ -34,10 +37,6 @@ type Operation struct {
 	state   atomic.Uint32         // see the bits below
 	epoch   uint32                // the Flush epoch it was enqueued in; under the Batcher's lock
 }
-
-// An Operation is 48 bytes (tested): every enqueued operation is allocated
-// by its caller, and the bytes allocated per operation set how often the
-// garbage collector runs on the hot path.
 
 // opExt holds what most operations never need: the channel for Done, the
 // failure, the feedback's details, a cost too big for Operation.cost.

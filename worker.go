@@ -19,12 +19,10 @@ type worker struct {
 	timer  *time.Timer // ends the current batch's context at its deadline, and reports it
 	idleAt uint64      // the flush count when it went idle; under b.mu
 
-	mu      sync.Mutex // guards what follows, for the timer and the Batcher's closing
-	cur     *batch     // the batch in ProcessBatch, or nil
-	ctx     *batchCtx  // its context
-	started time.Time
-	limit   time.Duration
-	armed   time.Time // when the timer fires, or zero if it is stopped
+	mu    sync.Mutex // guards what follows, for the timer and the Batcher's closing
+	cur   *batch     // the batch in ProcessBatch, or nil
+	ctx   *batchCtx  // its context: when it started (released) and must end (deadline)
+	armed time.Time  // when the timer fires, or zero if it is stopped
 }
 
 // dispatch hands each batch to the worker takeLocked chose for it, or to a
@@ -102,7 +100,7 @@ func (w *worker) process(bt *batch) {
 
 	ctx.released, ctx.deadline = now, now.Add(limit)
 	w.mu.Lock()
-	w.cur, w.ctx, w.started, w.limit = bt, ctx, now, limit
+	w.cur, w.ctx = bt, ctx
 	// The timer stays set from one batch to the next and is moved only when
 	// this batch's deadline comes before it: setting a timer for every batch
 	// is a measurable part of the hot path. When it fires for an earlier
@@ -142,16 +140,17 @@ func (w *worker) overran() {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	w.armed = time.Time{}
-	bt, limit := w.cur, w.limit
+	bt, ctx := w.cur, w.ctx
 	if bt == nil {
 		return // the next batch sets the timer
 	}
-	if left := limit - time.Since(w.started); left > 0 {
+	if left := time.Until(ctx.deadline); left > 0 {
 		w.timer.Reset(left)
-		w.armed = w.started.Add(limit)
+		w.armed = ctx.deadline
 		return
 	}
-	w.ctx.cancel(context.DeadlineExceeded)
+	limit := ctx.deadline.Sub(ctx.released)
+	ctx.cancel(context.DeadlineExceeded)
 	ops := slices.Clone(bt.ops) // while w.cur holds bt, its batch is not done
 	b := w.b
 	b.mu.Lock()
