@@ -283,14 +283,27 @@ func (b *Batcher) releaseTouchedLocked(now time.Time, out []*batch) []*batch {
 }
 
 // unlock sweeps the intake, releases what became releasable, and unlocks
-// b.mu. Every unlock of b.mu goes through here, but one that must be quick:
-// nothing depends on it, for an Enqueue that finds its shard empty kicks the
-// owner goroutine, which sweeps; unlock only saves that wake-up.
-func (b *Batcher) unlock() {
+// b.mu. Every unlock of b.mu goes through here or unlockNoSweep, but one
+// that must be quick. Nothing depends on the sweep, for an Enqueue that
+// finds its shard empty kicks the owner goroutine, which sweeps; unlock
+// only saves that wake-up.
+func (b *Batcher) unlock() { b.unlockSweeping(true) }
+
+// unlockNoSweep is unlock without the sweep, for a worker that has
+// completed a batch. Workers take the lock more often than anyone (once a
+// batch), and under load the shards they would sweep were just filled on
+// other CPUs: each sweep would pull those cache lines across, while the
+// lock is held. Enqueue calls sweep the shards as they refill their
+// credits, on the CPU that filled them, and the owner sweeps when kicked;
+// with that, the worker's sweep saved nothing and cost 10-19% of figure 1
+// (see the README).
+func (b *Batcher) unlockNoSweep() { b.unlockSweeping(false) }
+
+func (b *Batcher) unlockSweeping(sweep bool) {
 	var buf [8]*batch
 	out := buf[:0]
 	if in := b.intake.Load(); in != nil && (b.mu.state == stateRunning || b.mu.state == stateDraining) {
-		if in.pending() {
+		if sweep && in.pending() {
 			b.sweepLocked()
 		}
 		if len(b.mu.touched) > 0 {

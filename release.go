@@ -4,7 +4,6 @@ import (
 	"errors"
 	"fmt"
 	"math"
-	"slices"
 	"sync/atomic"
 	"time"
 )
@@ -17,7 +16,6 @@ const eagerGap = time.Millisecond
 type batch struct {
 	q         *queue
 	ops       []*Operation // the Batcher's
-	given     []*Operation // ProcessBatch's: a copy it may change and keep
 	cost      int          // declared
 	pauses    uint64       // Batcher.mu.pauses when it went out
 	entry     uint64       // its ledger entry, 0 without a limiter
@@ -283,8 +281,7 @@ func (b *Batcher) takeLocked(now time.Time, q *queue, n, cost int) *batch {
 	// it after it ends.)
 	ops := b.spareOpsLocked(n)
 	q.popInto(ops)
-	given := slices.Clone(ops)
-	bt := &batch{q: q, ops: ops, given: given, cost: cost, pauses: b.mu.pauses, worker: b.popIdleLocked()}
+	bt := &batch{q: q, ops: ops, cost: cost, pauses: b.mu.pauses, worker: b.popIdleLocked()}
 	if !b.mu.unlimited {
 		bt.entry = b.mu.ledger.add(now, cost)
 		if b.pacer != nil {
@@ -487,8 +484,9 @@ func (b *Batcher) complete(bt *batch, w *worker) (next *batch, idle bool) {
 	b.checkDrainedLocked()
 	b.noteIdleLocked(bt.q)
 
-	// Take the next batch for this worker; start any others that may go.
-	b.sweepLocked()
+	// Take the next batch for this worker from what the queues hold; start
+	// any others that may go. The intake is left to the others who take
+	// the lock (see unlockNoSweep).
 	var buf [4]*batch
 	out := b.releaseLocked(now, false, buf[:0])
 	if len(out) > 0 {
@@ -502,7 +500,7 @@ func (b *Batcher) complete(bt *batch, w *worker) (next *batch, idle bool) {
 	} else {
 		idle = b.idleLocked(w)
 	}
-	b.unlock()
+	b.unlockNoSweep()
 	b.dispatch(out)
 	b.emitEntered(failed)
 	b.emitEntered(evs)

@@ -78,6 +78,7 @@ func (w *worker) process(bt *batch) {
 	// was released. Without a limiter there is no ledger, and no need for
 	// the lock, which the batches of a busy Batcher would otherwise queue
 	// for.
+	given := slices.Clone(bt.ops) // ProcessBatch's: a copy it may change and keep
 	ctx := &batchCtx{values: b.runValues}
 	var (
 		now       time.Time
@@ -113,7 +114,7 @@ func (w *worker) process(bt *batch) {
 	if b.runCtx.Err() != nil {
 		ctx.cancel(context.Canceled) // closed before w.ctx was set, so closed missed it
 	}
-	bt.err = bt.q.w.p.ProcessBatch(ctx, bt.given)
+	bt.err = bt.q.w.p.ProcessBatch(ctx, given)
 	ctx.cancel(context.Canceled)
 
 	w.mu.Lock()
