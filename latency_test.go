@@ -51,6 +51,43 @@ func TestFullBatchGoesOutAtOnce(t *testing.T) {
 	})
 }
 
+// A full batch that waits for a concurrency slot goes the moment the slot
+// frees, not at the next flush: the worker that frees the slot takes it,
+// whether the operations were enqueued before the slot filled or while it
+// was busy.
+func TestFullBatchWaitingForASlotGoesWhenItFrees(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		s := &sink{}
+		var starts []time.Duration
+		t0 := time.Now()
+		s.handle = func(ctx context.Context, _ []*batcher.Operation) error {
+			s.mu.Lock()
+			starts = append(starts, time.Since(t0))
+			s.mu.Unlock()
+			return sleep(ctx, 10*time.Millisecond)
+		}
+		w := s.watcher().WithMaxBatchSize(10).WithMaxConcurrentBatches(1)
+		b := start(t, batcher.NewBatcher())
+		enqueue(t, b, w, 20, 1) // two full batches: one runs, one waits
+		time.Sleep(5 * time.Millisecond)
+		enqueue(t, b, w, 10, 1) // a third, enqueued while the slot is busy
+		time.Sleep(30*time.Millisecond - time.Nanosecond)
+		synctest.Wait()
+		s.mu.Lock()
+		got := starts
+		s.mu.Unlock()
+		want := []time.Duration{0, 10 * time.Millisecond, 20 * time.Millisecond}
+		if len(got) != len(want) {
+			t.Fatalf("batches started at %v, want at %v", got, want)
+		}
+		for i := range want {
+			if got[i] != want[i] {
+				t.Fatalf("batches started at %v, want at %v", got, want)
+			}
+		}
+	})
+}
+
 func TestOperationThatCannotShareABatchGoesAloneAndAtOnce(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		s := &sink{}
