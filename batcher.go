@@ -117,6 +117,7 @@ type queue struct {
 	inflight    int         // batches running
 	retrying    int         // operations waiting to retry
 	lastRelease time.Time   // with eager release: when it last sent a batch
+	flushOwed   bool        // a flush found no slot free: its part batch goes when one frees
 	inReady     bool
 	inIdle      bool
 	touched     bool
@@ -416,7 +417,8 @@ func (b *Batcher) pauseLocked(now time.Time, d time.Duration) {
 // Flush releases at once what the rate limiter allows, then waits until
 // every operation enqueued before the call has ended (succeeded or failed),
 // and returns nil; or returns ctx.Err() if ctx ends first. Releases still
-// keep within capacity: under a backlog Flush may wait long. It returns
+// keep within capacity and the concurrency limits: under a backlog Flush
+// may wait long, and what a limit holds back goes as soon as a slot frees. It returns
 // ErrImproperOrder before Start; after Shutdown or Close has finished it
 // returns nil at once.
 func (b *Batcher) Flush(ctx context.Context) error {

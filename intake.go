@@ -266,7 +266,7 @@ func (b *Batcher) releaseTouchedLocked(now time.Time, out []*batch) []*batch {
 	for _, q := range b.mu.touched {
 		q.touched = false
 		n := q.w.maxBatchSize
-		if !b.cfg.eager && b.mu.state != stateDraining && q.unbatchable == 0 && (n == 0 || q.ops.len() < n) {
+		if !b.cfg.eager && b.mu.state != stateDraining && !q.flushOwed && q.unbatchable == 0 && (n == 0 || q.ops.len() < n) {
 			continue // no full batch: it waits for the flush
 		}
 		for {

@@ -88,6 +88,61 @@ func TestFullBatchWaitingForASlotGoesWhenItFrees(t *testing.T) {
 	})
 }
 
+// A flush that finds every slot busy is owed: the part batch goes as soon
+// as a slot frees, not a flush interval later, for the interval's flush and
+// for Flush alike.
+func TestFlushThatFindsTheSlotsBusyGoesWhenOneFrees(t *testing.T) {
+	for _, limit := range []string{"watcher", "batcher"} {
+		t.Run(limit+" limit", func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				s := &sink{}
+				var starts []time.Duration
+				t0 := time.Now()
+				s.handle = func(ctx context.Context, batch []*batcher.Operation) error {
+					s.mu.Lock()
+					starts = append(starts, time.Since(t0))
+					s.mu.Unlock()
+					if len(batch) == 10 {
+						return sleep(ctx, 150*time.Millisecond) // over the 100 ms flush
+					}
+					return nil
+				}
+				w := s.watcher().WithMaxBatchSize(10)
+				b := batcher.NewBatcher().WithFlushInterval(100 * time.Millisecond)
+				if limit == "watcher" {
+					w.WithMaxConcurrentBatches(1)
+				} else {
+					b.WithMaxConcurrentBatches(1)
+				}
+				start(t, b)
+				enqueue(t, b, w, 13, 1) // a full batch runs until 150 ms; 3 wait for the flush
+				time.Sleep(300 * time.Millisecond)
+				synctest.Wait()
+				s.mu.Lock()
+				got := starts
+				s.mu.Unlock()
+				// The flush at 100 ms finds the slot busy; the 3 go when it
+				// frees, at 150 ms, not at the flush of 200 ms.
+				if want := []time.Duration{0, 150 * time.Millisecond}; len(got) != 2 || got[0] != want[0] || got[1] != want[1] {
+					t.Fatalf("batches started at %v, want at %v", got, want)
+				}
+
+				// Flush: 10 more, then 4 more, while nothing runs: the 10
+				// go at once and hold the slot for 150 ms; Flush owes the 4
+				// and returns once they have gone, when the slot frees.
+				t1 := time.Since(t0)
+				enqueue(t, b, w, 14, 1)
+				if err := b.Flush(bounded(t)); err != nil {
+					t.Fatal(err)
+				}
+				if d := time.Since(t0) - t1; d != 150*time.Millisecond {
+					t.Errorf("Flush returned after %v, want 150ms (when the slot freed)", d)
+				}
+			})
+		})
+	}
+}
+
 func TestOperationThatCannotShareABatchGoesAloneAndAtOnce(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		s := &sink{}

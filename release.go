@@ -61,7 +61,7 @@ func (b *Batcher) releaseLocked(now time.Time, tick bool, out []*batch) []*batch
 	for b.mu.ready.len() > 0 && misses < b.mu.ready.len() && b.slotFreeLocked() {
 		q := b.mu.ready.front()
 		if q.ops.len() == 0 {
-			q.inReady = false
+			q.inReady, q.flushOwed = false, false
 			b.mu.ready.popFront()
 			b.noteIdleLocked(q)
 			continue
@@ -79,6 +79,15 @@ func (b *Batcher) releaseLocked(now time.Time, tick bool, out []*batch) []*batch
 			b.mu.ready.popFront()
 		} else {
 			b.mu.ready.rotate()
+		}
+	}
+	if tick && !b.slotFreeLocked() {
+		// The flush is owed to what the Batcher-wide limit held back: it
+		// goes on as slots free (see formLocked).
+		for i := range b.mu.ready.len() {
+			if q := b.mu.ready.at(i); q.ops.len() > 0 {
+				q.flushOwed = true
+			}
 		}
 	}
 	b.mu.pace.backlog = b.mu.buffered > 0
@@ -105,11 +114,17 @@ func (b *Batcher) advanceLocked(now time.Time) {
 
 // formLocked takes a batch from the front of q and records its release, or
 // returns nil if q has nothing that may go now. Without tick (or eager
-// release, or a drain), only a full batch may go: MaxBatchSize operations,
-// or as many as come before an operation that cannot share a batch.
+// release, or a drain, or a flush owed to q), only a full batch may go:
+// MaxBatchSize operations, or as many as come before an operation that
+// cannot share a batch.
 func (b *Batcher) formLocked(now time.Time, q *queue, tick bool) *batch {
 	w := q.w
 	if w.maxConcurrent > 0 && q.inflight >= w.maxConcurrent {
+		if tick && q.ops.len() > 0 {
+			// The flush is owed: the part batch goes when a slot frees,
+			// not a flush interval later.
+			q.flushOwed = true
+		}
 		return nil
 	}
 	pending := q.ops.len()
@@ -133,7 +148,7 @@ func (b *Batcher) formLocked(now time.Time, q *queue, tick bool) *batch {
 		}
 	}
 	full := !q.ops.at(0).batchable || n < pending || (w.maxBatchSize > 0 && n == w.maxBatchSize)
-	partial := tick || b.cfg.eager || b.mu.state == stateDraining
+	partial := tick || q.flushOwed || b.cfg.eager || b.mu.state == stateDraining
 	if !full && !partial {
 		return nil
 	}
@@ -282,6 +297,9 @@ func (b *Batcher) takeLocked(now time.Time, q *queue, n, cost int) *batch {
 	ops := b.spareOpsLocked(n)
 	q.popInto(ops)
 	bt := &batch{q: q, ops: ops, cost: cost, pauses: b.mu.pauses, worker: b.popIdleLocked()}
+	if q.ops.len() == 0 {
+		q.flushOwed = false // what the flush owed has gone
+	}
 	if !b.mu.unlimited {
 		bt.entry = b.mu.ledger.add(now, cost)
 		if b.pacer != nil {
