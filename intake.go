@@ -15,7 +15,8 @@ import (
 // for the shard beforehand (credits), so the buffer's bound stays exact.
 //
 // The shards are swept into the watchers' queues, many operations at a
-// time, by whoever holds the Batcher's lock next: every unlock sweeps. An
+// time, by whoever holds the Batcher's lock next: every unlock sweeps, but
+// a completing worker's (see unlockNoSweep). An
 // Enqueue that finds its shard empty kicks the owner goroutine, which sweeps
 // within microseconds, so nothing waits in a shard for long; one that runs
 // out of credits sweeps itself when it takes the lock for more; one that
@@ -293,10 +294,9 @@ func (b *Batcher) unlock() { b.unlockSweeping(true) }
 // completed a batch. Workers take the lock more often than anyone (once a
 // batch), and under load the shards they would sweep were just filled on
 // other CPUs: each sweep would pull those cache lines across, while the
-// lock is held. Enqueue calls sweep the shards as they refill their
-// credits, on the CPU that filled them, and the owner sweeps when kicked;
-// with that, the worker's sweep saved nothing and cost 10-19% of figure 1
-// (see the README).
+// lock is held. Enqueue calls sweep when they refill their credits, and the
+// owner sweeps when kicked; with that, the worker's sweep saved nothing and
+// cost about a seventh of figure 1 (see the README).
 func (b *Batcher) unlockNoSweep() { b.unlockSweeping(false) }
 
 func (b *Batcher) unlockSweeping(sweep bool) {
