@@ -62,6 +62,15 @@ func (s *sink) ops() int {
 	return len(s.payloads)
 }
 
+// starts returns when each ProcessBatch call began, after t0, in order.
+func (s *sink) starts(t0 time.Time) []time.Duration {
+	var out []time.Duration
+	for _, r := range s.log.All() {
+		out = append(out, r.At.Sub(t0))
+	}
+	return out
+}
+
 func (s *sink) batchSizes() []int {
 	s.mu.Lock()
 	defer s.mu.Unlock()

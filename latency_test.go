@@ -58,12 +58,8 @@ func TestFullBatchGoesOutAtOnce(t *testing.T) {
 func TestFullBatchWaitingForASlotGoesWhenItFrees(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		s := &sink{}
-		var starts []time.Duration
 		t0 := time.Now()
 		s.handle = func(ctx context.Context, _ []*batcher.Operation) error {
-			s.mu.Lock()
-			starts = append(starts, time.Since(t0))
-			s.mu.Unlock()
 			return sleep(ctx, 10*time.Millisecond)
 		}
 		w := s.watcher().WithMaxBatchSize(10).WithMaxConcurrentBatches(1)
@@ -73,9 +69,7 @@ func TestFullBatchWaitingForASlotGoesWhenItFrees(t *testing.T) {
 		enqueue(t, b, w, 10, 1) // a third, enqueued while the slot is busy
 		time.Sleep(30*time.Millisecond - time.Nanosecond)
 		synctest.Wait()
-		s.mu.Lock()
-		got := starts
-		s.mu.Unlock()
+		got := s.starts(t0)
 		want := []time.Duration{0, 10 * time.Millisecond, 20 * time.Millisecond}
 		if len(got) != len(want) {
 			t.Fatalf("batches started at %v, want at %v", got, want)
@@ -96,12 +90,8 @@ func TestFlushThatFindsTheSlotsBusyGoesWhenOneFrees(t *testing.T) {
 		t.Run(limit+" limit", func(t *testing.T) {
 			synctest.Test(t, func(t *testing.T) {
 				s := &sink{}
-				var starts []time.Duration
 				t0 := time.Now()
 				s.handle = func(ctx context.Context, batch []*batcher.Operation) error {
-					s.mu.Lock()
-					starts = append(starts, time.Since(t0))
-					s.mu.Unlock()
 					if len(batch) == 10 {
 						return sleep(ctx, 150*time.Millisecond) // over the 100 ms flush
 					}
@@ -118,9 +108,7 @@ func TestFlushThatFindsTheSlotsBusyGoesWhenOneFrees(t *testing.T) {
 				enqueue(t, b, w, 13, 1) // a full batch runs until 150 ms; 3 wait for the flush
 				time.Sleep(300 * time.Millisecond)
 				synctest.Wait()
-				s.mu.Lock()
-				got := starts
-				s.mu.Unlock()
+				got := s.starts(t0)
 				// The flush at 100 ms finds the slot busy; the 3 go when it
 				// frees, at 150 ms, not at the flush of 200 ms.
 				if want := []time.Duration{0, 150 * time.Millisecond}; len(got) != 2 || got[0] != want[0] || got[1] != want[1] {
