@@ -418,9 +418,9 @@ func (b *Batcher) pauseLocked(now time.Time, d time.Duration) {
 // every operation enqueued before the call has ended (succeeded or failed),
 // and returns nil; or returns ctx.Err() if ctx ends first. Releases still
 // keep within capacity and the concurrency limits: under a backlog Flush
-// may wait long, and what a limit holds back goes as soon as a slot frees. It returns
-// ErrImproperOrder before Start; after Shutdown or Close has finished it
-// returns nil at once.
+// may wait long, and what a concurrency limit holds back goes as soon as a
+// slot frees. It returns ErrImproperOrder before Start; after Shutdown or
+// Close has finished it returns nil at once.
 func (b *Batcher) Flush(ctx context.Context) error {
 	b.mu.Lock()
 	switch b.mu.state {

@@ -15,13 +15,13 @@ import (
 // for the shard beforehand (credits), so the buffer's bound stays exact.
 //
 // The shards are swept into the watchers' queues, many operations at a
-// time, by whoever holds the Batcher's lock next: every unlock sweeps, but
-// a completing worker's (see unlockNoSweep). An
-// Enqueue that finds its shard empty kicks the owner goroutine, which sweeps
-// within microseconds, so nothing waits in a shard for long; one that runs
-// out of credits sweeps itself when it takes the lock for more; one that
-// wants its operation out at once (eager release, an operation that cannot
-// share a batch) sweeps itself if the lock is free.
+// time, by whoever holds the Batcher's lock next: every unlock sweeps but a
+// completing worker's (see unlockNoSweep). An Enqueue that finds its shard
+// empty kicks the owner goroutine, which sweeps within microseconds, so
+// nothing waits in a shard for long; one that runs out of credits sweeps
+// itself when it takes the lock for more; one that wants its operation out
+// at once (eager release, an operation that cannot share a batch) sweeps
+// itself if the lock is free.
 type intake struct {
 	shards []*shard
 	pool   sync.Pool // hands each P its shard
