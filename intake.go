@@ -149,7 +149,16 @@ func (b *Batcher) admitSlow(ctx context.Context, op *Operation, sh *shard) error
 		b.mu.Lock()
 	}
 	b.acceptLocked(op)
-	b.unlock()
+	if b.unlock() {
+		// The batches just released wait for their workers in this P's run
+		// queue, behind this goroutine, which would keep the CPU for the
+		// rest of its time slice if it goes on enqueueing (the other P
+		// steals them only when it runs out of work): let them start now.
+		// Enqueue comes here once per grant of credits, not per operation.
+		// Figure 1 measured 2-35% faster with this yield, in 6 of 6
+		// interleaved pairs (see the README).
+		runtime.Gosched()
+	}
 	return nil
 }
 
@@ -283,12 +292,13 @@ func (b *Batcher) releaseTouchedLocked(now time.Time, out []*batch) []*batch {
 	return out
 }
 
-// unlock sweeps the intake, releases what became releasable, and unlocks
-// b.mu. Every unlock of b.mu goes through here or unlockNoSweep, but one
-// that must be quick. Nothing depends on the sweep, for an Enqueue that
+// unlock sweeps the intake, releases what became releasable, unlocks b.mu
+// and hands the batches released to their workers, reporting whether there
+// were any. Every unlock of b.mu goes through here or unlockNoSweep, but
+// one that must be quick. Nothing depends on the sweep, for an Enqueue that
 // finds its shard empty kicks the owner goroutine, which sweeps; unlock
 // only saves that wake-up.
-func (b *Batcher) unlock() { b.unlockSweeping(true) }
+func (b *Batcher) unlock() bool { return b.unlockSweeping(true) }
 
 // unlockNoSweep is unlock without the sweep, for a worker that has
 // completed a batch. Workers take the lock more often than anyone (once a
@@ -299,7 +309,7 @@ func (b *Batcher) unlock() { b.unlockSweeping(true) }
 // cost about a seventh of figure 1 (see the README).
 func (b *Batcher) unlockNoSweep() { b.unlockSweeping(false) }
 
-func (b *Batcher) unlockSweeping(sweep bool) {
+func (b *Batcher) unlockSweeping(sweep bool) (released bool) {
 	var buf [8]*batch
 	out := buf[:0]
 	if in := b.intake.Load(); in != nil && (b.mu.state == stateRunning || b.mu.state == stateDraining) {
@@ -320,6 +330,7 @@ func (b *Batcher) unlockSweeping(sweep bool) {
 	if kick {
 		b.kickOwner()
 	}
+	return len(out) > 0
 }
 
 // kickIntake asks the owner goroutine to sweep the intake.
