@@ -63,9 +63,9 @@ func (in *intake) pending() bool {
 	return false
 }
 
-// tryAppend appends op to the calling P's shard if that shard has a credit,
+// tryAppend appends e to the calling P's shard if that shard has a credit,
 // and returns the shard either way, and whether it was empty before.
-func (in *intake) tryAppend(op *Operation) (sh *shard, ok, first bool) {
+func (in *intake) tryAppend(e entry) (sh *shard, ok, first bool) {
 	sh = in.pool.Get().(*shard)
 	sh.mu.Lock()
 	if sh.closed || sh.credits == 0 {
@@ -74,7 +74,7 @@ func (in *intake) tryAppend(op *Operation) (sh *shard, ok, first bool) {
 		return sh, false, false
 	}
 	sh.credits--
-	sh.ops = append(sh.ops, entryOf(op))
+	sh.ops = append(sh.ops, e)
 	first = len(sh.ops) == 1
 	if first {
 		sh.n.Store(1)
@@ -91,11 +91,12 @@ func (b *Batcher) enqueue(ctx context.Context, op *Operation) error {
 	if in == nil {
 		return b.admitSlow(ctx, op, nil)
 	}
-	sh, ok, first := in.tryAppend(op)
+	e := entryOf(op) // reads op's state word once
+	sh, ok, first := in.tryAppend(e)
 	if !ok {
 		return b.admitSlow(ctx, op, sh)
 	}
-	if (b.cfg.eager || !op.Batchable()) && b.mu.TryLock() {
+	if (b.cfg.eager || !e.batchable) && b.mu.TryLock() {
 		b.unlock()
 	} else if first {
 		b.kickIntake()

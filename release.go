@@ -401,13 +401,11 @@ func (b *Batcher) complete(bt *batch, w *worker) (next *batch, idle bool) {
 	// End what succeeded or failed for good, counting each first, so that
 	// Stats counts it by the time its Wait returns. One that Close ended
 	// first is Close's to count and report.
-	if succeeded > 0 {
-		b.succeeded.Add(int64(succeeded))
-	}
 	if len(fails) > 0 {
 		b.failed.Add(int64(len(fails)))
 	}
 	if succeeded > 0 {
+		b.succeeded.Add(int64(succeeded))
 		for _, op := range bt.ops {
 			if op.verdict() == verdictNone && !op.end(nil) {
 				b.succeeded.Add(-1)

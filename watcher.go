@@ -34,8 +34,9 @@ import (
 // ProcessBatch returns; ProcessBatch should return soon after the first two.
 // ctx and the operations' feedback methods must not be used after
 // ProcessBatch returns, and contexts derived from ctx must be cancelled
-// before it returns (as go vet's lostcancel check asks). The batch slice is ProcessBatch's to keep. The
-// Batcher does not recover panics in ProcessBatch.
+// before it returns (as go vet's lostcancel check asks). The batch slice is
+// ProcessBatch's to keep. The Batcher does not recover panics in
+// ProcessBatch.
 type Processor interface {
 	ProcessBatch(ctx context.Context, batch []*Operation) error
 }
