@@ -111,6 +111,45 @@ func TestThrottleWindows(t *testing.T) {
 	})
 }
 
+// TestObserveSeesEachDocumentRequestAsItIsDecided checks, on fake time, that
+// Options.Observe is called once for each request on a document, with the
+// moment it was counted in, its charge and whether it was admitted, and not
+// for metadata requests.
+func TestObserveSeesEachDocumentRequestAsItIsDecided(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		type call struct {
+			path     string
+			at       time.Duration
+			charge   float64
+			admitted bool
+		}
+		var calls []call
+		t0 := time.Now()
+		m, err := cosmosmodel.New(cosmosmodel.Options{ProvisionedRU: 10, Observe: func(r *http.Request, at time.Time, charge float64, admitted bool) {
+			calls = append(calls, call{r.URL.Path, at.Sub(t0), charge, admitted})
+		}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		h := m.Handler()
+		do(t, h, "POST", "/dbs", `{"id":"db"}`, nil)
+		do(t, h, "POST", "/dbs/db/colls", `{"id":"c","partitionKey":{"paths":["/pk"],"kind":"Hash"}}`, nil)
+		time.Sleep(300 * time.Millisecond)
+		do(t, h, "POST", "/dbs/db/colls/c/docs", string(item("a", "p1", 1024)), pk1) // 5.71 RU
+		do(t, h, "POST", "/dbs/db/colls/c/docs", string(item("b", "p1", 1024)), pk1) // 11.42 > 10: 429
+		time.Sleep(time.Second)
+		do(t, h, "GET", "/dbs/db/colls/c/docs/a", "", pk1) // 1 RU
+		want := []call{
+			{"/dbs/db/colls/c/docs", 300 * time.Millisecond, 5.71, true},
+			{"/dbs/db/colls/c/docs", 300 * time.Millisecond, 5.71, false},
+			{"/dbs/db/colls/c/docs/a", 1300 * time.Millisecond, 1, true},
+		}
+		if !slices.Equal(calls, want) {
+			t.Errorf("Observe calls:\n got %+v\nwant %+v", calls, want)
+		}
+	})
+}
+
 // TestBatchAtomic checks a transactional batch: all or nothing, 207 and 424s.
 func TestBatchAtomic(t *testing.T) {
 	m, h := newInMemory(t, 0)

@@ -113,6 +113,15 @@ type Options struct {
 	// Addr is the address Start listens on. The default is 127.0.0.1:0,
 	// a free port on the loopback interface.
 	Addr string
+
+	// Observe, if set, is called for every request on a document as the
+	// model admits or throttles it: at is the moment the model counts it
+	// in (the moment it arrived, its body read), charge the RU it was
+	// admitted on (in proxy mode the estimate, exact for writes), admitted
+	// false for a 429. It runs on the request's goroutine, before the
+	// request goes on; it must be quick and safe for concurrent use. A test
+	// can compare at with when the client sent the request.
+	Observe func(r *http.Request, at time.Time, charge float64, admitted bool)
 }
 
 // A Model is a throttling Cosmos DB model; see the package doc. Create it

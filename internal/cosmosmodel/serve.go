@@ -24,16 +24,25 @@ func (m *Model) serveMemory(w http.ResponseWriter, r *http.Request) {
 	s := m.store
 	s.mu.Lock()
 	p := s.planLocked(r, rt, body)
-	_, ok, after := m.meter.admit(time.Now(), p.reply.charge)
+	now := time.Now()
+	_, ok, after := m.meter.admit(now, p.reply.charge)
 	if ok && p.commit != nil {
 		p.commit()
 	}
 	s.mu.Unlock()
+	m.observe(r, now, p.reply.charge, ok)
 	if !ok {
 		throttleReply(after).write(w)
 		return
 	}
 	p.reply.write(w)
+}
+
+// observe calls Options.Observe, if set.
+func (m *Model) observe(r *http.Request, at time.Time, charge float64, admitted bool) {
+	if m.opts.Observe != nil {
+		m.opts.Observe(r, at, charge, admitted)
+	}
 }
 
 // reject answers a request whose body could not be read.
@@ -96,7 +105,9 @@ func (m *Model) serveProxy(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	est := estimate(r, rt, body)
-	sec, ok, after := m.meter.admit(time.Now(), est)
+	now := time.Now()
+	sec, ok, after := m.meter.admit(now, est)
+	m.observe(r, now, est, ok)
 	if !ok {
 		throttleReply(after).write(w)
 		return

@@ -10,13 +10,17 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"math"
+	"net/http"
 	"net/url"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/Azure/azure-sdk-for-go/sdk/azcore/policy"
 	"github.com/Azure/azure-sdk-for-go/sdk/data/azcosmos"
 
 	"github.com/ratebatch/batcher"
@@ -29,10 +33,11 @@ import (
 // env is a model in front of the real server, and a database of the test's
 // own on the server, dropped at the end.
 type env struct {
-	model  *cosmosmodel.Model
-	client *azcosmos.Client // through the model
-	direct *azcosmos.Client // to the server, bypassing the model
-	db     string
+	model   *cosmosmodel.Model
+	client  *azcosmos.Client // through the model
+	direct  *azcosmos.Client // to the server, bypassing the model
+	db      string
+	transit *transit // the Loader's requests, from release to arrival
 }
 
 func newEnv(t *testing.T, provisioned float64) *env {
@@ -42,7 +47,8 @@ func newEnv(t *testing.T, provisioned float64) *env {
 	if err != nil {
 		t.Fatal(err)
 	}
-	m, err := cosmosmodel.New(cosmosmodel.Options{ProvisionedRU: provisioned, Backend: backend})
+	tr := &transit{}
+	m, err := cosmosmodel.New(cosmosmodel.Options{ProvisionedRU: provisioned, Backend: backend, Observe: tr.observe})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -50,7 +56,9 @@ func newEnv(t *testing.T, provisioned float64) *env {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { m.Close() })
-	client, err := m.NewClient(nil) // MaxRetries -1: 429s reach the Loader
+	o := m.ClientOptions() // MaxRetries -1: 429s reach the Loader
+	o.PerRetryPolicies = append(o.PerRetryPolicies, stampRelease{})
+	client, err := m.NewClient(o)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -62,7 +70,7 @@ func newEnv(t *testing.T, provisioned float64) *env {
 	if err != nil {
 		t.Fatal(err)
 	}
-	e := &env{model: m, client: client, direct: direct, db: fmt.Sprintf("loadtest-%d", time.Now().UnixNano())}
+	e := &env{model: m, client: client, direct: direct, db: fmt.Sprintf("loadtest-%d", time.Now().UnixNano()), transit: tr}
 	t.Cleanup(func() {
 		if db, err := direct.NewDatabase(e.db); err == nil {
 			db.Delete(context.Background(), nil)
@@ -154,59 +162,123 @@ func (e *env) checkSeconds(t *testing.T, provisioned float64) float64 {
 	return peak
 }
 
-// stalls measures how late the process runs: a goroutine that wakes every
-// 5ms and records the longest delay past its time. Requests that wait in a
-// stalled process reach the service later than the Batcher released them,
-// next to the releases made once it runs again.
-type stalls struct {
-	mu    sync.Mutex
-	worst time.Duration
-	stop  chan struct{}
-	done  chan struct{}
+// transit follows the Loader's requests from the moment the Batcher
+// released them to the moment the model counted them in. The client's
+// stampRelease policy carries the release moment (batcher.ReleasedAt) in a
+// header, and the model's Observe reads it. Requests the Batcher did not
+// release (the foreign writer's, metadata) are not followed.
+type transit struct {
+	mu   sync.Mutex
+	reqs []passage
 }
 
-func startStalls() *stalls {
-	s := &stalls{stop: make(chan struct{}), done: make(chan struct{})}
-	go func() {
-		defer close(s.done)
-		const every = 5 * time.Millisecond
-		for {
-			t0 := time.Now()
-			select {
-			case <-s.stop:
-				return
-			case <-time.After(every):
-			}
-			if late := time.Since(t0) - every; late > 0 {
-				s.mu.Lock()
-				s.worst = max(s.worst, late)
-				s.mu.Unlock()
-			}
+type passage struct {
+	released, arrived time.Time
+	charge            float64 // admitted on
+	admitted          bool
+}
+
+const releasedHeader = "X-Test-Released-At"
+
+// stampRelease is an azcosmos pipeline policy that puts, on each try of a
+// request made inside ProcessBatch, the moment its batch was released.
+type stampRelease struct{}
+
+func (stampRelease) Do(req *policy.Request) (*http.Response, error) {
+	if at, ok := batcher.ReleasedAt(req.Raw().Context()); ok {
+		req.Raw().Header.Set(releasedHeader, strconv.FormatInt(at.UnixNano(), 10))
+	}
+	return req.Next()
+}
+
+func (tr *transit) observe(r *http.Request, at time.Time, charge float64, admitted bool) {
+	ns, err := strconv.ParseInt(r.Header.Get(releasedHeader), 10, 64)
+	if err != nil {
+		return
+	}
+	tr.mu.Lock()
+	tr.reqs = append(tr.reqs, passage{time.Unix(0, ns), at, charge, admitted})
+	tr.mu.Unlock()
+}
+
+// spread returns how much the delays between release and arrival differed:
+// the longest less the shortest. Requests whose delays differ reach the
+// service in another order than they were released, and those held up
+// longest are counted in the service's next second, beside the requests
+// released then.
+func (tr *transit) spread() time.Duration {
+	tr.mu.Lock()
+	defer tr.mu.Unlock()
+	if len(tr.reqs) == 0 {
+		return 0
+	}
+	lo, hi := time.Duration(math.MaxInt64), time.Duration(0)
+	for _, p := range tr.reqs {
+		d := p.arrived.Sub(p.released)
+		lo, hi = min(lo, d), max(hi, d)
+	}
+	return hi - lo
+}
+
+// peakReleased returns the most RU the model admitted from requests
+// released within window: what the Batcher let out, measured by its own
+// moments.
+func (tr *transit) peakReleased(window time.Duration) float64 {
+	tr.mu.Lock()
+	var ps []passage
+	for _, p := range tr.reqs {
+		if p.admitted {
+			ps = append(ps, p)
 		}
-	}()
-	return s
+	}
+	tr.mu.Unlock()
+	slices.SortFunc(ps, func(a, b passage) int { return a.released.Compare(b.released) })
+	peak, sum, j := 0.0, 0.0, 0
+	for _, p := range ps { // the window (p.released-window, p.released]
+		sum += p.charge
+		for !ps[j].released.After(p.released.Add(-window)) {
+			sum -= ps[j].charge
+			j++
+		}
+		peak = max(peak, sum)
+	}
+	return peak
 }
 
-// end stops the measure and returns the worst delay.
-func (s *stalls) end() time.Duration {
-	close(s.stop)
-	<-s.done
-	return s.worst
+// checkReleases fails t if the requests released within any one second
+// were charged more than the provisioned throughput less the Loader's
+// margin (and the unit its cost reports round to), and returns the most.
+func (e *env) checkReleases(t *testing.T, provisioned float64) float64 {
+	t.Helper()
+	peak := e.transit.peakReleased(time.Second)
+	if limit := provisioned/(1+cosmos.DefaultMargin) + 1; peak > limit {
+		t.Errorf("requests released within one second were charged %.2f RU, over the %.2f the Loader's margin leaves of %.0f", peak, limit, provisioned)
+	}
+	return peak
 }
 
-// tolerance is the longest stall the Loader's default margin absorbs: the
-// requests held up in a stalled process reach the service together with
-// those released once it runs again, and the margin leaves room for
-// DefaultMargin seconds of them. Over it, 429s are to be expected whatever
-// the client does, and the tests report them rather than fail.
+// tolerance is the widest spread of delays (transit.spread) under which
+// the tests hold 429s to under 1% of requests. A request held up on the way
+// lands in the service's next second, beside the requests released then,
+// and the Loader's margin (DefaultMargin, 10%) leaves room for about a
+// tenth of a second's worth of them; the Batcher releases a flush
+// interval's share (a tenth) at each flush, and at times two shares close
+// together, so a small delay at the wrong moment can still bunch more than
+// that into one second, now and then. Delays that differ by more than
+// tolerance (the requests travel through this process, which other tests
+// may be starving) bunch up more, whatever the client does: the tests then
+// report the 429s rather than fail.
 const tolerance = time.Duration(cosmos.DefaultMargin * float64(time.Second))
+
+// fewThrottled is the share of requests answered 429 that the tests accept
+// while the delays stay within tolerance (the Loader retries them).
+const fewThrottled = 0.01
 
 // A run is what load measured.
 type run struct {
-	l     *cosmos.Loader
-	took  time.Duration
-	snap  cosmos.Stats  // the Loader's Stats at the snap time
-	stall time.Duration // the longest the process stalled
+	l    *cosmos.Loader
+	took time.Duration
+	snap cosmos.Stats // the Loader's Stats at the snap time
 }
 
 // load loads its items through a Batcher limited by lim, taking a snapshot
@@ -233,11 +305,9 @@ func load(t *testing.T, c *azcosmos.ContainerClient, lim batcher.RateLimiter, it
 		case <-done:
 		}
 	})
-	st := startStalls()
 	t0 := time.Now()
 	err := r.l.LoadAll(t.Context(), slices.Values(its))
 	r.took = time.Since(t0)
-	r.stall = st.end()
 	close(done)
 	wg.Wait()
 	if err != nil {
@@ -250,8 +320,10 @@ func load(t *testing.T, c *azcosmos.ContainerClient, lim batcher.RateLimiter, it
 }
 
 func TestIntegrationLoadWithinProvisioned(t *testing.T) {
-	// The limiter grants what is provisioned: every document once, no
-	// second over it, and not one 429.
+	// The limiter grants what is provisioned: every document once; no
+	// second of releases over the provisioned RU less the margin, and none
+	// of the service's over the provisioned RU; and under 1% of the
+	// requests answered 429 (see tolerance).
 	const provisioned, n, keys = 2400, 2000, 10
 	e := newEnv(t, provisioned)
 	c := e.container(t, "orders")
@@ -259,16 +331,24 @@ func TestIntegrationLoadWithinProvisioned(t *testing.T) {
 	r := load(t, c, ratelimiter.NewProvisioned(provisioned), its, time.Hour)
 	e.checkStored(t, "orders", its)
 	peak := e.checkSeconds(t, provisioned)
+	released := e.checkReleases(t, provisioned)
+	spread := e.transit.spread()
 	st, ms := r.l.Stats(), e.model.Stats()
-	t.Logf("%d items in %v: %d requests (%d transactional batches), %.0f RU, %.0f RU/s; model: peak second %.2f RU of %d, %d requests, %d throttled; worst stall %v",
-		n, r.took.Round(time.Millisecond), st.Requests, st.Batches, st.RU, st.RU/r.took.Seconds(), peak, provisioned, ms.Requests, ms.Throttled, r.stall.Round(time.Millisecond))
+	t.Logf("%d items in %v: %d requests (%d transactional batches), %.0f RU, %.0f RU/s; released within a second: at most %.2f RU, within 20ms: %.2f RU; model: peak second %.2f RU of %d, %d requests, %d throttled; delays from release to arrival differed by up to %v",
+		n, r.took.Round(time.Millisecond), st.Requests, st.Batches, st.RU, st.RU/r.took.Seconds(), released, e.transit.peakReleased(20*time.Millisecond),
+		peak, provisioned, ms.Requests, ms.Throttled, spread.Round(time.Millisecond))
+	throttled := float64(st.Throttled) / float64(max(st.Requests, 1))
 	switch {
 	case st.Throttled == 0 && ms.Throttled == 0:
-	case r.stall > tolerance:
-		t.Logf("%d requests were answered 429, after the process stalled for %v, longer than the %v the margin absorbs: not counted as a failure",
-			st.Throttled, r.stall.Round(time.Millisecond), tolerance)
+	case throttled < fewThrottled:
+		t.Logf("%d of %d requests (%.2f%%) were answered 429 and retried: under %.0f%%", st.Throttled, st.Requests, 100*throttled, 100*fewThrottled)
+	case spread > tolerance:
+		t.Logf("%d of %d requests (%.2f%%) were answered 429, after delays from release to arrival that differed by %v, more than %v: not counted as a failure",
+			st.Throttled, st.Requests, 100*throttled, spread.Round(time.Millisecond), tolerance)
 	default:
-		t.Errorf("%d requests were answered 429 (model: %d), want none", st.Throttled, ms.Throttled)
+		t.Errorf("%d of %d requests (%.2f%%) were answered 429 (model: %d), want under %.0f%%", st.Throttled, st.Requests, 100*throttled, ms.Throttled, 100*fewThrottled)
+	}
+	if st.Throttled > 0 {
 		for _, s := range e.model.History() {
 			t.Logf("second %v: %.2f RU, %d requests, %d throttled", s.At, s.RU, s.Requests, s.Throttled)
 		}
@@ -344,16 +424,18 @@ func TestIntegrationLoadAdaptsToAForeignWriter(t *testing.T) {
 
 	e.checkStored(t, "orders", its)
 	peak := e.checkSeconds(t, provisioned)
+	released := e.checkReleases(t, provisioned)
+	spread := e.transit.spread()
 	st := l.Stats()
 	late := float64(st.Throttled-at5.Throttled) / float64(max(1, st.Requests-at5.Requests))
 	evMu.Lock()
-	t.Logf("%d items in %v: %d requests, %d answered 429 (%d in the first 5s): %.2f%% after 5s; %.0f RU/s; model: peak second %.2f RU of %d; foreign writer: %d written, %d refused; capacity went %v; worst stall %v",
-		n, took.Round(time.Millisecond), st.Requests, st.Throttled, at5.Throttled, 100*late, st.RU/took.Seconds(), peak, provisioned, foreignWritten, foreignThrottled, caps, r.stall.Round(time.Millisecond))
+	t.Logf("%d items in %v: %d requests, %d answered 429 (%d in the first 5s): %.2f%% after 5s; %.0f RU/s; model: peak second %.2f RU of %d; foreign writer: %d written, %d refused; capacity went %v; released within a second: at most %.2f RU; delays from release to arrival differed by up to %v",
+		n, took.Round(time.Millisecond), st.Requests, st.Throttled, at5.Throttled, 100*late, st.RU/took.Seconds(), peak, provisioned, foreignWritten, foreignThrottled, caps, released, spread.Round(time.Millisecond))
 	evMu.Unlock()
-	if late >= 0.01 && r.stall > tolerance {
-		t.Logf("%.2f%% of the loader's requests after the first 5s were answered 429, after the process stalled for %v, longer than the %v the margin absorbs: not counted as a failure",
-			100*late, r.stall.Round(time.Millisecond), tolerance)
-	} else if late >= 0.01 {
+	if late >= fewThrottled && spread > tolerance {
+		t.Logf("%.2f%% of the loader's requests after the first 5s were answered 429, after delays from release to arrival that differed by %v, more than the %v the margin absorbs: not counted as a failure",
+			100*late, spread.Round(time.Millisecond), tolerance)
+	} else if late >= fewThrottled {
 		t.Errorf("%.2f%% of the loader's requests after the first 5s were answered 429, want under 1%%", 100*late)
 	}
 	if st.Written != n {

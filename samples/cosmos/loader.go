@@ -39,8 +39,12 @@
 // and the service counts by the moments requests reach it: a request held
 // up on the way (a slow goroutine start, a stalled process) lands in the
 // service's next second, next to the requests released then. With a margin
-// m, the Batcher uses about 1/(1+m) of the provisioned throughput, and
-// delays that differ by up to m seconds draw no 429.
+// m, the Batcher uses about 1/(1+m) of the provisioned throughput, and m of
+// a second's worth of requests can land in the wrong second without a 429.
+// The Batcher releases a flush interval's share of each second at each
+// flush (a tenth, by default), and now and then two shares close together,
+// so the default margin absorbs one share held up, whatever the delay, but
+// not always two: expect a 429 now and then, which the Loader retries.
 //
 // # Errors
 //
@@ -253,11 +257,12 @@ func (l *Loader) WithMaxAttempts(n int) *Loader {
 // for against the Batcher's capacity: 0.1 (the default) counts 10% more.
 // The Batcher keeps within its capacity by the moments it releases batches;
 // the service counts request units by the moments requests reach it, which
-// come a little later, and not all equally late. A margin absorbs that
-// difference in delay, so that a rate limiter granting exactly the
-// provisioned throughput draws no 429s; with a margin m, the Batcher uses
-// about 1/(1+m) of it. 10% absorbs differences of about 90ms. margin must be
-// 0 or more and less than 1.
+// come a little later, and not all equally late. A margin leaves room for
+// requests that reach the service's next second rather than the one they
+// were released in: with a margin m, the Batcher uses about 1/(1+m) of a
+// rate limiter granting exactly the provisioned throughput, and m of a
+// second's worth may land late without a 429 (see the package doc). margin
+// must be 0 or more and less than 1.
 func (l *Loader) WithMargin(margin float64) *Loader {
 	l.checkNotStarted("WithMargin")
 	l.margin = margin
