@@ -77,6 +77,45 @@ func TestBacklogStaysWithinCapacityAndUsesIt(t *testing.T) {
 	}
 }
 
+func TestBacklogGoesOutAFlushIntervalsShareAtATime(t *testing.T) {
+	// Under a backlog, each flush interval gets its share of the second's
+	// capacity and no more, as in the first second (the pacing) so in
+	// those after (the ledger, which lets out what went out a second
+	// before): a service that counts by fixed seconds sees even seconds,
+	// and a request held up on its way moves at most one share into the
+	// next. 2,400 a second with the default 100ms interval: 240 at a time,
+	// while batches take 40ms.
+	synctest.Test(t, func(t *testing.T) {
+		const capacity, share = 2400, 240
+		b := start(t, batcher.NewBatcher().WithRateLimiter(ratelimiter.NewProvisioned(capacity)))
+		var log releases.Log
+		w := batcher.NewWatcher(func(ctx context.Context, batch []*batcher.Operation) error {
+			at, _ := batcher.ReleasedAt(ctx)
+			cost := 0
+			for _, op := range batch {
+				cost += op.Cost()
+			}
+			log.AddAt(at, cost)
+			select { // a write that takes 40ms
+			case <-time.After(40 * time.Millisecond):
+			case <-ctx.Done():
+			}
+			return nil
+		}).WithMaxBatchSize(100)
+		ctx, cancel := context.WithCancel(t.Context())
+		defer cancel()
+		t0 := time.Now()
+		feed(ctx, b, w, 6)
+		time.Sleep(10 * time.Second)
+		cancel()
+		rs := log.All()
+		if peak, at := releases.MaxWindow(rs, 100*time.Millisecond); peak > share {
+			t.Errorf("the 100ms from %v released %d, over the share of %d", at.Sub(t0), peak, share)
+		}
+		checkUse(t, rs, t0, 10*time.Second, capacity)
+	})
+}
+
 // checkUse fails t unless every whole second of [t0+3s, t0+run) released at
 // least 99% of capacity, and [t0+1s, t0+run) did on average. The first
 // seconds may fall short while the pacing (which shapes the first second)
