@@ -104,10 +104,8 @@ func (b *Batcher) WithBufferSize(n int) *Batcher {
 // capacity, the operations that did not fill a batch (a flush that finds
 // no concurrency slot free releases them as soon as one frees). It also
 // sets how finely capacity is paced: each flush interval gets its share of
-// the second's capacity. Capacity given back by operations whose actual
-// cost is below their declared one ([Operation.SetActualCost]) goes out at
-// the next release, beside its share. The default is 100ms; d must be more
-// than 0.
+// the second's capacity, under a backlog too. The default is 100ms; d must
+// be more than 0.
 func (b *Batcher) WithFlushInterval(d time.Duration) *Batcher {
 	b.mustNotBeStarted("WithFlushInterval")
 	b.cfg.flushInterval = d

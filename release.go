@@ -180,7 +180,18 @@ func (b *Batcher) formLocked(now time.Time, q *queue, tick bool) *batch {
 		// Otherwise wait for the room.
 		ledgerShort := f.room < f.wantCost
 		if f.k < f.want && (f.k == 0 || !(b.mu.state == stateDraining || f.paceFull || (tick && ledgerShort))) {
-			b.noteRoomLocked(now, f.wantCost)
+			need := f.wantCost
+			if tick && f.k == 0 && ledgerShort {
+				// A flush the last second's releases hold back goes when
+				// they let go of what they will within half an interval,
+				// up to the batch: waiting for the whole batch's room
+				// when less than that comes back at once (costs that
+				// vary, actual costs below the declared ones) would skip
+				// a flush and send two shares at the next.
+				soon := now.Add(b.cfg.flushInterval / 2)
+				need = min(need, max(f.room+b.mu.ledger.freedBy(now, soon), int(q.ops.at(0).cost)))
+			}
+			b.noteRoomLocked(now, need)
 			if tick && f.k == 0 {
 				// The flush is owed: the room comes at the wake just noted,
 				// a little after the flush (timers are late by a little, and

@@ -141,6 +141,27 @@ func (l *ledger) adjust(id uint64, delta int) {
 // wait returns how long after now the ledger will have room for need within
 // capacity, and false if it never will (need > capacity). For a pending
 // entry it assumes the batch starts now.
+// freedBy returns how much of what the ledger holds at now it will have
+// let go of by t, no later than now (with expire's order).
+func (l *ledger) freedBy(now, t time.Time) int {
+	used := l.used(now)
+	freed := 0
+	var at time.Time
+	for i := range l.n {
+		e := &l.ring[(l.head+i)%len(l.ring)]
+		end, ok := e.expiry()
+		if !ok {
+			break
+		}
+		at = maxTime(at, end)
+		if at.After(t) {
+			break
+		}
+		freed += e.cost
+	}
+	return min(freed, used)
+}
+
 func (l *ledger) wait(now time.Time, capacity, need int) (time.Duration, bool) {
 	if need > capacity {
 		return 0, false
@@ -183,14 +204,16 @@ func maxTime(a, b time.Time) time.Time {
 // then the ledger is what holds releases back, and a bucket that overflowed
 // while the ledger made it wait would waste capacity. Under a backlog the
 // ledger lets out, each second, what went out the second before, so the
-// shape the pace gave the first second goes on. Not quite, when operations
-// report actual costs below their declared ones: the ledger gives that
-// capacity back at once, and under a backlog the next release takes it
-// beside its share (writes declared at 7 that cost 6 made 100ms windows of
-// up to 2.9 shares, against 1 with exact costs; see
-// TestBacklogGoesOutAFlushIntervalsShareAtATime). Capping the bucket at
-// one share under a backlog too keeps the shares even, but released 90% of
-// the capacity in TestBacklogStaysWithinCapacityAndUsesIt.
+// shape the pace gave the first second goes on. When costs vary, or
+// operations report actual costs below their declared ones, a share that
+// ages out of the ledger leaves a little less room than the next share
+// wants; a flush the ledger holds back then goes with the room that comes
+// within half an interval (see formLocked), rather than skip and send two
+// shares at the next. (Capping the bucket at one share under a backlog too
+// also keeps the shares apart, but released 90% of the capacity in
+// TestBacklogStaysWithinCapacityAndUsesIt: a bucket of burst B and rate R
+// lets B+R through in some second, so the ledger stops it now and then and
+// it overflows.)
 //
 // Tokens are kept in nano-units (cost × 1e9), so that refilling at rate C is
 // exact integer arithmetic: C nano-units per nanosecond.
