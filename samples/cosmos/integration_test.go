@@ -261,13 +261,12 @@ func (e *env) checkReleases(t *testing.T, provisioned float64) float64 {
 // the tests hold 429s to under 1% of requests. A request held up on the way
 // lands in the service's next second, beside the requests released then,
 // and the Loader's margin (DefaultMargin, 10%) leaves room for about a
-// tenth of a second's worth of them; the Batcher releases a flush
-// interval's share (a tenth) at each flush, and at times two shares close
-// together, so a small delay at the wrong moment can still bunch more than
-// that into one second, now and then. Delays that differ by more than
-// tolerance (the requests travel through this process, which other tests
-// may be starving) bunch up more, whatever the client does: the tests then
-// report the 429s rather than fail.
+// tenth of a second's worth of them: one flush's share. Delays that differ
+// by more than tolerance (the requests travel through this process, which
+// other tests may be starving) bunch more than that into one second,
+// whatever the client does: the tests then report the 429s rather than
+// fail. Within it, a 429 is still possible now and then, when the requests
+// of two flushes are held up into the same second.
 const tolerance = time.Duration(cosmos.DefaultMargin * float64(time.Second))
 
 // fewThrottled is the share of requests answered 429 that the tests accept

@@ -531,6 +531,20 @@ func TestLoaderCost(t *testing.T) {
 	if total := l.milliCost.Load() / 1000; total != 628 {
 		t.Errorf("100 writes of 5.71 RU reported %d in all, want 628", total)
 	}
+	// So do declared costs: 100 small items declare 628 in all, each 6 or
+	// 7, where rounding each up would declare 700.
+	l = newLoader(newFakeStore(0), nil)
+	total := 0
+	for i := range 100 {
+		c := l.declare(item(i, "a", 10))
+		if c != 6 && c != 7 {
+			t.Fatalf("item %d declared %d, want 6 or 7", i, c)
+		}
+		total += c
+	}
+	if total != 628 {
+		t.Errorf("100 small items declared %d in all, want 628", total)
+	}
 }
 
 func TestLoaderSettings(t *testing.T) {
