@@ -138,11 +138,9 @@ func (l *ledger) adjust(id uint64, delta int) {
 	}
 }
 
-// wait returns how long after now the ledger will have room for need within
-// capacity, and false if it never will (need > capacity). For a pending
-// entry it assumes the batch starts now.
 // freedBy returns how much of what the ledger holds at now it will have
-// let go of by t, no later than now (with expire's order).
+// let go of by t, a moment after now: the entries that expire by then, in
+// the order expire drops them (none after a pending one).
 func (l *ledger) freedBy(now, t time.Time) int {
 	used := l.used(now)
 	freed := 0
@@ -162,6 +160,9 @@ func (l *ledger) freedBy(now, t time.Time) int {
 	return min(freed, used)
 }
 
+// wait returns how long after now the ledger will have room for need within
+// capacity, and false if it never will (need > capacity). For a pending
+// entry it assumes the batch starts now.
 func (l *ledger) wait(now time.Time, capacity, need int) (time.Duration, bool) {
 	if need > capacity {
 		return 0, false
