@@ -127,18 +127,19 @@ func TestLedgerFreedBy(t *testing.T) {
 	release(&l, 0, 60)
 	release(&l, 300, 30)
 	release(&l, 600, 10)
-	l.add(at(650), 20) // pending: never freed, nor anything after it
+	l.add(at(650), 20) // pending: taken to start now, as wait takes it
 	release(&l, 660, 5)
 	for _, c := range []struct{ now, by, want int }{
 		{700, 700, 0},
 		{700, 1000, 0},  // the 60 counts until 1001
 		{700, 1001, 60}, //
 		{700, 1400, 90},
-		{700, 9000, 100}, // up to the pending entry
+		{700, 1700, 100}, // the pending 20 would end at 1701, and hold back the 5 (ends 1661)
+		{700, 1701, 125}, //
 		{1100, 1300, 0},  // the 60 is gone already; the 30 ends at 1301
 		{1100, 1301, 30}, //
-		{2000, 2000, 0},  // what counts now is pending or after it
-		{2000, 9000, 0},  //
+		{2000, 3000, 0},  // what counts now is pending or after it
+		{2000, 3001, 25}, //
 	} {
 		if got := l.freedBy(at(c.now), at(c.by)); got != c.want {
 			t.Errorf("freedBy(now %d, by %d) = %d, want %d", c.now, c.by, got, c.want)

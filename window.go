@@ -1,6 +1,7 @@
 package batcher
 
 import (
+	"iter"
 	"math"
 	"time"
 )
@@ -138,26 +139,38 @@ func (l *ledger) adjust(id uint64, delta int) {
 	}
 }
 
-// freedBy returns how much of what the ledger holds at now it will have
-// let go of by t, a moment after now: the entries that expire by then, in
-// the order expire drops them (none after a pending one).
-func (l *ledger) freedBy(now, t time.Time) int {
-	used := l.used(now)
-	freed := 0
-	var at time.Time
-	for i := range l.n {
-		e := &l.ring[(l.head+i)%len(l.ring)]
-		end, ok := e.expiry()
-		if !ok {
-			break
+// expiries yields, in the order expire drops them, the cost of each entry
+// that counts and the moment it will have stopped counting, with those
+// before it: a pending entry is taken to start now.
+func (l *ledger) expiries(now time.Time) iter.Seq2[time.Time, int] {
+	return func(yield func(time.Time, int) bool) {
+		var at time.Time
+		for i := range l.n {
+			e := &l.ring[(l.head+i)%len(l.ring)]
+			t, ok := e.expiry()
+			if !ok {
+				t = now.Add(window + slack)
+			}
+			at = maxTime(at, t)
+			if !yield(at, e.cost) {
+				return
+			}
 		}
-		at = maxTime(at, end)
+	}
+}
+
+// freedBy returns how much of what the ledger holds at now it will have
+// let go of by t, a moment after now.
+func (l *ledger) freedBy(now, t time.Time) int {
+	l.expire(now)
+	freed := 0
+	for at, cost := range l.expiries(now) {
 		if at.After(t) {
 			break
 		}
-		freed += e.cost
+		freed += cost
 	}
-	return min(freed, used)
+	return freed
 }
 
 // wait returns how long after now the ledger will have room for need within
@@ -171,15 +184,8 @@ func (l *ledger) wait(now time.Time, capacity, need int) (time.Duration, bool) {
 	if s+need <= capacity {
 		return 0, true
 	}
-	var at time.Time // expiries, in the order expire drops entries
-	for i := range l.n {
-		e := &l.ring[(l.head+i)%len(l.ring)]
-		t, ok := e.expiry()
-		if !ok {
-			t = now.Add(window + slack)
-		}
-		at = maxTime(at, t)
-		s -= e.cost
+	for at, cost := range l.expiries(now) {
+		s -= cost
 		if s+need <= capacity {
 			return at.Sub(now), true
 		}

@@ -25,6 +25,7 @@ import (
 
 	"github.com/ratebatch/batcher"
 	"github.com/ratebatch/batcher/internal/cosmosmodel"
+	"github.com/ratebatch/batcher/internal/releases"
 	"github.com/ratebatch/batcher/internal/servicetest"
 	"github.com/ratebatch/batcher/ratelimiter"
 	"github.com/ratebatch/batcher/samples/cosmos"
@@ -221,28 +222,19 @@ func (tr *transit) spread() time.Duration {
 }
 
 // peakReleased returns the most RU the model admitted from requests
-// released within window: what the Batcher let out, measured by its own
-// moments.
+// released within any window of that length: what the Batcher let out,
+// measured by its own moments (releases.MaxWindow, in hundredths of RU).
 func (tr *transit) peakReleased(window time.Duration) float64 {
+	var log releases.Log
 	tr.mu.Lock()
-	var ps []passage
 	for _, p := range tr.reqs {
 		if p.admitted {
-			ps = append(ps, p)
+			log.AddAt(p.released, int(math.Round(p.charge*100)))
 		}
 	}
 	tr.mu.Unlock()
-	slices.SortFunc(ps, func(a, b passage) int { return a.released.Compare(b.released) })
-	peak, sum, j := 0.0, 0.0, 0
-	for _, p := range ps { // the window (p.released-window, p.released]
-		sum += p.charge
-		for !ps[j].released.After(p.released.Add(-window)) {
-			sum -= ps[j].charge
-			j++
-		}
-		peak = max(peak, sum)
-	}
-	return peak
+	peak, _ := releases.MaxWindow(log.All(), window)
+	return float64(peak) / 100
 }
 
 // checkReleases fails t if the requests released within any one second

@@ -369,18 +369,23 @@ func (l *Loader) Cost(item Item) int {
 // model the Batcher then made 784 requests for 2,000 items instead of 540,
 // its shares broken up by the capacity coming back between them.
 func (l *Loader) declare(item Item) int {
-	m := int64(math.Round(writeCharge(len(item.Body)) * (1 + l.margin) * 1000))
-	after := l.milliDeclared.Add(m)
-	return max(int(after/1000-(after-m)/1000), 1)
+	return max(l.carry(&l.milliDeclared, writeCharge(len(item.Body))), 1)
 }
 
 // setCost reports charge, plus the margin, as op's actual cost. Costs are
 // whole units: the fractions are carried over from write to write, so that
 // what all writes report adds up to what they were charged.
 func (l *Loader) setCost(op *batcher.Operation, charge float64) {
+	op.SetActualCost(l.carry(&l.milliCost, charge))
+}
+
+// carry returns charge plus the margin in whole units, adding it, in
+// thousandths, to total: the units total gains, so that the fractions
+// carry over from one call to the next.
+func (l *Loader) carry(total *atomic.Int64, charge float64) int {
 	m := int64(math.Round(charge * (1 + l.margin) * 1000))
-	after := l.milliCost.Add(m)
-	op.SetActualCost(int(after/1000 - (after-m)/1000))
+	after := total.Add(m)
+	return int(after/1000 - (after-m)/1000)
 }
 
 // Stats returns the Loader's counts.
