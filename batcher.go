@@ -17,7 +17,8 @@ import (
 //
 // By default operations that do not fill a batch wait for the next flush
 // (WithFlushInterval), so at light load an operation waits half a flush
-// interval on average; full batches go at once. WithEagerRelease sends
+// interval on average; full batches go at once (within a millisecond while
+// producers stream operations without a pause). WithEagerRelease sends
 // operations as soon as a slot and capacity are free.
 //
 // Create one per datastore with [NewBatcher], configure it with the With*
@@ -46,11 +47,16 @@ type Batcher struct {
 
 	kick       chan struct{} // wakes the owner goroutine; holds at most one
 	intakeKick chan struct{} // asks the owner goroutine to sweep the intake
-	draining   chan struct{} // closed when Shutdown begins, waking blocked Enqueue calls
-	drained    chan struct{} // closed when a Shutdown's drain is complete
-	stopOwner  chan struct{} // closed to end the owner goroutine
-	ownerDone  chan struct{} // closed when the owner goroutine has returned
-	finished   chan struct{} // closed when Shutdown or Close is complete
+	// intakeLinger asks the owner goroutine to sweep the shards that
+	// linger; lingerArmed is set while it has been asked, or will check
+	// again (see lingerIntake).
+	intakeLinger chan struct{}
+	lingerArmed  atomic.Bool
+	draining     chan struct{} // closed when Shutdown begins, waking blocked Enqueue calls
+	drained      chan struct{} // closed when a Shutdown's drain is complete
+	stopOwner    chan struct{} // closed to end the owner goroutine
+	ownerDone    chan struct{} // closed when the owner goroutine has returned
+	finished     chan struct{} // closed when Shutdown or Close is complete
 
 	runCtx      context.Context // every ProcessBatch context ends when it does
 	runValues   context.Context // Start's context without its cancellation: the values of every ProcessBatch context
@@ -274,6 +280,7 @@ func (b *Batcher) Start(ctx context.Context) error {
 	b.runCtx, b.runCancel = context.WithCancel(b.runValues)
 	b.kick = make(chan struct{}, 1)
 	b.intakeKick = make(chan struct{}, 1)
+	b.intakeLinger = make(chan struct{}, 1)
 	b.draining = make(chan struct{})
 	b.drained = make(chan struct{})
 	b.stopOwner = make(chan struct{})

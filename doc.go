@@ -23,9 +23,10 @@
 //   - Lossless shutdown: [Batcher.Shutdown] drains the buffer through the
 //     limiter and waits for running batches; what it cannot finish before its
 //     context ends is reported operation by operation.
-//   - Latency without losing batching: a full batch goes out at once; with
-//     [Batcher.WithEagerRelease] any operation does, as soon as a slot and
-//     capacity allow.
+//   - Latency without losing batching: a full batch goes out at once (within
+//     a millisecond when it fills while its producers stream operations
+//     without a pause); with [Batcher.WithEagerRelease] any operation does,
+//     as soon as a slot and capacity allow.
 //   - Bounded memory: the buffer is bounded; a full buffer blocks Enqueue or
 //     fails it with [ErrBufferFull].
 //

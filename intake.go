@@ -15,13 +15,23 @@ import (
 // for the shard beforehand (credits), so the buffer's bound stays exact.
 //
 // The shards are swept into the watchers' queues, many operations at a
-// time, by whoever holds the Batcher's lock next: every unlock sweeps but a
-// completing worker's (see unlockNoSweep). An Enqueue that finds its shard
-// empty kicks the owner goroutine, which sweeps within microseconds, so
-// nothing waits in a shard for long; one that runs out of credits sweeps
-// itself when it takes the lock for more; one that wants its operation out
-// at once (eager release, an operation that cannot share a batch) sweeps
-// itself if the lock is free.
+// time. An Enqueue that runs out of credits sweeps its own shard when it
+// takes the Batcher's lock for more: the operations move on, and the full
+// batches they make go to workers, on the CPU whose caches hold them.
+// Traffic between the CPUs, more than the work itself, is what limits a
+// busy Batcher on a small machine (see the README), so a shard is left to
+// its own producers while they are streaming. Besides:
+//   - an Enqueue that finds its shard empty kicks the owner goroutine,
+//     which sweeps every shard within microseconds, so that a full batch
+//     goes at once; unless the shard's producers are streaming (its last
+//     sweep was their refill, and found operations), when it asks the
+//     owner to sweep the shard only if it still holds operations
+//     intakeLinger after that sweep: by then its producers have almost
+//     always swept it themselves;
+//   - one that wants its operation out at once (eager release, an
+//     operation that cannot share a batch) sweeps every shard itself if
+//     the Batcher's lock is free, and kicks the owner otherwise;
+//   - every flush, Flush, Stats and the like sweep every shard.
 type intake struct {
 	shards []*shard
 	pool   sync.Pool // hands each P its shard
@@ -32,12 +42,17 @@ type intake struct {
 type shard struct {
 	mu      sync.Mutex
 	ops     []entry
-	spare   []entry      // swapped in by a sweep
-	credits int          // buffer slots reserved for this shard
-	closed  bool         // no more appends: the Batcher is shutting down
-	_       [64]byte     // n apart: other CPUs read it at every unlock
-	n       atomic.Int32 // len(ops), to look without the lock; set when it becomes 1 or 0
-	_       [60]byte     // keep shards on cache lines of their own
+	spare   []entry // swapped in by a sweep
+	credits int     // buffer slots reserved for this shard
+	closed  bool    // no more appends: the Batcher is shutting down
+	// streaming says that the shard's last sweep was its producers' own,
+	// refilling their credits, and found operations: they are likely to
+	// sweep it again soon. Written under both locks, read under either.
+	streaming bool
+	sweptAt   time.Time    // when a sweep last found operations in it; under the Batcher's lock
+	_         [64]byte     // n apart: other CPUs read it at every unlock
+	n         atomic.Int32 // len(ops), to look without the lock; set when it becomes 1 or 0
+	_         [60]byte     // keep shards on cache lines of their own
 }
 
 func newIntake(bufferSize int) *intake {
@@ -64,25 +79,34 @@ func (in *intake) pending() bool {
 }
 
 // tryAppend appends e to the calling P's shard if that shard has a credit,
-// and returns the shard either way, and whether it was empty before.
-func (in *intake) tryAppend(e entry) (sh *shard, ok, first bool) {
+// and returns the shard either way; whether it was empty before; and, if
+// so, whether its producers are streaming.
+func (in *intake) tryAppend(e entry) (sh *shard, ok, first, streaming bool) {
 	sh = in.pool.Get().(*shard)
 	sh.mu.Lock()
 	if sh.closed || sh.credits == 0 {
 		sh.mu.Unlock()
 		in.pool.Put(sh)
-		return sh, false, false
+		return sh, false, false, false
 	}
 	sh.credits--
 	sh.ops = append(sh.ops, e)
 	first = len(sh.ops) == 1
 	if first {
 		sh.n.Store(1)
+		streaming = sh.streaming
 	}
 	sh.mu.Unlock()
 	in.pool.Put(sh)
-	return sh, true, first
+	return sh, true, first, streaming
 }
+
+// intakeLinger is how long after its last sweep a shard whose producers
+// are streaming may hold operations before the owner sweeps it, and so the
+// most an operation waits there after its Enqueue (see intake). Streaming
+// producers sweep their shard every grant of operations, some tens of
+// microseconds.
+const intakeLinger = time.Millisecond
 
 // EnqueueContext and the sweeping follow.
 
@@ -92,20 +116,24 @@ func (b *Batcher) enqueue(ctx context.Context, op *Operation) error {
 		return b.admitSlow(ctx, op, nil)
 	}
 	e := entryOf(op) // reads op's state word once
-	sh, ok, first := in.tryAppend(e)
+	sh, ok, first, streaming := in.tryAppend(e)
 	if !ok {
 		return b.admitSlow(ctx, op, sh)
 	}
-	if (b.cfg.eager || !e.batchable) && b.mu.TryLock() {
+	urgent := b.cfg.eager || !e.batchable
+	switch {
+	case urgent && b.mu.TryLock():
 		b.unlock()
-	} else if first {
+	case first && streaming && !urgent:
+		b.lingerIntake()
+	case first:
 		b.kickIntake()
 	}
 	return nil
 }
 
 // admitSlow accepts op under the Batcher's lock, waiting for room if need
-// be, and gives sh a new grant of credits.
+// be, sweeps sh, and gives it a new grant of credits.
 func (b *Batcher) admitSlow(ctx context.Context, op *Operation, sh *shard) error {
 	b.mu.Lock()
 	for {
@@ -149,8 +177,15 @@ func (b *Batcher) admitSlow(ctx context.Context, op *Operation, sh *shard) error
 		}
 		b.mu.Lock()
 	}
+	if sh != nil {
+		// The shard's operations were enqueued before op. Sweeping only
+		// this CPU's shard keeps its operations, and the batches they
+		// fill, on this CPU (see intake); the others' producers and the
+		// owner sweep theirs.
+		b.sweepShardLocked(sh, time.Now(), true)
+	}
 	b.acceptLocked(op)
-	if b.unlock() {
+	if b.unlockSweeping(false) {
 		// The batches just released wait for their workers in this P's run
 		// queue, behind this goroutine, which would keep the CPU for the
 		// rest of its time slice if it goes on enqueueing (the other P
@@ -222,53 +257,99 @@ func (b *Batcher) markLocked(q *queue) {
 	}
 }
 
-// sweepLocked moves what the shards hold into the queues. Those operations
-// were already counted in reserved.
+// sweepLocked moves what the shards hold into the queues.
 func (b *Batcher) sweepLocked() {
 	in := b.intake.Load()
 	if in == nil {
 		return
 	}
+	var now time.Time
 	for _, sh := range in.shards {
 		if sh.n.Load() == 0 {
 			continue
 		}
-		sh.mu.Lock()
-		ops := sh.ops
-		sh.ops, sh.spare = sh.spare[:0], nil
-		sh.n.Store(0)
-		sh.mu.Unlock()
-
-		epoch := b.mu.epochs.addN(len(ops))
-		var q *queue
-		cost := 0
-		for _, e := range ops {
-			if q == nil || e.w != q.w {
-				q = b.queueLocked(e.w)
-				b.markLocked(q)
-			}
-			q.push(e)
-			if epoch != 0 {
-				// Only once Flush has been called: operations start in
-				// epoch 0, and the sweep does not touch them otherwise.
-				e.op.epoch = epoch
-			}
-			cost += int(e.cost)
+		if now.IsZero() {
+			now = time.Now()
 		}
-		clear(ops)
-		n := len(ops)
-		b.mu.reserved -= n
-		b.mu.buffered += n
-		b.mu.outstanding += n
-		b.mu.target += cost
-		b.mu.stats.Enqueued += int64(n)
-
-		sh.mu.Lock()
-		if sh.spare == nil {
-			sh.spare = ops[:0]
-		}
-		sh.mu.Unlock()
+		b.sweepShardLocked(sh, now, false)
 	}
+}
+
+// sweepLingeringLocked sweeps the shards that have held operations for
+// intakeLinger since their last sweep, and returns when the next of the
+// others will have (zero if none holds operations).
+func (b *Batcher) sweepLingeringLocked(now time.Time) (next time.Time) {
+	in := b.intake.Load()
+	if in == nil {
+		return time.Time{}
+	}
+	for _, sh := range in.shards {
+		if sh.n.Load() == 0 {
+			continue
+		}
+		if due := sh.sweptAt.Add(intakeLinger); now.Before(due) {
+			if next.IsZero() || due.Before(next) {
+				next = due
+			}
+			continue
+		}
+		b.sweepShardLocked(sh, now, false)
+	}
+	return next
+}
+
+// sweepShardLocked moves what sh holds into the queues; own says that
+// sh's producers sweep it, refilling their credits. Those operations were
+// already counted in reserved.
+func (b *Batcher) sweepShardLocked(sh *shard, now time.Time, own bool) {
+	sh.mu.Lock()
+	ops := sh.ops
+	if len(ops) == 0 {
+		if own {
+			sh.streaming = false // someone else swept what they enqueued
+		}
+		sh.mu.Unlock()
+		return
+	}
+	sh.ops, sh.spare = sh.spare[:0], nil
+	sh.n.Store(0)
+	if own {
+		sh.streaming = true
+	} else if now.Sub(sh.sweptAt) >= intakeLinger {
+		sh.streaming = false // its producers have not swept it lately
+	}
+	sh.mu.Unlock()
+	sh.sweptAt = now
+
+	epoch := b.mu.epochs.addN(len(ops))
+	var q *queue
+	cost := 0
+	for _, e := range ops {
+		if q == nil || e.w != q.w {
+			q = b.queueLocked(e.w)
+			b.markLocked(q)
+		}
+		q.push(e)
+		if epoch != 0 {
+			// Only once Flush has been called: operations start in
+			// epoch 0, and the sweep does not touch them otherwise.
+			e.op.epoch = epoch
+		}
+		cost += int(e.cost)
+	}
+	clear(ops)
+	n := len(ops)
+	b.mu.reserved -= n
+	b.mu.buffered += n
+	b.mu.outstanding += n
+	b.mu.target += cost
+	b.mu.stats.Enqueued += int64(n)
+
+	sh.mu.Lock()
+	if sh.spare == nil {
+		sh.spare = ops[:0]
+	}
+	sh.mu.Unlock()
 }
 
 // releaseTouchedLocked releases what may go from the queues that received
@@ -305,9 +386,10 @@ func (b *Batcher) unlock() bool { return b.unlockSweeping(true) }
 // completed a batch. Workers take the lock more often than anyone (once a
 // batch), and under load the shards they would sweep were just filled on
 // other CPUs: each sweep would pull those cache lines across, while the
-// lock is held. Enqueue calls sweep when they refill their credits, and the
-// owner sweeps when kicked; with that, the worker's sweep saved nothing and
-// cost about a seventh of figure 1 (see the README).
+// lock is held. Enqueue calls sweep their own shard when they refill their
+// credits, and the owner sweeps when kicked or when a shard lingers (see
+// intake); with that, the worker's sweep saved nothing and cost about a
+// seventh of figure 1 (see the README).
 func (b *Batcher) unlockNoSweep() { b.unlockSweeping(false) }
 
 func (b *Batcher) unlockSweeping(sweep bool) (released bool) {
@@ -332,6 +414,19 @@ func (b *Batcher) unlockSweeping(sweep bool) (released bool) {
 		b.kickOwner()
 	}
 	return len(out) > 0
+}
+
+// lingerIntake asks the owner goroutine to sweep the shards that linger
+// (see sweepLingeringLocked), unless it has been asked already.
+func (b *Batcher) lingerIntake() {
+	if !b.lingerArmed.Load() && b.lingerArmed.CompareAndSwap(false, true) {
+		select {
+		case b.intakeLinger <- struct{}{}:
+		default:
+			// A request is waiting already (sent before the owner's last
+			// look, which a timer started): the owner looks again for it.
+		}
+	}
 }
 
 // kickIntake asks the owner goroutine to sweep the intake.

@@ -3,6 +3,7 @@ package batcher
 import (
 	"context"
 	"math/rand/v2"
+	"slices"
 	"strconv"
 	"sync"
 	"testing"
@@ -525,4 +526,85 @@ func TestAnOperationIs48Bytes(t *testing.T) {
 	if n := unsafe.Sizeof(entry{}); n != 24 {
 		t.Errorf("a queue entry is %d bytes, want 24", n)
 	}
+}
+
+// G5 through the intake: a shard whose producers are streaming is left to
+// them, and a full batch that fills in it goes once the shard has held
+// operations for intakeLinger since its last sweep (so at most that long
+// after its last operation's Enqueue); in a shard that is not streaming,
+// or whose producers swept it longer ago than that, it goes at once.
+func TestStreamingShardsLingerAtMostIntakeLinger(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		var (
+			mu     sync.Mutex
+			starts []time.Duration
+		)
+		t0 := time.Now()
+		w := NewWatcher(func(ctx context.Context, _ []*Operation) error {
+			mu.Lock()
+			starts = append(starts, time.Since(t0))
+			mu.Unlock()
+			return nil
+		}).WithMaxBatchSize(10)
+		b := NewBatcher()
+		if err := b.Start(t.Context()); err != nil {
+			t.Fatal(err)
+		}
+		defer b.Close()
+		// Leave every shard as its producers leave it when they refill
+		// their credits: swept by them at sweptAt, with credits to spare.
+		streamed := func(sweptAt time.Time) {
+			b.mu.Lock()
+			for _, sh := range b.intake.Load().shards {
+				sh.mu.Lock()
+				sh.credits += 20
+				b.mu.reserved += 20
+				sh.streaming = true
+				sh.mu.Unlock()
+				sh.sweptAt = sweptAt
+			}
+			b.mu.Unlock()
+		}
+		fill := func() {
+			for i := range 10 {
+				if err := b.Enqueue(NewOperation(w, 1, i, true)); err != nil {
+					t.Fatal(err)
+				}
+			}
+		}
+		check := func(step string, want ...time.Duration) {
+			t.Helper()
+			synctest.Wait()
+			mu.Lock()
+			defer mu.Unlock()
+			if !slices.Equal(starts, want) {
+				t.Fatalf("%s: batches started at %v, want at %v", step, starts, want)
+			}
+		}
+
+		streamed(t0)
+		time.Sleep(300 * time.Microsecond)
+		fill()
+		check("a full batch enqueued into streaming shards")
+		time.Sleep(intakeLinger - 300*time.Microsecond - time.Nanosecond)
+		check("just before the linger ends")
+		time.Sleep(time.Nanosecond)
+		check("at the linger's end", intakeLinger)
+
+		// The owner's sweep found the shards lingering: they stream no
+		// more, and the next full batch goes at once.
+		time.Sleep(500 * time.Microsecond)
+		fill()
+		check("a full batch enqueued once the stream ended", intakeLinger, 1500*time.Microsecond)
+
+		// Marked streaming, but swept by their producers 5ms ago: nothing
+		// to wait for. (First let any look the owner has set for later
+		// pass: the Enqueue would leave its shard to that look, which
+		// comes at most intakeLinger after it.)
+		time.Sleep(intakeLinger)
+		streamed(time.Now().Add(-5 * time.Millisecond))
+		fill()
+		check("a full batch enqueued into shards streaming long ago",
+			intakeLinger, 1500*time.Microsecond, 2500*time.Microsecond)
+	})
 }

@@ -51,6 +51,25 @@ func TestFullBatchGoesOutAtOnce(t *testing.T) {
 	})
 }
 
+// A full batch that fills while a goroutine streams operations goes within
+// a millisecond of the last one, not at the flush: the intake leaves a
+// streaming CPU's share to its producers for up to that long (see intake.go).
+func TestFullBatchFromAStreamGoesWithinAMillisecond(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		s := &sink{}
+		w := s.watcher().WithMaxBatchSize(1000)
+		b := start(t, batcher.NewBatcher())
+		time.Sleep(30 * time.Millisecond)
+		t0 := time.Now()
+		enqueue(t, b, w, 1000, 1) // several grants of credits
+		time.Sleep(time.Millisecond)
+		synctest.Wait()
+		if got, sizes := s.starts(t0), s.batchSizes(); len(sizes) != 1 || sizes[0] != 1000 || got[0] > time.Millisecond {
+			t.Fatalf("batches of %v started at %v after the stream, want one of 1000 within 1ms", sizes, got)
+		}
+	})
+}
+
 // A full batch that waits for a concurrency slot goes the moment the slot
 // frees, not at the next flush: the worker that frees the slot takes it,
 // whether the operations were enqueued before the slot filled or while it

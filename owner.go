@@ -22,6 +22,9 @@ func (b *Batcher) loop(ctx context.Context) {
 	timer := time.NewTimer(time.Hour)
 	timer.Stop()
 	defer timer.Stop()
+	linger := time.NewTimer(time.Hour) // for shards that linger
+	linger.Stop()
+	defer linger.Stop()
 
 	var scratch []*batch // reused between steps
 	var evs []Event
@@ -40,6 +43,12 @@ func (b *Batcher) loop(ctx context.Context) {
 			b.mu.Lock()
 			b.unlock() // sweeps
 			continue
+		case <-b.intakeLinger:
+			b.sweepLingering(linger)
+			continue
+		case <-linger.C:
+			b.sweepLingering(linger)
+			continue
 		case <-b.stopOwner:
 			return
 		case <-ctx.Done():
@@ -51,6 +60,23 @@ func (b *Batcher) loop(ctx context.Context) {
 		clear(evs)
 		evs = evs[:0]
 	}
+}
+
+// sweepLingering sweeps the shards that have held operations for
+// intakeLinger since their last sweep, and sets t for the next of the
+// others, if any (see lingerIntake).
+func (b *Batcher) sweepLingering(t *time.Timer) {
+	// Clear the flag before looking at the shards: an Enqueue that finds it
+	// set has made its shard non-empty before, so that either this looks
+	// after and sees it, or the Enqueue sets the flag and asks again.
+	b.lingerArmed.Store(false)
+	now := time.Now()
+	b.mu.Lock()
+	if next := b.sweepLingeringLocked(now); !next.IsZero() {
+		b.lingerArmed.Store(true)
+		t.Reset(next.Sub(now))
+	}
+	b.unlockSweeping(false)
 }
 
 // step does what is due at now, releases what may go, sets the timer for the
