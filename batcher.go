@@ -123,6 +123,7 @@ type queue struct {
 	inflight    int         // batches running
 	retrying    int         // operations waiting to retry
 	lastRelease time.Time   // with eager release: when it last sent a batch
+	burst       bool        // with eager release: its last two batches went within 2*eagerGap
 	flushOwed   bool        // a flush found no slot free: its part batch goes when one frees
 	inReady     bool
 	inIdle      bool

@@ -177,9 +177,11 @@ func (b *Batcher) WithErrorOnFullBuffer() *Batcher {
 // watcher has a free slot and the rate limiter has room, instead of at the
 // next flush: at light load an operation reaches ProcessBatch within
 // microseconds. While slots or capacity are short, operations wait and
-// batches fill as usual; and operations that come faster than one a
-// millisecond for a watcher are gathered for up to a millisecond after its
-// last batch, so a burst makes full batches, not one per operation. Eager
+// batches fill as usual; and once a watcher's operations come faster than
+// one a millisecond (its last two batches went within two milliseconds),
+// they are gathered for up to a millisecond after its last batch, so a
+// burst makes full batches, not one per operation (its first two go at
+// once, as do two that merely come close together). Eager
 // release wants a bound on concurrency (WithMaxConcurrentBatches or the
 // watcher's): with many free slots and a slow stream of operations, each may
 // get a batch of its own.

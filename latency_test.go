@@ -2,6 +2,7 @@ package batcher_test
 
 import (
 	"context"
+	"slices"
 	"testing"
 	"testing/synctest"
 	"time"
@@ -283,22 +284,30 @@ func TestEagerReleaseCoalescesABurst(t *testing.T) {
 		if got := s.batchSizes(); len(got) != 1 {
 			t.Fatalf("batches %v after the first operation, want it alone at once", got)
 		}
-		// A burst right after: not a batch per operation, but one batch a
-		// millisecond after the last.
+		// Two that happen to come close together both go at once.
+		enqueue(t, b, w, 1, 1)
+		synctest.Wait()
+		if got := s.batchSizes(); len(got) != 2 {
+			t.Fatalf("batches %v after a second operation right after the first, want it at once too", got)
+		}
+		// A burst, later: its first two operations go at once, as those
+		// two did; the rest not in a batch each, but together a
+		// millisecond after.
+		time.Sleep(10 * time.Millisecond)
 		enqueue(t, b, w, 50, 1)
 		synctest.Wait()
-		if got := s.batchSizes(); len(got) != 1 {
-			t.Fatalf("batches %v right after a burst, want the burst held back for a millisecond", got)
+		if got := s.batchSizes(); !slices.Equal(got, []int{1, 1, 1, 1}) {
+			t.Fatalf("batches %v right after a burst, want its first two alone and the rest held back for a millisecond", got)
 		}
 		time.Sleep(time.Millisecond)
 		synctest.Wait()
-		if got := s.batchSizes(); len(got) != 2 || got[1] != 50 {
-			t.Fatalf("batches %v a millisecond later, want the 50 together", got)
+		if got := s.batchSizes(); len(got) != 5 || got[4] != 48 {
+			t.Fatalf("batches %v a millisecond later, want the other 48 together", got)
 		}
 		// A full batch does not wait.
 		enqueue(t, b, w, 100, 1)
 		synctest.Wait()
-		if got := s.batchSizes(); len(got) != 3 || got[2] != 100 {
+		if got := s.batchSizes(); len(got) != 6 || got[5] != 100 {
 			t.Fatalf("batches %v, want the full batch at once", got)
 		}
 	})

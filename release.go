@@ -9,7 +9,7 @@ import (
 )
 
 // eagerGap is the least time between two batches of a watcher that eager
-// release sends before they are full.
+// release sends before they are full, once operations come in a burst.
 const eagerGap = time.Millisecond
 
 // A batch is a group of one watcher's operations released together.
@@ -152,13 +152,17 @@ func (b *Batcher) formLocked(now time.Time, q *queue, tick bool) *batch {
 	if !full && !partial {
 		return nil
 	}
-	if b.cfg.eager && !full && !tick && b.mu.state != stateDraining && !q.lastRelease.IsZero() {
-		// Eager release sends a batch that is not full at once only if the
-		// watcher has not just sent one: operations that come faster than
-		// one per eagerGap are coalesced, so that a burst of work, or a
-		// buffer refilling after capacity came back, makes full batches, not
-		// a batch per operation (which would slow the producers down, keep
-		// the buffer empty, and go on so).
+	if b.cfg.eager && !full && !tick && b.mu.state != stateDraining && q.burst {
+		// Eager release sends a batch that is not full at once unless the
+		// watcher is in a burst (its last two batches went within
+		// 2*eagerGap) and has just sent one: operations that keep coming
+		// faster than one per eagerGap are coalesced, so that a burst of
+		// work, or a buffer refilling after capacity came back, makes full
+		// batches, not a batch per operation (which would slow the
+		// producers down, keep the buffer empty, and go on so). Two
+		// operations that merely happen to come close together both go at
+		// once: holding the second would cost it a millisecond or more,
+		// for an idle Go runtime sleeps at least that long.
 		if now.IsZero() {
 			now = time.Now()
 		}
@@ -327,6 +331,7 @@ func (b *Batcher) takeLocked(now time.Time, q *queue, n, cost int) *batch {
 		if now.IsZero() {
 			now = time.Now()
 		}
+		q.burst = !q.lastRelease.IsZero() && now.Sub(q.lastRelease) < 2*eagerGap
 		q.lastRelease = now
 	}
 	bt.index = len(b.mu.running)
