@@ -263,15 +263,10 @@ func (b *Batcher) sweepLocked() {
 	if in == nil {
 		return
 	}
-	var now time.Time
 	for _, sh := range in.shards {
-		if sh.n.Load() == 0 {
-			continue
+		if sh.n.Load() > 0 {
+			b.sweepShardLocked(sh, time.Time{}, false)
 		}
-		if now.IsZero() {
-			now = time.Now()
-		}
-		b.sweepShardLocked(sh, now, false)
 	}
 }
 
@@ -299,8 +294,12 @@ func (b *Batcher) sweepLingeringLocked(now time.Time) (next time.Time) {
 }
 
 // sweepShardLocked moves what sh holds into the queues; own says that
-// sh's producers sweep it, refilling their credits. Those operations were
-// already counted in reserved.
+// sh's producers sweep it, refilling their credits. now may be zero if own
+// is not set: the time is then read only if sh is streaming (an eager
+// Enqueue sweeps at every operation, and time.Now is not free), and the
+// sweep of a shard that is not goes unrecorded, which only makes the owner
+// sweep it sooner if it ever lingers. Those operations were already counted
+// in reserved.
 func (b *Batcher) sweepShardLocked(sh *shard, now time.Time, own bool) {
 	sh.mu.Lock()
 	ops := sh.ops
@@ -313,13 +312,18 @@ func (b *Batcher) sweepShardLocked(sh *shard, now time.Time, own bool) {
 	}
 	sh.ops, sh.spare = sh.spare[:0], nil
 	sh.n.Store(0)
+	if !own && sh.streaming && now.IsZero() {
+		now = time.Now()
+	}
 	if own {
 		sh.streaming = true
-	} else if now.Sub(sh.sweptAt) >= intakeLinger {
+	} else if sh.streaming && now.Sub(sh.sweptAt) >= intakeLinger {
 		sh.streaming = false // its producers have not swept it lately
 	}
 	sh.mu.Unlock()
-	sh.sweptAt = now
+	if !now.IsZero() {
+		sh.sweptAt = now
+	}
 
 	epoch := b.mu.epochs.addN(len(ops))
 	var q *queue
