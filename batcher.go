@@ -47,16 +47,16 @@ type Batcher struct {
 
 	kick       chan struct{} // wakes the owner goroutine; holds at most one
 	intakeKick chan struct{} // asks the owner goroutine to sweep the intake
-	// intakeLinger asks the owner goroutine to sweep the shards that
-	// linger; lingerArmed is set while it has been asked, or will check
-	// again (see lingerIntake).
-	intakeLinger chan struct{}
-	lingerArmed  atomic.Bool
-	draining     chan struct{} // closed when Shutdown begins, waking blocked Enqueue calls
-	drained      chan struct{} // closed when a Shutdown's drain is complete
-	stopOwner    chan struct{} // closed to end the owner goroutine
-	ownerDone    chan struct{} // closed when the owner goroutine has returned
-	finished     chan struct{} // closed when Shutdown or Close is complete
+	// lingerKick asks the owner goroutine to sweep the shards that linger;
+	// lingerArmed is set while it has been asked, or will look again (see
+	// lingerIntake).
+	lingerKick  chan struct{}
+	lingerArmed atomic.Bool
+	draining    chan struct{} // closed when Shutdown begins, waking blocked Enqueue calls
+	drained     chan struct{} // closed when a Shutdown's drain is complete
+	stopOwner   chan struct{} // closed to end the owner goroutine
+	ownerDone   chan struct{} // closed when the owner goroutine has returned
+	finished    chan struct{} // closed when Shutdown or Close is complete
 
 	runCtx      context.Context // every ProcessBatch context ends when it does
 	runValues   context.Context // Start's context without its cancellation: the values of every ProcessBatch context
@@ -281,7 +281,7 @@ func (b *Batcher) Start(ctx context.Context) error {
 	b.runCtx, b.runCancel = context.WithCancel(b.runValues)
 	b.kick = make(chan struct{}, 1)
 	b.intakeKick = make(chan struct{}, 1)
-	b.intakeLinger = make(chan struct{}, 1)
+	b.lingerKick = make(chan struct{}, 1)
 	b.draining = make(chan struct{})
 	b.drained = make(chan struct{})
 	b.stopOwner = make(chan struct{})

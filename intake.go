@@ -425,7 +425,7 @@ func (b *Batcher) unlockSweeping(sweep bool) (released bool) {
 func (b *Batcher) lingerIntake() {
 	if !b.lingerArmed.Load() && b.lingerArmed.CompareAndSwap(false, true) {
 		select {
-		case b.intakeLinger <- struct{}{}:
+		case b.lingerKick <- struct{}{}:
 		default:
 			// A request is waiting already (sent before the owner's last
 			// look, which a timer started): the owner looks again for it.

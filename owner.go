@@ -43,7 +43,7 @@ func (b *Batcher) loop(ctx context.Context) {
 			b.mu.Lock()
 			b.unlock() // sweeps
 			continue
-		case <-b.intakeLinger:
+		case <-b.lingerKick:
 			b.sweepLingering(linger)
 			continue
 		case <-linger.C:

@@ -13,6 +13,7 @@ import (
 	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
 
 	"github.com/ratebatch/batcher"
+	"github.com/ratebatch/batcher/internal/releases"
 )
 
 // These tests run without a server: insertChunk is replaced by a recorder.
@@ -279,21 +280,15 @@ func TestSortByTime(t *testing.T) {
 // that has been 7.5 ms, enough for a window of insert times to hold a
 // batch and a part more (1,114 rows once), so those are only logged.
 func TestMaxRowsPerSecond(t *testing.T) {
-	var mu sync.Mutex
-	var released, inserted []time.Time // one per row
+	var released, inserted releases.Log // rows, by release and by insert
 	i := NewIngester(fakeConn{}, "events").WithBatchSize(100).WithMaxRowsPerSecond(1000)
 	i.insertChunk = func(ctx context.Context, events []Event) error {
-		now := time.Now()
 		r, ok := batcher.ReleasedAt(ctx)
 		if !ok {
 			t.Error("insertChunk's context does not come from ProcessBatch's")
 		}
-		mu.Lock()
-		defer mu.Unlock()
-		for range events {
-			released = append(released, r)
-			inserted = append(inserted, now)
-		}
+		released.AddAt(r, len(events))
+		inserted.Add(len(events))
 		return nil
 	}
 	if err := i.Start(t.Context()); err != nil {
@@ -309,29 +304,15 @@ func TestMaxRowsPerSecond(t *testing.T) {
 		t.Fatal(err)
 	}
 	elapsed := time.Since(start)
-	mu.Lock()
-	defer mu.Unlock()
-	if len(released) != 2500 {
-		t.Fatalf("%d rows inserted, want 2500", len(released))
+	if n := released.Total(); n != 2500 {
+		t.Fatalf("%d rows inserted, want 2500", n)
 	}
-	// The most rows in a one-second window starting at one of the moments.
-	peak := func(ts []time.Time) (most int, from time.Duration) {
-		ts = slices.Clone(ts)
-		slices.SortFunc(ts, time.Time.Compare)
-		for k := range ts {
-			n, _ := slices.BinarySearchFunc(ts[k:], ts[k].Add(time.Second), time.Time.Compare)
-			if n > most {
-				most, from = n, ts[k].Sub(start)
-			}
-		}
-		return most, from
-	}
-	if n, from := peak(released); n > 1000 {
-		t.Errorf("%d rows released within a second of %v, cap 1000", n, from)
+	if n, at := releases.MaxWindow(released.All(), time.Second); n > 1000 {
+		t.Errorf("%d rows released within a second of %v, cap 1000", n, at.Sub(start))
 	}
 	if elapsed < 1500*time.Millisecond || elapsed > 10*time.Second {
 		t.Errorf("2500 rows at 1000 a second took %v", elapsed)
 	}
-	n, from := peak(inserted)
-	t.Logf("2500 rows at most 1000 a second: %v; by insert times, at most %d in a second (from %v)", elapsed.Round(time.Millisecond), n, from)
+	n, at := releases.MaxWindow(inserted.All(), time.Second)
+	t.Logf("2500 rows at most 1000 a second: %v; by insert times, at most %d in a second (from %v)", elapsed.Round(time.Millisecond), n, at.Sub(start))
 }

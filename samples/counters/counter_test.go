@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -12,6 +11,7 @@ import (
 	"time"
 
 	"github.com/ratebatch/batcher"
+	"github.com/ratebatch/batcher/internal/releases"
 )
 
 // These tests run without a server, against MemoryStore.
@@ -245,17 +245,12 @@ func TestJitter(t *testing.T) {
 // zero if Apply's context does not come from ProcessBatch's).
 type timedStore struct {
 	*MemoryStore
-	mu sync.Mutex
-	at []time.Time
+	released releases.Log
 }
 
 func (s *timedStore) Apply(ctx context.Context, deltas []Delta) (int, error) {
 	r, _ := batcher.ReleasedAt(ctx)
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	for range deltas {
-		s.at = append(s.at, r)
-	}
+	s.released.AddAt(r, len(deltas))
 	return s.MemoryStore.Apply(ctx, deltas)
 }
 
@@ -282,17 +277,12 @@ func TestMaxWritesPerSecond(t *testing.T) {
 	}
 	elapsed := time.Since(start)
 	wantCounts(t, store.Counts(), want)
-	store.mu.Lock()
-	defer store.mu.Unlock()
-	at := slices.Clone(store.at)
-	slices.SortFunc(at, time.Time.Compare)
-	if len(at) > 0 && at[0].IsZero() {
+	rs := store.released.All()
+	if len(rs) > 0 && rs[0].At.IsZero() {
 		t.Fatal("Apply's context does not come from ProcessBatch's")
 	}
-	for k := range at {
-		if n, _ := slices.BinarySearchFunc(at[k:], at[k].Add(time.Second), time.Time.Compare); n > 1000 {
-			t.Fatalf("%d writes released within a second of %v, cap 1000", n, at[k].Sub(start))
-		}
+	if n, at := releases.MaxWindow(rs, time.Second); n > 1000 {
+		t.Fatalf("%d writes released within a second of %v, cap 1000", n, at.Sub(start))
 	}
 	if elapsed < time.Second || elapsed > 10*time.Second {
 		t.Errorf("2000 writes at 1000 a second took %v", elapsed)
