@@ -73,7 +73,7 @@ type Batcher struct {
 		sync.Mutex
 		state       state
 		queues      map[*Watcher]*queue
-		ready       ring[*queue]   // queues with operations to release, in turn
+		sched       sched          // the queues with operations to release, in turn
 		idle        []*queue       // queues that may be forgotten at the next flush
 		buffered    int            // operations waiting for release or retry
 		outstanding int            // buffered plus in flight
@@ -98,7 +98,7 @@ type Batcher struct {
 		roomWake    time.Time // when room may suffice for a batch that waits
 		armed       time.Time // what the owner's timer is set for
 		flushWanted bool      // Flush asked for a flush
-		flushOwed   bool      // a flush found the capacity short: it goes on when room frees
+		pressure    bool      // a full buffer asked for a flush (see pressureFlushLocked)
 		epochs      epochs
 		lastTarget  int
 		stats       Stats
@@ -124,12 +124,23 @@ type queue struct {
 	lastRelease time.Time   // with eager release: when it last sent a batch
 	burst       bool        // with eager release: its last two batches went within 2*eagerGap
 	flushOwed   bool        // a flush found no slot free: its part batch goes when one frees
-	inReady     bool
+	// The scheduler's (see sched.go): in its full and ready rings; the
+	// ready ring's stamp; waiting out of the rings for a slot of its own
+	// (slotWait) or for the capacity to change (capWait); when the sweeps
+	// that brought its first and its last operation waiting ran (sinceAt
+	// zero: its first are retries, or were enqueued with eager release),
+	// for fillingLocked.
+	inReady, inFull   bool
+	slotWait, capWait bool
+	stamp             uint64
+	sinceAt, lastAt   time.Time
+	rate              float64 // operations per nanosecond of the stream that filled its last batch
 	// The lane (see lanes.go): paused by a throttle until pausedUntil, at
 	// laneAt in Batcher.mu.lanes (-1 when not paused); streak counts its
 	// throttles in a row, pauses the throttles that began or lengthened a
 	// run of its pauses.
 	paused      bool
+	held        bool // paused by eager release's hold, not by a throttle: no events
 	pausedUntil time.Time
 	laneAt      int
 	streak      int
@@ -272,6 +283,9 @@ func (b *Batcher) Start(ctx context.Context) error {
 	}
 	if err := b.cfg.validate(); err != nil {
 		return err
+	}
+	if b.cfg.maxConcurrent == 0 {
+		b.cfg.maxConcurrent = DefaultMaxConcurrentBatches
 	}
 	lim := b.cfg.limiter
 	limCtx, limCancel := context.WithCancel(context.WithoutCancel(ctx))
@@ -648,8 +662,7 @@ func (b *Batcher) abort(cause error, fromOwner bool) {
 	b.mu.running = nil
 	idle := b.retireLocked(true)
 	b.mu.queues = map[*Watcher]*queue{}
-	b.mu.ready = ring[*queue]{}
-	b.mu.lanes.clear()
+	b.resetSchedLocked()
 	b.mu.idle = nil
 	b.mu.buffered, b.mu.outstanding, b.mu.target, b.mu.inflight = 0, 0, 0, 0
 	clear(b.mu.touched)

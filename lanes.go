@@ -79,13 +79,16 @@ func (b *Batcher) resumeLanesLocked(now time.Time, evs []Event) []Event {
 			break
 		}
 		b.mu.lanes.pop()
-		q.paused = false
+		wasHeld := q.held
+		q.paused, q.held = false, false
 		if q.ops.len() > 0 {
 			b.readyLocked(q)
 		} else {
 			b.noteIdleLocked(q)
 		}
-		evs = append(evs, Event{Kind: Resumed, Watcher: q.w})
+		if !wasHeld {
+			evs = append(evs, Event{Kind: Resumed, Watcher: q.w})
+		}
 	}
 	return evs
 }
@@ -165,16 +168,7 @@ func (l *laneHeap) down(i0 int) bool {
 // clear empties the heap (Close).
 func (l *laneHeap) clear() {
 	for _, q := range l.h {
-		q.laneAt, q.paused = -1, false
+		q.laneAt, q.paused, q.held = -1, false, false
 	}
 	l.h = nil
-}
-
-// readyLocked puts q, which holds operations, among the queues to release
-// from, unless it is there already or its lane is paused.
-func (b *Batcher) readyLocked(q *queue) {
-	if !q.inReady && !q.paused {
-		q.inReady = true
-		b.mu.ready.push(q)
-	}
 }

@@ -98,8 +98,9 @@ func (b *Batcher) step(timer *time.Timer, tick bool, out []*batch, evs []Event) 
 	// (see formLocked), as soon as the capacity frees.
 	interval := tick
 	announce := b.cfg.emitFlush && (tick || b.mu.flushWanted)
-	flush := tick || b.mu.flushWanted || b.mu.flushOwed
-	b.mu.flushWanted, b.mu.flushOwed = false, false
+	flush := tick || b.mu.flushWanted
+	explicit := b.mu.flushWanted
+	b.mu.flushWanted = false
 	if b.mu.paused && !now.Before(b.mu.pausedUntil) {
 		b.mu.paused = false
 		evs = append(evs, Event{Kind: Resumed})
@@ -109,6 +110,7 @@ func (b *Batcher) step(timer *time.Timer, tick bool, out []*batch, evs []Event) 
 		r := heap.Pop(&b.mu.retries).(retryEntry)
 		r.q.retrying -= len(r.ops)
 		r.q.pushFront(r.ops)
+		r.q.sinceAt = time.Time{} // old operations: not held for a fuller batch
 		b.readyLocked(r.q)
 	}
 	b.mu.roomWake = time.Time{}
@@ -118,7 +120,7 @@ func (b *Batcher) step(timer *time.Timer, tick bool, out []*batch, evs []Event) 
 	}
 	before := b.mu.stats.Released
 	var retired []*worker
-	out = b.releaseLocked(now, flush, out)
+	out = b.releaseLocked(now, flush, interval && !explicit, out)
 	if announce {
 		evs = append(evs, Event{Kind: FlushDone, Val: int(b.mu.stats.Released - before)})
 	}

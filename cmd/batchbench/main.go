@@ -68,6 +68,11 @@ type config struct {
 	backlog time.Duration // each window scenario, 3(a)-(c) and 4
 	settle  time.Duration // 4 counts whole seconds from this long after the start
 	latency time.Duration // each latency scenario, one operation every 10 ms
+
+	onlyWatchers bool // only figures 7a-7f
+
+	churn     int           // 7f: one-op watchers
+	churnWait time.Duration // 7f: the wait after the last op before the heap is measured
 }
 
 func defaultConfig() config {
@@ -82,6 +87,8 @@ func defaultConfig() config {
 		backlog:   30 * time.Second,
 		settle:    2 * time.Second,
 		latency:   30 * time.Second, // as long as the backlogs it runs beside: 3,000 samples
+		churn:     1_000_000,
+		churnWait: 10 * time.Second,
 	}
 }
 
@@ -97,6 +104,8 @@ func quickConfig() config {
 		backlog:   5 * time.Second,
 		settle:    2 * time.Second,
 		latency:   3 * time.Second,
+		churn:     250_000,
+		churnWait: 2 * time.Second,
 	}
 }
 
@@ -106,6 +115,7 @@ func main() {
 		markdown = flag.Bool("markdown", false, "print the table as Markdown")
 		quick    = flag.Bool("quick", false, "shorter runs, for a smoke test (every figure still measured)")
 		runs     = flag.Int("runs", 0, "throughput repetitions (default 5, or 3 with -quick)")
+		watchers = flag.Bool("watchers", false, "measure only the release scheduler's figures (7a-7f)")
 	)
 	flag.Parse()
 	if *jsonOut && *markdown {
@@ -127,6 +137,7 @@ func main() {
 	if *runs > 0 {
 		cfg.runs = *runs
 	}
+	cfg.onlyWatchers = *watchers
 
 	r := measure(cfg, os.Stderr)
 	var err error
