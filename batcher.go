@@ -99,6 +99,7 @@ type Batcher struct {
 		armed       time.Time // what the owner's timer is set for
 		flushWanted bool      // Flush asked for a flush
 		pressure    bool      // a full buffer asked for a flush (see pressureFlushLocked)
+		reserve     int       // capacity the class being released from leaves to higher ones (see reserveLocked)
 		epochs      epochs
 		lastTarget  int
 		stats       Stats
@@ -134,6 +135,8 @@ type queue struct {
 	slotWait, capWait bool
 	stamp             uint64
 	sinceAt, lastAt   time.Time
+	cls               *class  // its watcher's priority class
+	credit            int     // its turn's credit, in cost units (see class)
 	rate              float64 // operations per nanosecond of the stream that filled its last batch
 	// The lane (see lanes.go): paused by a throttle until pausedUntil, at
 	// laneAt in Batcher.mu.lanes (-1 when not paused); streak counts its
@@ -411,7 +414,7 @@ func (b *Batcher) check(op *Operation) error {
 func (b *Batcher) queueLocked(w *Watcher) *queue {
 	q := b.mu.queues[w]
 	if q == nil {
-		q = &queue{w: w, laneAt: -1}
+		q = &queue{w: w, laneAt: -1, cls: b.classLocked(w.priority, w.share)}
 		b.mu.queues[w] = q
 	}
 	return q

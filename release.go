@@ -173,7 +173,7 @@ type fit struct {
 // once.
 func (b *Batcher) fitLocked(now time.Time, q *queue, n int) fit {
 	c := b.mu.capacity
-	room := c - b.mu.ledger.used(now)
+	room := c - b.mu.ledger.used(now) - b.mu.reserve
 	var (
 		tokens   float64 // external pacer
 		paceFull bool
@@ -223,7 +223,7 @@ func (b *Batcher) fitLocked(now time.Time, q *queue, n int) fit {
 
 // noteRoomLocked asks the owner to try again when need fits in capacity.
 func (b *Batcher) noteRoomLocked(now time.Time, need int) {
-	d, ok := b.mu.ledger.wait(now, b.mu.capacity, need)
+	d, ok := b.mu.ledger.wait(now, b.mu.capacity-b.mu.reserve, need)
 	if !ok {
 		return // never at this capacity; the capacity interval looks again
 	}

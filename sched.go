@@ -35,16 +35,41 @@ import "time"
 // Stale entries (a queue that has emptied, or is no longer full) are
 // dropped when they reach the front, once for each time they were added.
 type sched struct {
-	full  ring[*queue]
-	ready ring[*queue]
-	seq   uint64 // the last stamp given
-	owed  uint64 // the flush in progress owes a turn to queues stamped up to owed
+	classes []*class // by priority, highest first
+	seq     uint64   // the last stamp given
+	owed    uint64   // the flush in progress owes a turn to queues stamped up to owed
 	// deferring says the flush in progress is the interval's, which may
 	// leave a partial batch for a later one while its watcher fills it.
 	deferring bool
-	readyTurn bool     // the ready ring's turn is next (the full ring's went last)
 	capWait   []*queue // queues whose next operation costs more than the capacity now
+	shares    bool     // some class has a guaranteed share
+	window    int64    // the current share window (see shareWindow), by number
+	cur, prev int64    // cost released, all classes, in the current and the previous window
 }
+
+// A class holds the queues of the watchers of one priority: its own full
+// and ready rings, taking turns as described above. Within a class, queues
+// take turns by deficit round robin: a queue at the front of a ring gets a
+// credit of its watcher's weight times the class's quantum (the largest
+// batch cost seen in the class), releases batches while its credit lasts,
+// then goes to the back. With equal weights and batches of one cost, that is
+// one batch a turn; in general each backlogged queue gets capacity in
+// proportion to its weight.
+type class struct {
+	prio      int
+	full      ring[*queue]
+	ready     ring[*queue]
+	readyTurn bool // the ready ring's turn is next (the full ring's went last)
+	quantum   int
+	share     float64 // the largest guaranteed share of its watchers
+	cur, prev int64   // cost it released in the current and the previous share window
+}
+
+// shareWindow is the span over which guaranteed shares are counted: a
+// class's share is its released cost over the current window and the
+// previous one, the previous weighted by how much of it is still within a
+// window of now.
+const shareWindow = time.Second
 
 // why says why formLocked released nothing.
 type why uint8
@@ -79,7 +104,7 @@ func (b *Batcher) readyLocked(q *queue) {
 		q.inReady = true
 		b.mu.sched.seq++
 		q.stamp = b.mu.sched.seq
-		b.mu.sched.ready.push(q)
+		q.cls.ready.push(q)
 	}
 	b.fullLocked(q)
 }
@@ -93,14 +118,35 @@ func (b *Batcher) fullLocked(q *queue) bool {
 		return false
 	}
 	q.inFull = true
-	b.mu.sched.full.push(q)
+	q.cls.full.push(q)
 	return true
 }
 
-// owedLocked reports whether a flush in progress still owes a turn.
-func (b *Batcher) owedLocked() bool {
+// owesLocked reports whether c has work: a full batch, or (partial set:
+// with eager release or while draining) any batch, or a turn a flush owes.
+func (b *Batcher) owesLocked(c *class, partial bool) bool {
+	return c.full.len() > 0 || (c.ready.len() > 0 && (partial || c.ready.front().stamp <= b.mu.sched.owed))
+}
+
+// classLocked returns the class of priority p, making it if need be.
+func (b *Batcher) classLocked(p int, share float64) *class {
 	s := &b.mu.sched
-	return s.ready.len() > 0 && s.ready.front().stamp <= s.owed
+	k := 0
+	for ; k < len(s.classes); k++ {
+		if c := s.classes[k]; c.prio == p {
+			c.share = max(c.share, share)
+			s.shares = s.shares || share > 0
+			return c
+		} else if c.prio < p {
+			break
+		}
+	}
+	c := &class{prio: p, share: share}
+	s.shares = s.shares || share > 0
+	s.classes = append(s.classes, nil)
+	copy(s.classes[k+1:], s.classes[k:])
+	s.classes[k] = c
+	return c
 }
 
 // releaseLocked releases what may go, as long as capacity and slots allow,
@@ -116,28 +162,27 @@ func (b *Batcher) releaseLocked(now time.Time, flush, interval bool, out []*batc
 	if flush {
 		s.owed = s.seq
 		s.deferring = interval && !b.cfg.eager && b.mu.state != stateDraining
-		s.readyTurn = false // a flush releases full batches first
+		for _, c := range s.classes {
+			c.readyTurn = false // a flush releases full batches first
+		}
 	}
 	b.advanceLocked(now)
 	all := b.cfg.eager || b.mu.state == stateDraining
 	for b.slotFreeLocked() {
-		// One from the ring whose turn it is, or else from the other.
-		partial := all || b.owedLocked()
 		var (
 			bt   *batch
 			stop bool
 		)
-		if s.readyTurn && partial {
-			if bt, stop = b.nextReadyLocked(now, all); bt == nil && !stop {
-				bt, stop = b.nextFullLocked(now)
-			} else {
-				s.readyTurn = false
+		// A class below its guaranteed share goes first; then the
+		// highest class with work.
+		if s.shares {
+			if c := b.shortClassLocked(nowOf(&now), all); c != nil {
+				bt, stop = b.nextOfClassLocked(c, now, all)
 			}
-		} else {
-			if bt, stop = b.nextFullLocked(now); bt == nil && !stop && partial {
-				bt, stop = b.nextReadyLocked(now, all)
-			} else if bt != nil {
-				s.readyTurn = true
+		}
+		for k := 0; bt == nil && !stop && k < len(s.classes); k++ {
+			if c := s.classes[k]; b.owesLocked(c, all) {
+				bt, stop = b.nextOfClassLocked(c, now, all)
 			}
 		}
 		if bt == nil || stop {
@@ -149,49 +194,149 @@ func (b *Batcher) releaseLocked(now time.Time, flush, interval bool, out []*batc
 	return out
 }
 
-// nextFullLocked releases the next full batch round the full ring, if
-// any; stop says that capacity is short, and nothing else may go.
-func (b *Batcher) nextFullLocked(now time.Time) (bt *batch, stop bool) {
+// nextOfClassLocked releases c's next batch, from the ring whose turn it
+// is, or else from the other; stop says that capacity is short, and
+// nothing else may go.
+func (b *Batcher) nextOfClassLocked(c *class, now time.Time, all bool) (bt *batch, stop bool) {
+	partial := all || (c.ready.len() > 0 && c.ready.front().stamp <= b.mu.sched.owed)
+	b.mu.reserve = 0
+	if len(b.mu.sched.classes) > 1 && !b.mu.unlimited {
+		b.mu.reserve = b.reserveLocked(c, now)
+		defer func() { b.mu.reserve = 0 }()
+	}
+	if c.readyTurn && partial {
+		if bt, stop = b.nextReadyLocked(c, now, all); bt == nil && !stop {
+			bt, stop = b.nextFullLocked(c, now)
+		} else if bt != nil || c.ready.len() == 0 || c.ready.front().inFull {
+			// A stop for capacity keeps the turn for a partial batch, so
+			// that full ones cannot take every room that frees before it.
+			c.readyTurn = false
+		}
+	} else {
+		if bt, stop = b.nextFullLocked(c, now); bt == nil && !stop && partial {
+			bt, stop = b.nextReadyLocked(c, now, all)
+		} else if bt != nil {
+			c.readyTurn = true
+		}
+	}
+	if bt != nil {
+		c.quantum = max(c.quantum, bt.cost)
+		if b.mu.sched.shares || len(b.mu.sched.classes) > 1 {
+			b.countShareLocked(c, nowOf(&now), bt.cost)
+		}
+	}
+	return bt, stop
+}
+
+// reserveLocked returns the capacity that releases from c leave free: the
+// largest batch of each higher class that released any over the last
+// window (see shareWindow), so that, while a lower class would fill every
+// window, a higher class's next batch finds room at once instead of
+// waiting for some to free; at most the capacity less c's next operation,
+// so that c can always go in time. A class below its guaranteed share
+// leaves nothing.
+func (b *Batcher) reserveLocked(c *class, now time.Time) int {
 	s := &b.mu.sched
-	for s.full.len() > 0 {
-		q := s.full.front()
+	if s.classes[0] == c || c.ops() == 0 {
+		return 0
+	}
+	b.rollSharesLocked(now)
+	if c.share > 0 {
+		f := 1 - float64(now.UnixNano()%int64(shareWindow))/float64(shareWindow)
+		total := float64(s.cur) + f*float64(s.prev)
+		if float64(c.cur)+f*float64(c.prev) < c.share*total {
+			return 0
+		}
+	}
+	above := 0
+	for _, h := range s.classes {
+		if h == c {
+			break
+		}
+		if h.cur > 0 || h.prev > 0 {
+			above += h.quantum
+		}
+	}
+	return max(min(above, b.mu.capacity-c.headCost()), 0)
+}
+
+// ops reports whether c has queues in its rings (0 if none).
+func (c *class) ops() int { return c.full.len() + c.ready.len() }
+
+// headCost returns the cost of the next operation of the queue at the
+// front of c's rings, or 0.
+func (c *class) headCost() int {
+	for _, r := range []*ring[*queue]{&c.full, &c.ready} {
+		if r.len() > 0 && r.front().ops.len() > 0 {
+			return int(r.front().ops.at(0).cost)
+		}
+	}
+	return 0
+}
+
+// creditLocked gives q, at the front of a ring of c, its turn's credit if
+// its last turn's is spent.
+func creditLocked(c *class, q *queue) {
+	if q.credit <= 0 {
+		q.credit += q.w.weight * max(c.quantum, 1)
+	}
+}
+
+// spendLocked takes bt's cost from q's credit, and reports whether q's
+// turn goes on.
+func spendLocked(q *queue, bt *batch) bool {
+	q.credit -= bt.cost
+	if q.ops.len() == 0 {
+		q.credit = 0 // a queue that empties starts afresh
+	}
+	return q.credit > 0
+}
+
+// nextFullLocked releases the next full batch round c's full ring, if
+// any; stop says that capacity is short, and nothing else may go.
+func (b *Batcher) nextFullLocked(c *class, now time.Time) (bt *batch, stop bool) {
+	s := &b.mu.sched
+	for c.full.len() > 0 {
+		q := c.full.front()
 		if q.throttled() || q.parked() || !q.isFull() {
 			q.inFull = false
-			s.full.popFront()
+			c.full.popFront()
 			continue
 		}
+		creditLocked(c, q)
 		bt, why, until := b.formLocked(now, q, q.inReady && q.stamp <= s.owed)
 		switch why {
 		case released:
-			if q.isFull() {
-				s.full.rotate()
-			} else {
+			more := spendLocked(q, bt)
+			if !q.isFull() {
 				q.inFull = false
-				s.full.popFront()
+				c.full.popFront()
+			} else if !more {
+				c.full.rotate()
 			}
 			return bt, false
 		case noRoom:
 			return nil, true
 		default:
 			q.inFull = false
-			s.full.popFront()
+			c.full.popFront()
 			b.parkLocked(q, why, until)
 		}
 	}
 	return nil, false
 }
 
-// nextReadyLocked releases the next batch, partial or not, round the ready
+// nextReadyLocked releases the next batch, partial or not, round c's ready
 // ring: to a queue the flush in progress owes a turn, or to any if all is
 // set (eager release, draining); stop says that capacity is short, and
 // nothing else may go.
-func (b *Batcher) nextReadyLocked(now time.Time, all bool) (bt *batch, stop bool) {
+func (b *Batcher) nextReadyLocked(c *class, now time.Time, all bool) (bt *batch, stop bool) {
 	s := &b.mu.sched
-	for s.ready.len() > 0 {
-		q := s.ready.front()
+	for c.ready.len() > 0 {
+		q := c.ready.front()
 		if q.paused || q.parked() || q.ops.len() == 0 {
 			q.inReady = false
-			s.ready.popFront()
+			c.ready.popFront()
 			if q.ops.len() == 0 {
 				q.flushOwed = false
 				b.noteIdleLocked(q)
@@ -206,14 +351,16 @@ func (b *Batcher) nextReadyLocked(now time.Time, all bool) (bt *batch, stop bool
 			b.rotateReadyLocked(q) // its batch fills by a later flush
 			continue
 		}
+		creditLocked(c, q)
 		bt, why, until := b.formLocked(now, q, owed)
 		switch why {
 		case released:
-			if q.ops.len() > 0 {
-				b.rotateReadyLocked(q)
-			} else {
+			more := spendLocked(q, bt)
+			if q.ops.len() == 0 {
 				q.inReady = false
-				s.ready.popFront()
+				c.ready.popFront()
+			} else if !more {
+				b.rotateReadyLocked(q)
 			}
 			return bt, false
 		case noRoom:
@@ -222,7 +369,7 @@ func (b *Batcher) nextReadyLocked(now time.Time, all bool) (bt *batch, stop bool
 			return nil, false
 		default:
 			q.inReady = false
-			s.ready.popFront()
+			c.ready.popFront()
 			b.parkLocked(q, why, until)
 		}
 	}
@@ -235,7 +382,7 @@ func (b *Batcher) rotateReadyLocked(q *queue) {
 	s := &b.mu.sched
 	s.seq++
 	q.stamp = s.seq
-	s.ready.rotate()
+	q.cls.ready.rotate()
 }
 
 // parked reports whether q waits, out of the rings, for a slot of its
@@ -281,7 +428,7 @@ func (b *Batcher) slotFreedLocked(q *queue) {
 	if q.flushOwed && !q.inReady {
 		q.inReady = true
 		q.stamp = min(q.stamp, s.owed)
-		s.ready.pushFront1(q)
+		q.cls.ready.pushFront1(q)
 	}
 	b.readyLocked(q)
 }
@@ -342,8 +489,60 @@ func (q *queue) arrived(now time.Time) {
 
 // resetSchedLocked empties the scheduler (Close).
 func (b *Batcher) resetSchedLocked() {
-	b.mu.sched = sched{}
+	cs := b.mu.sched.classes
+	for _, c := range cs {
+		*c = class{prio: c.prio, share: c.share}
+	}
+	b.mu.sched = sched{classes: cs, shares: b.mu.sched.shares}
 	b.mu.lanes.clear()
+}
+
+// rollSharesLocked brings the share windows up to now.
+func (b *Batcher) rollSharesLocked(now time.Time) {
+	s := &b.mu.sched
+	w := now.UnixNano() / int64(shareWindow)
+	if w == s.window {
+		return
+	}
+	keep := w == s.window+1 // the current window becomes the previous one
+	for _, c := range s.classes {
+		c.prev = 0
+		if keep {
+			c.prev = c.cur
+		}
+		c.cur = 0
+	}
+	s.prev = 0
+	if keep {
+		s.prev = s.cur
+	}
+	s.cur = 0
+	s.window = w
+}
+
+// countShareLocked counts cost released by c at now.
+func (b *Batcher) countShareLocked(c *class, now time.Time, cost int) {
+	b.rollSharesLocked(now)
+	c.cur += int64(cost)
+	b.mu.sched.cur += int64(cost)
+}
+
+// shortClassLocked returns the first class, by priority, with work and a
+// guaranteed share that it has not had over the last window, or nil.
+func (b *Batcher) shortClassLocked(now time.Time, all bool) *class {
+	s := &b.mu.sched
+	b.rollSharesLocked(now)
+	f := 1 - float64(now.UnixNano()%int64(shareWindow))/float64(shareWindow) // of the previous window still within one of now
+	total := float64(s.cur) + f*float64(s.prev)
+	if total <= 0 {
+		return nil
+	}
+	for _, c := range s.classes {
+		if c.share > 0 && b.owesLocked(c, all) && float64(c.cur)+f*float64(c.prev) < c.share*total {
+			return c
+		}
+	}
+	return nil
 }
 
 // pressureFlushLocked is a flush for a full buffer: when Enqueue finds no
@@ -355,8 +554,13 @@ func (b *Batcher) resetSchedLocked() {
 func (b *Batcher) pressureFlushLocked() {
 	s := &b.mu.sched
 	b.sweepLocked() // what other CPUs' shards hold is in the buffer too
-	if s.full.len() > 0 || s.ready.len() == 0 || b.mu.outstanding > b.mu.buffered || !b.releasableLocked() {
-		return // full batches wait, or running ones will free room
+	if b.mu.outstanding > b.mu.buffered || !b.releasableLocked() {
+		return // running batches will free room
+	}
+	for _, c := range s.classes {
+		if c.full.len() > 0 {
+			return // full batches wait
+		}
 	}
 	s.owed, s.deferring = s.seq, false
 	b.mu.pressure = true
