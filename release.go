@@ -453,6 +453,13 @@ func (b *Batcher) complete(bt *batch, w *worker) (next *batch, idle bool) {
 	b.removeRunningLocked(bt)
 	b.mu.inflight--
 	bt.q.inflight--
+	if (len(retry) > 0 || len(throttle) > 0) && !b.mu.unlimited {
+		// What costs more than the maximum capacity could never go out
+		// again: it fails here, as dropAboveLocked fails what is buffered
+		// when the maximum falls.
+		retry, failed = b.failAboveMaxLocked(retry, failed)
+		throttle, failed = b.failAboveMaxLocked(throttle, failed)
+	}
 	ended := len(bt.ops) - len(retry) - len(throttle)
 	b.mu.outstanding -= ended
 	if b.mu.epochs.split {
@@ -541,6 +548,31 @@ func (b *Batcher) complete(bt *batch, w *worker) (next *batch, idle bool) {
 	b.emitEntered(failed)
 	b.emitEntered(evs)
 	return next, idle
+}
+
+// failAboveMaxLocked ends, with ErrTooExpensive, the operations of ops
+// that cost more than the rate limiter's maximum capacity, and returns the
+// others, and failed with a Failed event for each it ended. It ends them
+// under the lock, before their epoch counts them off, so that a Flush
+// waiting for them returns only once they have ended.
+func (b *Batcher) failAboveMaxLocked(ops []*Operation, failed []Event) ([]*Operation, []Event) {
+	m := b.mu.maxCapacity
+	kept := ops[:0]
+	for _, op := range ops {
+		if int(op.cost) <= m {
+			kept = append(kept, op)
+			continue
+		}
+		op.setVerdict(verdictFail)
+		err := fmt.Errorf("%w: cost %d, and the rate limiter's maximum capacity is now %d", ErrTooExpensive, op.cost, m)
+		b.failed.Add(1)
+		if op.end(err) {
+			failed = append(failed, Event{Kind: Failed, Batch: []*Operation{op}, Err: err})
+		} else {
+			b.failed.Add(-1)
+		}
+	}
+	return kept, failed
 }
 
 // maxSpareOps bounds how many slices spareOps keeps: enough for the batches
