@@ -92,6 +92,7 @@ type Batcher struct {
 		streak      int    // throttles in a row
 		capacity    int
 		maxCapacity int  // the rate limiter's, as last read
+		aboveMax    bool // an operation costing more than maxCapacity was buffered since the last drop
 		unlimited   bool // no rate limiter
 		ledger      ledger
 		pace        pace

@@ -3,6 +3,8 @@ package batcher_test
 import (
 	"context"
 	"errors"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"testing/synctest"
 	"time"
@@ -78,5 +80,131 @@ func TestRetriedOperationAboveALoweredMaxCapacityFails(t *testing.T) {
 				})
 			})
 		}
+	}
+}
+
+// stallingLimiter is a provisioned capacity whose MaxCapacity, once asked to
+// stall, reads the maximum and then takes 10ms to return it: an Enqueue
+// that checks an operation's cost against it passes on the old maximum
+// while the Batcher applies a new one.
+type stallingLimiter struct {
+	mu       sync.Mutex
+	capacity int
+	stall    bool
+}
+
+func (l *stallingLimiter) MaxCapacity() int {
+	l.mu.Lock()
+	c, stall := l.capacity, l.stall
+	l.stall = false
+	l.mu.Unlock()
+	if stall {
+		time.Sleep(10 * time.Millisecond)
+	}
+	return c
+}
+
+func (l *stallingLimiter) Capacity() int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.capacity
+}
+
+func (l *stallingLimiter) set(capacity int, stall bool) {
+	l.mu.Lock()
+	l.capacity, l.stall = capacity, stall
+	l.mu.Unlock()
+}
+
+func (l *stallingLimiter) GiveMe(int)                  {}
+func (l *stallingLimiter) Start(context.Context) error { return nil }
+
+// An operation accepted by Enqueue just as the maximum capacity falls below
+// its cost, after the Batcher has failed what it held above the new
+// maximum, fails with ErrTooExpensive too: it could never go out (G7).
+func TestEnqueueRacingACapacityDropFails(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		lim := &stallingLimiter{capacity: 100}
+		b := start(t, batcher.NewBatcher().WithRateLimiter(lim).
+			WithCapacityInterval(time.Millisecond).WithPauseTime(time.Hour).WithMaxPauseTime(time.Hour))
+		b.Pause() // nothing goes out: what is accepted stays buffered
+		s := &sink{}
+		w := s.watcher()
+		early := enqueue(t, b, w, 1, 80)[0]
+		lim.set(100, true)
+		late := batcher.NewOperation(w, 80, "late", true)
+		go func() {
+			time.Sleep(time.Millisecond)
+			lim.set(50, false) // while Enqueue has read 100
+		}()
+		if err := b.Enqueue(late); err != nil {
+			t.Fatalf("Enqueue: %v (it read the maximum before the drop)", err)
+		}
+		ctx, cancel := context.WithTimeout(t.Context(), time.Second)
+		defer cancel()
+		for _, op := range []*batcher.Operation{early, late} {
+			if err := op.Wait(ctx); !errors.Is(err, batcher.ErrTooExpensive) {
+				t.Errorf("%v ended with %v, want ErrTooExpensive", op.Payload(), err)
+			}
+		}
+		if n := b.OperationsInBuffer(); n != 0 {
+			t.Errorf("%d operations in the buffer, want none", n)
+		}
+	})
+}
+
+// The same race as it happens, in real time: producers enqueue while the
+// capacity falls. Whatever Enqueue accepted ends with ErrTooExpensive; none
+// waits for Shutdown.
+func TestEnqueueRacingSetCapacityFailsEveryAcceptedOperation(t *testing.T) {
+	stuck := 0
+	for range 40 {
+		lim := ratelimiter.NewProvisioned(100)
+		b := start(t, batcher.NewBatcher().WithRateLimiter(lim).
+			WithCapacityInterval(time.Millisecond).WithPauseTime(time.Hour).WithMaxPauseTime(time.Hour).
+			WithBufferSize(1<<20))
+		b.Pause()
+		w := (&sink{}).watcher()
+		var (
+			mu       sync.Mutex
+			accepted []*batcher.Operation
+			wg       sync.WaitGroup
+		)
+		var stop atomic.Bool
+		for p := range 4 {
+			wg.Go(func() {
+				for i := 0; !stop.Load(); i++ {
+					op := batcher.NewOperation(w, 80, p<<32+i, true)
+					if b.Enqueue(op) == nil {
+						mu.Lock()
+						accepted = append(accepted, op)
+						mu.Unlock()
+					}
+				}
+			})
+		}
+		time.Sleep(time.Millisecond)
+		lim.SetCapacity(50)
+		time.Sleep(5 * time.Millisecond)
+		stop.Store(true)
+		wg.Wait()
+		// The drop is applied within a capacity interval; a few seconds
+		// leave room for a loaded machine.
+		ctx, cancel := context.WithTimeout(t.Context(), 5*time.Second)
+		for _, op := range accepted {
+			if err := op.Wait(ctx); err == context.DeadlineExceeded {
+				stuck++
+			} else if !errors.Is(err, batcher.ErrTooExpensive) {
+				t.Errorf("an accepted operation ended with %v, want ErrTooExpensive", err)
+			}
+		}
+		cancel()
+		b.Close()
+		if stuck > 0 {
+			break
+		}
+	}
+	if stuck > 0 {
+		t.Errorf("%d accepted operations were still buffered 5s after the drop", stuck)
 	}
 }

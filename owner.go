@@ -201,7 +201,7 @@ func (b *Batcher) askCapacity() {
 	b.mu.Lock()
 	b.setCapacityLocked(now, c)
 	var dropped []*Operation
-	if m < b.mu.maxCapacity {
+	if m < b.mu.maxCapacity || b.mu.aboveMax {
 		dropped = b.dropAboveLocked(m)
 	}
 	b.mu.maxCapacity = m
@@ -223,6 +223,7 @@ func (b *Batcher) askCapacity() {
 // out, and would hold up the operations behind them.
 func (b *Batcher) dropAboveLocked(max int) []*Operation {
 	b.sweepLocked()
+	b.mu.aboveMax = false
 	var dropped []*Operation
 	drop := func(op *Operation) {
 		dropped = append(dropped, op)
