@@ -3,6 +3,7 @@ package batcher_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -206,5 +207,51 @@ func TestEnqueueRacingSetCapacityFailsEveryAcceptedOperation(t *testing.T) {
 	}
 	if stuck > 0 {
 		t.Errorf("%d accepted operations were still buffered 5s after the drop", stuck)
+	}
+}
+
+// Flush waits until every operation enqueued before the call has ended,
+// those that a drop of the maximum capacity fails included: when it
+// returns, each one's Done is closed (G3).
+func TestFlushWaitsForOperationsACapacityDropFails(t *testing.T) {
+	for _, drop := range []int{50, 0} {
+		t.Run(fmt.Sprintf("to %d", drop), func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				lim := ratelimiter.NewProvisioned(100)
+				b := batcher.NewBatcher().WithRateLimiter(lim).
+					WithPauseTime(time.Hour).WithMaxPauseTime(time.Hour)
+				first := true
+				b.AddListener(func(e batcher.Event) {
+					if e.Kind == batcher.Failed && first {
+						// A listener that takes its time (fake time: 1ms)
+						// leaves Flush's goroutine the moment to look.
+						first = false
+						time.Sleep(time.Millisecond)
+					}
+				})
+				start(t, b)
+				b.Pause()
+				ops := enqueue(t, b, (&sink{}).watcher(), 1000, 60)
+				result := make(chan string, 1)
+				go func() {
+					if err := b.Flush(bounded(t)); err != nil {
+						result <- fmt.Sprint("Flush: ", err)
+						return
+					}
+					open := 0
+					for _, op := range ops {
+						if !isDone(op) {
+							open++
+						}
+					}
+					result <- fmt.Sprintf("%d of %d operations not ended", open, len(ops))
+				}()
+				time.Sleep(time.Millisecond)
+				lim.SetCapacity(drop)
+				if got, want := <-result, fmt.Sprintf("0 of %d operations not ended", len(ops)); got != want {
+					t.Errorf("when Flush returned: %s, want %s", got, want)
+				}
+			})
+		})
 	}
 }

@@ -200,28 +200,25 @@ func (b *Batcher) askCapacity() {
 	now := time.Now()
 	b.mu.Lock()
 	b.setCapacityLocked(now, c)
-	var dropped []*Operation
+	var dropped []Event
 	if m < b.mu.maxCapacity || b.mu.aboveMax {
 		dropped = b.dropAboveLocked(m)
 	}
 	b.mu.maxCapacity = m
 	b.unlock()
 	if len(dropped) > 0 && b.gate.enter() {
-		// As in complete: counted, ended and reported under the gate.
 		defer b.gate.leave()
-		for _, op := range dropped {
-			err := fmt.Errorf("%w: cost %d, and the rate limiter's maximum capacity is now %d", ErrTooExpensive, op.cost, m)
-			if op.end(err) {
-				b.listeners.Emit(Event{Kind: Failed, Batch: []*Operation{op}, Err: err})
-			}
-		}
+		b.emitEntered(dropped)
 	}
 }
 
 // dropAboveLocked takes out of the buffer the operations that cost more
 // than max, the rate limiter's new maximum capacity: they could never go
-// out, and would hold up the operations behind them.
-func (b *Batcher) dropAboveLocked(max int) []*Operation {
+// out, and would hold up the operations behind them. It ends them with
+// ErrTooExpensive, counted first (as in complete), and before their epoch
+// counts them off, so that a Flush waiting for them returns only once they
+// have ended; it returns a Failed event for each, to emit after the lock.
+func (b *Batcher) dropAboveLocked(max int) []Event {
 	b.sweepLocked()
 	b.mu.aboveMax = false
 	var dropped []*Operation
@@ -230,7 +227,6 @@ func (b *Batcher) dropAboveLocked(max int) []*Operation {
 		b.mu.buffered--
 		b.mu.outstanding--
 		b.mu.target -= int(op.cost)
-		b.mu.epochs.done(op.epoch, 1)
 	}
 	for _, q := range b.mu.queues {
 		for range q.ops.len() {
@@ -258,12 +254,23 @@ func (b *Batcher) dropAboveLocked(max int) []*Operation {
 		}
 		r.ops = kept
 	}
-	if len(dropped) > 0 {
-		b.failed.Add(int64(len(dropped))) // before they are ended, after the lock
-		b.wakeSpaceLocked()
-		b.checkDrainedLocked()
+	if len(dropped) == 0 {
+		return nil
 	}
-	return dropped
+	b.failed.Add(int64(len(dropped)))
+	evs := make([]Event, 0, len(dropped))
+	for _, op := range dropped {
+		err := fmt.Errorf("%w: cost %d, and the rate limiter's maximum capacity is now %d", ErrTooExpensive, op.cost, max)
+		if op.end(err) {
+			evs = append(evs, Event{Kind: Failed, Batch: []*Operation{op}, Err: err})
+		} else {
+			b.failed.Add(-1) // something else ended it first
+		}
+		b.mu.epochs.done(op.epoch, 1)
+	}
+	b.wakeSpaceLocked()
+	b.checkDrainedLocked()
+	return evs
 }
 
 // audit checks the bookkeeping against the buffer itself, and corrects it.
