@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -250,6 +251,54 @@ func TestFlushWaitsForOperationsACapacityDropFails(t *testing.T) {
 				lim.SetCapacity(drop)
 				if got, want := <-result, fmt.Sprintf("0 of %d operations not ended", len(ops)); got != want {
 					t.Errorf("when Flush returned: %s, want %s", got, want)
+				}
+			})
+		})
+	}
+}
+
+// With capacity × FlushInterval under one unit, a full batch whose first
+// operation costs 1 and the others 0 goes out: under synctest, where the
+// owner goroutine looping without blocking would stop fake time, the test
+// ends, and the batch is released at once (G7).
+func TestABatchOfCostsOneAndZeroGoesUnderATinyCapacity(t *testing.T) {
+	for _, c := range []struct {
+		capacity int
+		flush    time.Duration
+	}{{1, 100 * time.Millisecond}, {1, time.Millisecond}, {5, 100 * time.Millisecond}} {
+		t.Run(fmt.Sprintf("C=%d flush=%v", c.capacity, c.flush), func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				b := start(t, batcher.NewBatcher().WithRateLimiter(ratelimiter.NewProvisioned(c.capacity)).
+					WithFlushInterval(c.flush))
+				s := &sink{}
+				w := s.watcher().WithMaxBatchSize(3)
+				t0 := time.Now()
+				var ops []*batcher.Operation
+				for round := range 3 {
+					for i, cost := range []int{1, 0, 0} {
+						op := batcher.NewOperation(w, cost, round*3+i, true)
+						if err := b.Enqueue(op); err != nil {
+							t.Fatal(err)
+						}
+						ops = append(ops, op)
+					}
+				}
+				for _, op := range ops {
+					if err := waitFor(t, op); err != nil {
+						t.Fatal(err)
+					}
+				}
+				// One unit a second: the batches go at 0, 1 and 2 seconds
+				// (and the ledger's slack).
+				if got, want := s.starts(t0), []time.Duration{0, time.Second + time.Millisecond, 2*time.Second + 2*time.Millisecond}; c.capacity == 1 && !slices.Equal(got, want) {
+					t.Errorf("batches started at %v, want %v", got, want)
+				}
+				if got := s.batchSizes(); !slices.Equal(got, []int{3, 3, 3}) {
+					t.Errorf("batch sizes %v, want [3 3 3]", got)
+				}
+				checkWindows(t, &s.log, c.capacity)
+				if err := shutdown(t, b); err != nil {
+					t.Error(err)
 				}
 			})
 		})

@@ -292,8 +292,19 @@ func (b *Batcher) noteRoomLocked(now time.Time, need int) {
 		wait := math.Ceil((float64(need) - t) / float64(b.mu.capacity) * float64(time.Second))
 		d = max(d, time.Duration(wait))
 	}
+	if d <= 0 {
+		// The batch was refused now, so a wake now would find the same:
+		// the owner goroutine would wake again at once, for ever (a whole
+		// CPU, and a synctest bubble whose time stands still). fitLocked
+		// and the waits agree, so this is a guard: a wake a little later
+		// costs that little time, at worst.
+		d = minRoomWait
+	}
 	b.noteWakeLocked(now.Add(d))
 }
+
+// minRoomWait is the least wait noteRoomLocked notes.
+const minRoomWait = time.Millisecond
 
 // noteWakeLocked asks the owner to try releases again at t.
 func (b *Batcher) noteWakeLocked(t time.Time) {

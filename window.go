@@ -275,11 +275,17 @@ func (p *pace) advance(now time.Time) {
 	}
 }
 
-// fits reports whether cost may go out now; first says whether it is the
-// first operation of a batch, which may go into debt when the bucket is full.
+// fits reports whether a batch's first operations, costing cost in all,
+// may go out now; first says whether they are its first operation alone.
+// When the bucket is full, the first operation may go into debt, and so may
+// the operations after it while they cost no more than one unit in all: a
+// bucket that holds less than one unit (capacity × flush interval under 1)
+// has no other way to let a unit go with operations of cost 0, and wait,
+// which says how long until the bucket is full, must agree with fits, or
+// the owner goroutine would wake again at once, for ever.
 func (p *pace) fits(cost int, first bool) bool {
 	c := mulSat(int64(cost), nano)
-	return c <= p.tokens || (first && p.tokens >= p.burst)
+	return c <= p.tokens || (p.tokens >= p.burst && (first || cost <= 1))
 }
 
 // take spends cost; a negative cost gives it back.
