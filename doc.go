@@ -39,6 +39,24 @@
 // [Operation.Retry], [Operation.Throttle], [Operation.Fail] and
 // [Operation.SetActualCost].
 //
+// # Panics
+//
+// A panic in ProcessBatch is recovered by the goroutine that ran it: each
+// operation of the batch fails with a [*PanicError], which wraps [ErrPanic]
+// and carries the panic's value and stack, and is reported in a [Failed]
+// event, whatever ProcessBatch said of single operations before it
+// panicked; the batch's slot frees and the Batcher goes on, as net/http
+// does with a handler's panic (a long-lived Batcher has no caller to hand
+// the panic to, and letting it go would end the process and every buffered
+// operation with it). There is no switch to turn this off: a program that
+// would rather crash can do so from a listener of Failed events that finds
+// ErrPanic (log, then os.Exit), since panics in listeners are recovered too.
+//
+// A listener that panics does not take the Batcher down and does not keep an
+// event from the other listeners: the panic is recovered, and the
+// listener's first panic is reported to the others in a [ListenerPanicked]
+// event; its later ones are recovered without a report.
+//
 // # What it does not do
 //
 // The Batcher does not persist its buffer: operations buffered when the
@@ -48,5 +66,7 @@
 // per CPU, so even one goroutine's operations may be reordered when the Go
 // scheduler moves it), and batches of one watcher run concurrently unless
 // its MaxConcurrentBatches is 1. Carry what ordering needs in the payload
-// (a timestamp or a version). It does not recover panics in ProcessBatch.
+// (a timestamp or a version). It does not stop a ProcessBatch that ignores
+// its context: a call that never returns keeps its slot (and Shutdown gives
+// up on it at its context's end).
 package batcher

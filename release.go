@@ -22,6 +22,7 @@ type batch struct {
 	index     int          // in Batcher.mu.running
 	worker    *worker      // the idle worker chosen to run it, or nil for a new one
 	err       error        // what ProcessBatch returned
+	panicked  bool         // ProcessBatch panicked: err is a *PanicError, and overrides what it said of operations
 	abandoned atomic.Bool  // Close or a failed Shutdown ended its operations; set under mu
 	skipped   bool         // abandoned before ProcessBatch was called; set by its worker
 }
@@ -393,7 +394,7 @@ func (b *Batcher) complete(bt *batch, w *worker) (next *batch, idle bool) {
 			delta += a - int(op.cost)
 		}
 		v, err, ra := op.verdict(), batchErr, batchAfter
-		if v == verdictNone {
+		if v == verdictNone || bt.panicked {
 			v = batchVerdict
 		} else {
 			err, ra = op.feedback()
