@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -12,6 +13,7 @@ import (
 	"time"
 
 	"github.com/ratebatch/batcher"
+	"github.com/ratebatch/batcher/internal/releases"
 	"github.com/ratebatch/batcher/ratelimiter"
 )
 
@@ -295,6 +297,85 @@ func TestABatchOfCostsOneAndZeroGoesUnderATinyCapacity(t *testing.T) {
 				}
 				if got := s.batchSizes(); !slices.Equal(got, []int{3, 3, 3}) {
 					t.Errorf("batch sizes %v, want [3 3 3]", got)
+				}
+				checkWindows(t, &s.log, c.capacity)
+				if err := shutdown(t, b); err != nil {
+					t.Error(err)
+				}
+			})
+		})
+	}
+}
+
+// At capacity math.MaxInt32, an operation declared at math.MaxInt32 that
+// reports an actual cost of math.MaxInt32 fills its second: an operation of
+// cost 1 waits until the second has passed (G1).
+func TestTheLargestActualCostFillsTheSecond(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		const c = math.MaxInt32
+		b := start(t, batcher.NewBatcher().WithRateLimiter(ratelimiter.NewProvisioned(c)))
+		var log releases.Log // actual costs at the moments of release
+		w := batcher.NewWatcher(func(ctx context.Context, batch []*batcher.Operation) error {
+			at, _ := batcher.ReleasedAt(ctx)
+			cost := 0
+			for _, op := range batch {
+				if op.Cost() == c {
+					op.SetActualCost(c)
+				}
+				cost += op.Cost()
+			}
+			log.AddAt(at, cost)
+			return nil
+		}).WithMaxBatchSize(1) // each goes at once
+		t0 := time.Now()
+		big := enqueue(t, b, w, 1, c)[0]
+		if err := waitFor(t, big); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(990 * time.Millisecond)
+		if err := waitFor(t, enqueue(t, b, w, 1, 1)[0]); err != nil {
+			t.Fatal(err)
+		}
+		rs := log.All()
+		if len(rs) != 2 || rs[1].At.Sub(t0) < time.Second {
+			var at []time.Duration
+			for _, r := range rs {
+				at = append(at, r.At.Sub(t0))
+			}
+			t.Errorf("releases at %v after the start, want the cost-1 operation a second after the first", at)
+		}
+		checkWindows(t, &log, c)
+	})
+}
+
+// Extreme capacities and costs work: capacity math.MaxInt (or near it),
+// operations of cost math.MaxInt32, flush intervals up to a minute. The
+// Batcher releases them within capacity and ends (under synctest, a wait
+// that overflowed to a moment in the past made the owner loop, and fake
+// time stood still).
+func TestExtremeCapacitiesAndCostsWork(t *testing.T) {
+	for _, c := range []struct {
+		capacity int
+		flush    time.Duration
+	}{
+		{math.MaxInt, 10 * time.Second},
+		{math.MaxInt, time.Millisecond},
+		{math.MaxInt - 1, time.Minute},
+		{math.MaxInt / 3, 100 * time.Millisecond},
+		{3 * math.MaxInt32, 10 * time.Second},
+		{math.MaxInt32, 10 * time.Second},
+	} {
+		t.Run(fmt.Sprintf("C=%d flush=%v", c.capacity, c.flush), func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				b := start(t, batcher.NewBatcher().WithRateLimiter(ratelimiter.NewProvisioned(c.capacity)).
+					WithFlushInterval(c.flush))
+				s := &sink{}
+				w := s.watcher().WithMaxBatchSize(3)
+				ops := enqueue(t, b, w, 20, math.MaxInt32)
+				for _, op := range ops {
+					if err := waitFor(t, op); err != nil {
+						t.Fatal(err)
+					}
 				}
 				checkWindows(t, &s.log, c.capacity)
 				if err := shutdown(t, b); err != nil {

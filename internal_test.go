@@ -3,6 +3,7 @@ package batcher
 import (
 	"context"
 	"fmt"
+	"math"
 	"math/rand/v2"
 	"slices"
 	"strconv"
@@ -674,6 +675,52 @@ func TestARefusedBatchWaitsForAMomentAfterNow(t *testing.T) {
 						}
 						now = wake
 					}
+				}
+			}
+		}
+	}
+}
+
+// The pacing's and the ledger's arithmetic holds at the extremes: for
+// capacities up to math.MaxInt and costs up to math.MaxInt32, every wait is
+// at least 0, and once it has passed, the cost it waited for fits.
+func TestWaitsHoldAtExtremeCapacities(t *testing.T) {
+	for _, c := range []int{1, math.MaxInt32, 3 * math.MaxInt32, math.MaxInt / 3, math.MaxInt - 1, math.MaxInt} {
+		for _, flush := range []time.Duration{time.Nanosecond, time.Millisecond, time.Second, time.Hour, math.MaxInt64} {
+			for _, cost := range []int{1, math.MaxInt32} {
+				if cost > c {
+					continue
+				}
+				name := fmt.Sprintf("C=%d flush=%v cost=%d", c, flush, cost)
+				var p pace
+				p.set(at(0), c, flush)
+				p.backlog = true
+				now := at(0)
+				for i := range 5 {
+					if !p.fits(cost, true) {
+						d, ok := p.wait(cost)
+						if !ok || d < 0 {
+							t.Fatalf("%s: take %d: pace wait = %v, %v", name, i, d, ok)
+						}
+						now = now.Add(d)
+						p.advance(now)
+						if !p.fits(cost, true) {
+							t.Fatalf("%s: take %d: after the pace's wait of %v the cost does not fit", name, i, d)
+						}
+					}
+					p.take(cost)
+				}
+				var l ledger
+				for i := range 5 {
+					d, ok := l.wait(now, c, cost)
+					if !ok || d < 0 {
+						t.Fatalf("%s: release %d: ledger wait = %v, %v", name, i, d, ok)
+					}
+					now = now.Add(d)
+					if used := l.used(now); used > c-cost {
+						t.Fatalf("%s: release %d: after the ledger's wait of %v it holds %d, no room for %d", name, i, d, used, cost)
+					}
+					l.started(l.add(now, cost), now)
 				}
 			}
 		}

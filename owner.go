@@ -4,6 +4,7 @@ import (
 	"container/heap"
 	"context"
 	"fmt"
+	"math"
 	"slices"
 	"time"
 )
@@ -183,7 +184,9 @@ func (b *Batcher) askCapacity() {
 	// that rate and what one flush holds.
 	demand := target
 	if !b.mu.unlimited {
-		demand += b.mu.ledger.used(time.Now())
+		// Saturating: at a capacity near math.MaxInt the sum may not fit.
+		used := b.mu.ledger.used(time.Now())
+		demand = min(target, math.MaxInt-used) + used
 	}
 	b.unlock()
 	if changed {

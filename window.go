@@ -180,13 +180,16 @@ func (l *ledger) wait(now time.Time, capacity, need int) (time.Duration, bool) {
 	if need > capacity {
 		return 0, false
 	}
+	// need <= capacity-s, not s+need <= capacity: s and need are at most
+	// capacity (or a little over it), and capacity may be near
+	// math.MaxInt.
 	s := l.used(now)
-	if s+need <= capacity {
+	if need <= capacity-s {
 		return 0, true
 	}
 	for at, cost := range l.expiries(now) {
 		s -= cost
-		if s+need <= capacity {
+		if need <= capacity-s {
 			return at.Sub(now), true
 		}
 	}
@@ -307,8 +310,14 @@ func (p *pace) wait(need int) (time.Duration, bool) {
 	if p.rate <= 0 {
 		return 0, false
 	}
-	short := c - p.tokens
-	return time.Duration((short + p.rate - 1) / p.rate), true
+	short := c - p.tokens // at most 2*maxTokens
+	// Rounded up, without adding rate to short first: a rate near
+	// math.MaxInt64 would make that overflow to a wait in the past.
+	d := short / p.rate
+	if short%p.rate != 0 {
+		d++
+	}
+	return time.Duration(d), true
 }
 
 // mulSat returns a*b for a, b >= 0, or MaxInt64 if that overflows.
