@@ -385,3 +385,62 @@ func TestExtremeCapacitiesAndCostsWork(t *testing.T) {
 		})
 	}
 }
+
+// G2 as it holds, in the seconds of any clock (the datastore's): under a
+// backlog each period of 1.001 s (a window and the ledger's slack) releases
+// the capacity, and the pattern of releases repeats with that period, so it
+// slides a millisecond a second against any other clock. A second of that
+// clock misses a millisecond of a period: it releases at least the
+// capacity less one share, the most released at one moment, which is one
+// flush interval's share of the capacity (rounded up to a whole operation)
+// or one operation if it costs more, or a token bucket's burst. With
+// shares of 1% of the capacity, every second of any clock gets 99%.
+func TestG2InTheSecondsOfAnyClock(t *testing.T) {
+	for _, c := range []struct {
+		name                  string
+		capacity, cost, batch int
+		flush                 time.Duration
+		bucket                int // burst of a token bucket; 0 for a provisioned capacity
+		run                   time.Duration
+		share                 int // one share, as the docs give it
+	}{
+		{"the defaults", 10000, 10, 100, 100 * time.Millisecond, 0, 80 * time.Second, 1000},
+		{"an odd capacity, no batch size", 12345, 5, 0, 33 * time.Millisecond, 0, 30 * time.Second, 410},
+		{"shares of 1%", 10000, 10, 10, 10 * time.Millisecond, 0, 30 * time.Second, 100},
+		{"shares of 1% in batches of 10%", 10000, 10, 100, 10 * time.Millisecond, 0, 30 * time.Second, 100},
+		{"C=5", 5, 1, 10, 100 * time.Millisecond, 0, 30 * time.Second, 1},
+		{"operations of half of C", 10000, 5000, 10, 100 * time.Millisecond, 0, 30 * time.Second, 5000},
+		{"a token bucket's burst", 1000, 10, 100, 100 * time.Millisecond, 50, 30 * time.Second, 50},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				var lim batcher.RateLimiter = ratelimiter.NewProvisioned(c.capacity)
+				if c.bucket > 0 {
+					lim = ratelimiter.NewTokenBucket(c.capacity, c.bucket)
+				}
+				b := start(t, batcher.NewBatcher().WithRateLimiter(lim).WithFlushInterval(c.flush))
+				s := &sink{}
+				w := s.watcher().WithMaxBatchSize(c.batch)
+				ctx, cancel := context.WithCancel(t.Context())
+				defer cancel()
+				t0 := time.Now()
+				feed(ctx, b, w, c.cost)
+				time.Sleep(c.run)
+				cancel()
+
+				checkWindows(t, &s.log, c.capacity)
+				whole := c.capacity / c.cost * c.cost // what costs of c.cost can fill
+				f := checkUse(t, s.log.All(), t0, c.run, whole)
+				if f.share > c.share {
+					t.Errorf("a millisecond released %d, more than one share, %d", f.share, c.share)
+				}
+				if f.second < whole-c.share {
+					t.Errorf("a second of some clock released %d, less than the capacity less one share, %d", f.second, whole-c.share)
+				}
+				if c.share*100 <= c.capacity && f.second*100 < 99*c.capacity {
+					t.Errorf("with shares of 1%% a second of some clock released %d, under 99%% of %d", f.second, c.capacity)
+				}
+			})
+		})
+	}
+}

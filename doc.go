@@ -16,8 +16,16 @@
 //     its ProcessBatch call starts, however late its goroutine runs. An
 //     operation costing more than the limiter's MaxCapacity is refused by
 //     Enqueue.
-//   - Uses what it is given: under a backlog the Batcher releases C per
-//     second, for any C > 0; fractional shares of a flush accumulate.
+//   - Uses what it is given: under a backlog the Batcher releases C in
+//     every 1.001 s (a second, and the millisecond it counts each release
+//     beyond it, for the moment ProcessBatch takes to start), for any
+//     C > 0; fractional shares of a flush accumulate. That pattern of
+//     releases repeats every 1.001 s, and so slides 1 ms a second against
+//     any other clock: each second of the datastore's own clock gets C less
+//     at most one share, the most the Batcher releases at one moment (one
+//     flush interval's share, C × FlushInterval, or one operation if it
+//     costs more, or a token bucket limiter's burst). Shares of at most 1%
+//     of C give at least 99% of C in every second of any clock.
 //   - Every operation has exactly one end: refused by Enqueue, or succeeded,
 //     or failed and reported in a [Failed] event. [Batcher.Stats] counts them.
 //   - Lossless shutdown: [Batcher.Shutdown] drains the buffer through the
