@@ -148,7 +148,16 @@ func TestBacklogGoesOutAFlushIntervalsShareAtATime(t *testing.T) {
 					t.Errorf("the 50ms from %v released %d, over one and a half shares of %d", at.Sub(t0), peak, share)
 				}
 				checkWindows(t, &log, capacity)
-				checkUseOf(t, rs, t0, 10*time.Second, capacity, c.use)
+				// A flush the ledger holds back waits up to half an interval
+				// for the room (see formLocked), and the pattern of releases
+				// with it: a period of 1.001s may miss a share (seen: 90%),
+				// one of 1.051s does not. A second of any clock misses up
+				// to a share and a few operations (seen: 2,134 with shares
+				// of up to 262).
+				f := checkUseLate(t, rs, t0, 10*time.Second, capacity, c.use, 50*time.Millisecond)
+				if least := int(c.use*capacity) - share - 6*7; f.second < least {
+					t.Errorf("a second of some clock released %d, under %d: %.0f%% of the capacity less a share and 6 operations", f.second, least, 100*c.use)
+				}
 			})
 		})
 	}

@@ -24,8 +24,10 @@
 //     any other clock: each second of the datastore's own clock gets C less
 //     at most one share, the most the Batcher releases at one moment (one
 //     flush interval's share, C × FlushInterval, or one operation if it
-//     costs more, or a token bucket limiter's burst). Shares of at most 1%
-//     of C give at least 99% of C in every second of any clock.
+//     costs more, or a token bucket limiter's burst); a share and a few
+//     operations when costs vary, for a flush that waits for the room then
+//     waits up to half a flush interval. Shares of at most 1% of C give at
+//     least 99% of C in every second of any clock.
 //   - Every operation has exactly one end: refused by Enqueue, or succeeded,
 //     or failed and reported in a [Failed] event. [Batcher.Stats] counts them.
 //   - Lossless shutdown: [Batcher.Shutdown] drains the buffer through the
