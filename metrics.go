@@ -23,7 +23,12 @@ func (b *Batcher) RateLimiter() RateLimiter { return b.cfg.limiter }
 // Like SetActualCost it belongs to ProcessBatch: call it there (or in a
 // Processor that wraps another, after the inner one returned), not while
 // another goroutine may call SetActualCost.
-func (op *Operation) ActualCost() (cost int, ok bool) { return op.actualCost() }
+func (op *Operation) ActualCost() (cost int, ok bool) {
+	if c, ok := op.actualCost(); ok {
+		return c, true
+	}
+	return 0, false
+}
 
 // IsRetry reports whether err, or an error it wraps, was made by [Retry]: as
 // ProcessBatch's result, it asks for the batch to be retried.
