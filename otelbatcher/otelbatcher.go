@@ -164,9 +164,9 @@ func WithPartitions(p Partitioned) Option {
 	return func(c *config) { c.partitions = p }
 }
 
-// Metrics reports one Batcher's figures to a Meter. Create it with [New];
-// [Metrics.Close] stops the reporting. Its methods are safe for concurrent
-// use.
+// Metrics reports one Batcher's figures to a Meter. Create it with [New]
+// (the zero value is not usable); [Metrics.Close] stops the reporting. Its
+// methods are safe for concurrent use.
 type Metrics struct {
 	b          *batcher.Batcher
 	base       metric.MeasurementOption

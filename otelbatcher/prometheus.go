@@ -31,7 +31,8 @@ import (
 // instrumentation scope's labels (otel_scope_name, ...), and the scrape a
 // target_info series with the MeterProvider's resource.
 //
-// Create it with [NewPrometheusHandler]. It is safe for concurrent use.
+// Create it with [NewPrometheusHandler] (the zero value is not usable). It
+// is safe for concurrent use.
 type PrometheusHandler struct {
 	metrics  *Metrics
 	provider *sdkmetric.MeterProvider
@@ -80,8 +81,9 @@ func (h *PrometheusHandler) Close() error {
 }
 
 // PrometheusServer serves one Batcher's metrics over HTTP at /metrics, for
-// Prometheus to scrape. Create it with [ServePrometheus]; it serves until
-// the context given there ends or Close is called.
+// Prometheus to scrape. Create it with [ServePrometheus] (the zero value is
+// not usable); it serves until the context given there ends or Close is
+// called. Its methods are safe for concurrent use.
 type PrometheusServer struct {
 	h    *PrometheusHandler
 	ln   net.Listener
