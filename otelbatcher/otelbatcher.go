@@ -169,7 +169,7 @@ func WithPartitions(p Partitioned) Option {
 // methods are safe for concurrent use.
 type Metrics struct {
 	b          *batcher.Batcher
-	base       metric.MeasurementOption
+	base       attrs
 	partitions Partitioned
 
 	reg      metric.Registration
@@ -184,13 +184,13 @@ type Metrics struct {
 	pauseTime                           metric.Float64ObservableCounter
 	capacity, capacityMax               metric.Int64ObservableGauge
 	partitionsHeld                      metric.Int64ObservableUpDownCounter
-	outcomes                            [3]metric.MeasurementOption // succeeded, failed, refused
+	outcomes                            [3]attrs // succeeded, failed, refused
 
 	// from events
 	pauses                     metric.Int64Counter
-	pauseThrottle, pauseManual metric.MeasurementOption
+	pauseThrottle, pauseManual attrs
 	acquired, releasedParts    metric.Int64Counter
-	releaseReasons             map[string]metric.MeasurementOption
+	releaseReasons             map[string]attrs
 	limiterErrors, auditFails  metric.Int64Counter
 
 	// from wrapped processors and Enqueue
@@ -199,7 +199,7 @@ type Metrics struct {
 	costReleased    metric.Int64Counter
 	costActual      metric.Int64Counter
 	enqueueDuration metric.Float64Histogram
-	errorTypes      map[string]metric.MeasurementOption
+	errorTypes      map[string]attrs
 
 	mu struct {
 		sync.Mutex
@@ -207,6 +207,14 @@ type Metrics struct {
 		since  time.Time
 		total  time.Duration
 	}
+}
+
+// attrs is one set of attributes as the instruments' methods take it: the
+// slices are made once, so that recording allocates nothing.
+type attrs struct {
+	m   metric.MeasurementOption
+	add []metric.AddOption
+	rec []metric.RecordOption
 }
 
 // Bucket boundaries of the histograms. The durations' are the semantic
@@ -246,20 +254,21 @@ func New(b *batcher.Batcher, meter metric.Meter, opts ...Option) (*Metrics, erro
 		m.partitions, _ = b.RateLimiter().(Partitioned)
 	}
 	base := cfg.attrs
-	with := func(kv ...attribute.KeyValue) metric.MeasurementOption {
+	with := func(kv ...attribute.KeyValue) attrs {
 		all := append(append([]attribute.KeyValue(nil), base...), kv...)
-		return metric.WithAttributeSet(attribute.NewSet(all...))
+		o := metric.WithAttributeSet(attribute.NewSet(all...))
+		return attrs{o, []metric.AddOption{o}, []metric.RecordOption{o}}
 	}
 	m.base = with()
 	for i, o := range []string{"succeeded", "failed", "refused"} {
 		m.outcomes[i] = with(OutcomeKey.String(o))
 	}
 	m.pauseThrottle, m.pauseManual = with(PauseCauseKey.String("throttle")), with(PauseCauseKey.String("manual"))
-	m.releaseReasons = map[string]metric.MeasurementOption{"other": with(PartitionReasonKey.String("other"))}
+	m.releaseReasons = map[string]attrs{"other": with(PartitionReasonKey.String("other"))}
 	for _, r := range partitionReasons {
 		m.releaseReasons[r] = with(PartitionReasonKey.String(r))
 	}
-	m.errorTypes = map[string]metric.MeasurementOption{}
+	m.errorTypes = map[string]attrs{}
 	for _, e := range []string{"retry", "throttled", "timeout", "canceled", "queue_full", "already_shutdown", "too_expensive", "invalid", "_OTHER"} {
 		m.errorTypes[e] = with(ErrorTypeKey.String(e))
 	}
@@ -360,26 +369,26 @@ func (m *Metrics) Close() error {
 func (m *Metrics) observe(_ context.Context, o metric.Observer) error {
 	b := m.b
 	st := b.Stats()
-	o.ObserveInt64(m.queueSize, st.Buffered, m.base)
-	o.ObserveInt64(m.queueCapacity, int64(b.BufferSize()), m.base)
-	o.ObserveInt64(m.queueCost, int64(b.NeedsCapacity()), m.base)
-	o.ObserveInt64(m.opInflight, st.InFlight, m.base)
-	o.ObserveInt64(m.batchInflight, int64(b.Inflight()), m.base)
-	o.ObserveInt64(m.operations, st.Succeeded, m.outcomes[0])
-	o.ObserveInt64(m.operations, st.Failed, m.outcomes[1])
-	o.ObserveInt64(m.operations, st.Refused, m.outcomes[2])
-	o.ObserveInt64(m.released, st.Released, m.base)
-	o.ObserveInt64(m.retries, st.Retried, m.base)
-	o.ObserveInt64(m.batches, st.Batches, m.base)
-	o.ObserveInt64(m.timeouts, st.TimedOut, m.base)
-	o.ObserveInt64(m.throttles, st.Throttled, m.base)
-	o.ObserveFloat64(m.pauseTime, m.pausedFor(time.Now()).Seconds(), m.base)
+	o.ObserveInt64(m.queueSize, st.Buffered, m.base.m)
+	o.ObserveInt64(m.queueCapacity, int64(b.BufferSize()), m.base.m)
+	o.ObserveInt64(m.queueCost, int64(b.NeedsCapacity()), m.base.m)
+	o.ObserveInt64(m.opInflight, st.InFlight, m.base.m)
+	o.ObserveInt64(m.batchInflight, int64(b.Inflight()), m.base.m)
+	o.ObserveInt64(m.operations, st.Succeeded, m.outcomes[0].m)
+	o.ObserveInt64(m.operations, st.Failed, m.outcomes[1].m)
+	o.ObserveInt64(m.operations, st.Refused, m.outcomes[2].m)
+	o.ObserveInt64(m.released, st.Released, m.base.m)
+	o.ObserveInt64(m.retries, st.Retried, m.base.m)
+	o.ObserveInt64(m.batches, st.Batches, m.base.m)
+	o.ObserveInt64(m.timeouts, st.TimedOut, m.base.m)
+	o.ObserveInt64(m.throttles, st.Throttled, m.base.m)
+	o.ObserveFloat64(m.pauseTime, m.pausedFor(time.Now()).Seconds(), m.base.m)
 	if lim := b.RateLimiter(); lim != nil {
-		o.ObserveInt64(m.capacity, int64(lim.Capacity()), m.base)
-		o.ObserveInt64(m.capacityMax, int64(lim.MaxCapacity()), m.base)
+		o.ObserveInt64(m.capacity, int64(lim.Capacity()), m.base.m)
+		o.ObserveInt64(m.capacityMax, int64(lim.MaxCapacity()), m.base.m)
 	}
 	if m.partitions != nil {
-		o.ObserveInt64(m.partitionsHeld, int64(m.partitions.Partitions()), m.base)
+		o.ObserveInt64(m.partitionsHeld, int64(m.partitions.Partitions()), m.base.m)
 	}
 	return nil
 }
@@ -407,9 +416,9 @@ func (m *Metrics) listen(e batcher.Event) {
 		}
 		m.mu.Unlock()
 		if e.Err != nil {
-			m.pauses.Add(ctx, 1, m.pauseThrottle)
+			m.pauses.Add(ctx, 1, m.pauseThrottle.add...)
 		} else {
-			m.pauses.Add(ctx, 1, m.pauseManual)
+			m.pauses.Add(ctx, 1, m.pauseManual.add...)
 		}
 	case batcher.Resumed, batcher.ShutdownDone:
 		now := time.Now()
@@ -422,17 +431,17 @@ func (m *Metrics) listen(e batcher.Event) {
 		}
 		m.mu.Unlock()
 	case batcher.PartitionAcquired:
-		m.acquired.Add(ctx, 1, m.base)
+		m.acquired.Add(ctx, 1, m.base.add...)
 	case batcher.PartitionReleased:
 		reason, ok := partitionReasons[e.Msg]
 		if !ok {
 			reason = "other"
 		}
-		m.releasedParts.Add(ctx, 1, m.releaseReasons[reason])
+		m.releasedParts.Add(ctx, 1, m.releaseReasons[reason].add...)
 	case batcher.LimiterError:
-		m.limiterErrors.Add(ctx, 1, m.base)
+		m.limiterErrors.Add(ctx, 1, m.base.add...)
 	case batcher.AuditFailed:
-		m.auditFails.Add(ctx, 1, m.base)
+		m.auditFails.Add(ctx, 1, m.base.add...)
 	}
 }
 
@@ -512,8 +521,8 @@ func measure[O any](m *Metrics, ctx context.Context, batch []O, opOf func(O) *ba
 		declared += int64(opOf(o).Cost()) // not nil: the Batcher's own slice
 	}
 	bg := context.Background()
-	m.batchSize.Record(bg, int64(len(batch)), m.base)
-	m.costReleased.Add(bg, declared, m.base)
+	m.batchSize.Record(bg, int64(len(batch)), m.base.rec...)
+	m.costReleased.Add(bg, declared, m.base.add...)
 
 	err := call()
 
@@ -531,12 +540,12 @@ func measure[O any](m *Metrics, ctx context.Context, batch []O, opOf func(O) *ba
 			actual += int64(op.Cost())
 		}
 	}
-	m.costActual.Add(bg, actual, m.base)
+	m.costActual.Add(bg, actual, m.base.add...)
 	opt := m.base
 	if err != nil {
 		opt = m.errorTypes[processErrorType(ctx, err)]
 	}
-	m.processDuration.Record(bg, time.Since(start).Seconds(), opt)
+	m.processDuration.Record(bg, time.Since(start).Seconds(), opt.rec...)
 	return err
 }
 
@@ -572,7 +581,7 @@ func (m *Metrics) EnqueueContext(ctx context.Context, op *batcher.Operation) err
 	if err != nil {
 		opt = m.errorTypes[enqueueErrorType(err)]
 	}
-	m.enqueueDuration.Record(context.Background(), time.Since(start).Seconds(), opt)
+	m.enqueueDuration.Record(context.Background(), time.Since(start).Seconds(), opt.rec...)
 	return err
 }
 
