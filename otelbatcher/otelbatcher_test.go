@@ -227,8 +227,10 @@ func TestMetricsValues(t *testing.T) {
 		r.wantInt("batcher.queue.size", 5)
 		r.wantInt("batcher.queue.cost", 10)
 		r.wantInt("batcher.operations", 1, refused)
-		r.wantHisto("batcher.enqueue.duration", histo{5, 0, 0, 0}) // no time passes on the fake clock
-		r.wantHisto("batcher.enqueue.duration", histo{1, 0, 0, 0}, otelbatcher.ErrorTypeKey.String("too_expensive"))
+		if h, ok := r.histogram("batcher.enqueue.wait"); ok {
+			t.Errorf("enqueues with room recorded as waits: %+v", h)
+		}
+		r.wantHisto("batcher.enqueue.wait", histo{1, 0, 0, 0}, otelbatcher.ErrorTypeKey.String("too_expensive"))
 
 		time.Sleep(140 * time.Millisecond) // the flush at 100ms releases the batch; it runs 30ms
 		synctest.Wait()
@@ -300,7 +302,52 @@ func TestMetricsValues(t *testing.T) {
 		if err := m.Enqueue(batcher.NewOperation(w, 1, "late", true)); !errors.Is(err, batcher.ErrClosed) {
 			t.Fatalf("Enqueue after Shutdown = %v", err)
 		}
-		collect(t, reader).wantHisto("batcher.enqueue.duration", histo{1, 0, 0, 0}, otelbatcher.ErrorTypeKey.String("already_shutdown"))
+		collect(t, reader).wantHisto("batcher.enqueue.wait", histo{1, 0, 0, 0}, otelbatcher.ErrorTypeKey.String("already_shutdown"))
+	})
+}
+
+// An Enqueue that waits for room in a full buffer is recorded with its
+// wait, one whose context ends first with error.type timeout.
+func TestEnqueueWait(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		reader := sdkmetric.NewManualReader()
+		provider := sdkmetric.NewMeterProvider(sdkmetric.WithReader(reader))
+		defer provider.Shutdown(context.Background())
+		b := batcher.NewBatcher().WithBufferSize(1)
+		m, err := otelbatcher.New(b, provider.Meter("x"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer m.Close()
+		w := batcher.NewWatcher(func(ctx context.Context, batch []*batcher.Operation) error {
+			time.Sleep(time.Second)
+			return nil
+		}).WithMaxBatchSize(1)
+		if err := b.Start(t.Context()); err != nil {
+			t.Fatal(err)
+		}
+		t0 := time.Now()
+		if err := m.Enqueue(batcher.NewOperation(w, 1, 1, true)); err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+		defer cancel()
+		if err := m.EnqueueContext(ctx, batcher.NewOperation(w, 1, 2, true)); !errors.Is(err, context.DeadlineExceeded) {
+			t.Fatalf("Enqueue into a full buffer with a 200ms deadline = %v", err)
+		}
+		if err := m.Enqueue(batcher.NewOperation(w, 1, 3, true)); err != nil { // waits for the first to end
+			t.Fatal(err)
+		}
+		waited := time.Since(t0).Seconds() - 0.2
+		if waited < 0.7 {
+			t.Fatalf("the third Enqueue waited %v s; want the rest of the first one's second", waited)
+		}
+		r := collect(t, reader)
+		r.wantHisto("batcher.enqueue.wait", histo{1, 0.2, 0.2, 0.2}, otelbatcher.ErrorTypeKey.String("timeout"))
+		r.wantHisto("batcher.enqueue.wait", histo{1, waited, waited, waited})
+		if err := b.Shutdown(context.Background()); err != nil {
+			t.Fatal(err)
+		}
 	})
 }
 

@@ -135,7 +135,6 @@ func TestPrometheusHandler(t *testing.T) {
 		{"batcher_batches_total", orders, 1},
 		{"batcher_batch_size", orders, 1},               // one batch observed
 		{"batcher_process_duration_seconds", orders, 1}, // one call timed
-		{"batcher_enqueue_duration_seconds", orders, 4}, // four enqueues timed
 		{"batcher_pause_time_seconds_total", orders, 0},
 	} {
 		if got := value(t, fams, c.name, c.labels); got != c.want {
