@@ -37,8 +37,9 @@ import (
 //
 //	b.AddListener(batcher.NewLogListener(logger).Listen)
 //
-// The With* methods must be called before Listen is first called; after it
-// they panic. Listen is safe for concurrent use.
+// The zero value is not ready for use; call NewLogListener. The With*
+// methods must be called before Listen is first called; after it they
+// panic. Listen is safe for concurrent use.
 type LogListener struct {
 	logger   *slog.Logger
 	payloads int

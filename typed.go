@@ -31,7 +31,8 @@ var ErrNotTyped = errors.New("batcher: operation for a TypedWatcher was not made
 // interface-typed payload. The untyped [Operation.Payload] of the embedded
 // Operation returns the *TypedOperation[T].
 //
-// It is safe for concurrent use as an Operation is.
+// It is safe for concurrent use as an Operation is. The zero value has no
+// watcher, and Enqueue refuses it; make one with NewTypedOperation.
 type TypedOperation[T any] struct {
 	Operation
 	value T
@@ -111,7 +112,8 @@ func (f TypedProcessorFunc[T]) ProcessBatch(ctx context.Context, batch []*TypedO
 // Create it with [NewTypedWatcher] or [NewTypedWatcherFor] and configure it
 // with the With* methods, which set the Watcher's settings (see [Watcher] for
 // their defaults) and, as the Watcher's do, panic once the watcher's first
-// operation has been enqueued. It is safe for concurrent use after that.
+// operation has been enqueued. It is safe for concurrent use after that. The
+// zero value is not usable.
 type TypedWatcher[T any] struct {
 	w *Watcher
 }
