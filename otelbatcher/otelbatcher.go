@@ -250,6 +250,10 @@ var partitionReasons = map[string]string{
 // counted from events (pauses, partitions, limiter errors, audit failures)
 // count from now. It returns an error if meter refuses an instrument or the
 // callback, or if b or meter is nil.
+//
+// Several Batchers may report to one Meter if [WithAttributes] tells them
+// apart (a batcher.name, say); with the same attributes their figures would
+// be reported as one series and overwrite each other.
 func New(b *batcher.Batcher, meter metric.Meter, opts ...Option) (*Metrics, error) {
 	if b == nil || meter == nil {
 		return nil, errors.New("otelbatcher: New needs a Batcher and a Meter")
