@@ -76,8 +76,8 @@ func (l *LogListener) mustNotBeUsed(method string) {
 }
 
 // WithLevel sets the level events of kind are logged at. The exceptions in
-// [LogListener]'s doc (a lost lease, a Shutdown that gave up) are raised to
-// at least Warn whatever the kind's level, unless it is set above Warn.
+// [LogListener]'s doc (a lost or expired lease, a Shutdown that gave up) are
+// logged at the kind's level or Warn, whichever is higher.
 func (l *LogListener) WithLevel(kind EventKind, level slog.Level) *LogListener {
 	l.mustNotBeUsed("WithLevel")
 	if kind > 0 && kind < kindCount {
@@ -120,7 +120,9 @@ func (l *LogListener) Level(e Event) slog.Level {
 
 // Listen logs e. Pass it to [Batcher.AddListener].
 func (l *LogListener) Listen(e Event) {
-	l.used.Store(true)
+	if !l.used.Load() {
+		l.used.Store(true)
+	}
 	logger := l.logger
 	if logger == nil {
 		logger = slog.Default()
