@@ -127,3 +127,53 @@ func ExampleServePrometheus() {
 	// failed 0
 	// refused 0
 }
+
+// A typed watcher's batches measured: TypedFunc wraps its function.
+func ExampleTypedFunc() {
+	reader := sdkmetric.NewManualReader()
+	provider := sdkmetric.NewMeterProvider(sdkmetric.WithReader(reader))
+	defer provider.Shutdown(context.Background())
+
+	b := batcher.NewBatcher()
+	m, err := otelbatcher.New(b, provider.Meter(otelbatcher.ScopeName))
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	defer m.Close()
+	type Row struct{ ID int }
+	w := batcher.NewTypedWatcher(otelbatcher.TypedFunc(m, func(ctx context.Context, batch []*batcher.TypedOperation[Row]) error {
+		for _, op := range batch {
+			op.SetActualCost(op.Payload().ID) // what the datastore charged
+		}
+		return nil
+	}))
+	if err := b.Start(context.Background()); err != nil {
+		fmt.Println(err)
+		return
+	}
+	for i := 1; i <= 4; i++ {
+		if err := m.Enqueue(&batcher.NewTypedOperation(w, 2, Row{ID: i}, true).Operation); err != nil {
+			fmt.Println(err)
+		}
+	}
+	if err := b.Shutdown(context.Background()); err != nil {
+		fmt.Println(err)
+	}
+
+	var rm metricdata.ResourceMetrics
+	if err := reader.Collect(context.Background(), &rm); err != nil {
+		fmt.Println(err)
+		return
+	}
+	for _, sm := range rm.ScopeMetrics {
+		for _, mt := range sm.Metrics {
+			if s, ok := mt.Data.(metricdata.Sum[int64]); ok && strings.HasPrefix(mt.Name, "batcher.cost.") {
+				fmt.Println(mt.Name, s.DataPoints[0].Value)
+			}
+		}
+	}
+	// Unordered output:
+	// batcher.cost.released 8
+	// batcher.cost.actual 10
+}
