@@ -88,9 +88,9 @@ func TestThrottleWindows(t *testing.T) {
 		}
 		time.Sleep(1500 * time.Millisecond)
 		want := []cosmosmodel.Second{
-			{At: 0, RU: 99.07, Requests: 23, Throttled: 4},
-			{At: time.Second, RU: 5.71, Requests: 1},
-			{At: 2 * time.Second},
+			{At: 0, RU: 99.07, Requests: 23, Throttled: 4, BudgetRU: 100},
+			{At: time.Second, RU: 5.71, Requests: 1, BudgetRU: 100},
+			{At: 2 * time.Second, BudgetRU: 100},
 		}
 		if got := m.History(); !slices.Equal(got, want) {
 			t.Errorf("history:\n got %+v\nwant %+v", got, want)
