@@ -30,9 +30,9 @@ type resource struct {
 
 // offers is the registry of resources by _rid, and of offer ids.
 type offers struct {
-	mu     sync.Mutex
-	rids   map[string]resource
-	byID   map[string]string // offer id -> resource _rid
+	mu   sync.Mutex
+	rids map[string]resource
+	byID map[string]string // offer id -> resource _rid
 }
 
 // record notes the resource a successful answer on a database or a
