@@ -1,4 +1,4 @@
-package cosmos
+package cosmosbulk
 
 import (
 	"context"
@@ -358,35 +358,6 @@ func TestLoaderFeedback(t *testing.T) {
 	}
 }
 
-func TestClassify(t *testing.T) {
-	for _, c := range []struct {
-		err  error
-		want verdict
-	}{
-		{nil, verdictOK},
-		{errors.New("connection reset"), verdictRetry},
-		{context.DeadlineExceeded, verdictRetry},
-		{throttleErr(time.Second), verdictThrottle},
-		{fmt.Errorf("wrapped: %w", throttleErr(time.Second)), verdictThrottle},
-		{statusErr(http.StatusServiceUnavailable), verdictRetry},
-		{statusErr(449), verdictRetry},
-		{statusErr(http.StatusGone), verdictRetry},
-		{statusErr(http.StatusBadRequest), verdictFail},
-		{statusErr(http.StatusConflict), verdictFail},
-		{statusErr(http.StatusRequestEntityTooLarge), verdictFail},
-		{&BatchOperationError{StatusCode: http.StatusBadRequest}, verdictFail},
-		{&BatchOperationError{StatusCode: http.StatusTooManyRequests}, verdictThrottle},
-		{&BatchOperationError{StatusCode: http.StatusServiceUnavailable}, verdictRetry},
-	} {
-		if got := classify(c.err); got != c.want {
-			t.Errorf("classify(%v) = %d, want %d", c.err, got, c.want)
-		}
-	}
-	if d := retryAfter(nil); d != 0 {
-		t.Errorf("retryAfter(nil) = %v", d)
-	}
-}
-
 func TestLoaderThrottleHonoursRetryAfter(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		s := newFakeStore(0)
@@ -514,7 +485,7 @@ func TestLoaderAdaptsToAForeignWriter(t *testing.T) {
 }
 
 func TestLoaderCost(t *testing.T) {
-	l := newLoader(newFakeStore(0), nil)
+	l := newLoader(newFakeStore(0), nil).WithMargin(0.1)
 	if got := l.Cost(item(1, "a", 10)); got != 7 { // 5.71 * 1.1 = 6.281
 		t.Errorf("Cost of a small item = %d, want 7", got)
 	}
@@ -523,7 +494,7 @@ func TestLoaderCost(t *testing.T) {
 	}
 	// Actual costs carry their fractions over: 100 writes of 5.71 RU with
 	// a margin of 10% report 628 in all (628.1), as 6s and 7s.
-	l = newLoader(newFakeStore(0), nil)
+	l = newLoader(newFakeStore(0), nil).WithMargin(0.1)
 	w := batcher.NewWatcher(func(context.Context, []*batcher.Operation) error { return nil })
 	for range 100 {
 		l.setCost(batcher.NewOperation(w, 7, nil, true), 5.71)
@@ -533,7 +504,7 @@ func TestLoaderCost(t *testing.T) {
 	}
 	// So do declared costs: 100 small items declare 628 in all, each 6 or
 	// 7, where rounding each up would declare 700.
-	l = newLoader(newFakeStore(0), nil)
+	l = newLoader(newFakeStore(0), nil).WithMargin(0.1)
 	total := 0
 	for i := range 100 {
 		c := l.declare(item(i, "a", 10))
@@ -548,9 +519,9 @@ func TestLoaderCost(t *testing.T) {
 }
 
 func TestLoaderSettings(t *testing.T) {
-	l := newLoader(newFakeStore(0), batcher.NewBatcher()).WithMaxBatchSize(101).WithConcurrency(0).WithMaxAttempts(-1).WithMargin(1)
+	l := newLoader(newFakeStore(0), batcher.NewBatcher()).WithMaxBatchSize(101).WithConcurrency(0).WithMaxAttempts(-1).WithMargin(1).WithLanes(0)
 	_, err := l.Load(t.Context(), item(1, "a", 1))
-	for _, s := range []string{"MaxBatchSize is 101", "Concurrency is 0", "MaxAttempts is -1", "Margin is 1"} {
+	for _, s := range []string{"MaxBatchSize is 101", "Concurrency is 0", "MaxAttempts is -1", "Margin is 1", "Lanes is 0"} {
 		if !errors.Is(err, batcher.ErrInvalidSetting) || !strings.Contains(err.Error(), s) {
 			t.Errorf("Load = %v, want it to say %q", err, s)
 		}
