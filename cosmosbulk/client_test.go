@@ -2,6 +2,8 @@ package cosmosbulk_test
 
 import (
 	"context"
+	"io"
+	"log"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -15,7 +17,9 @@ import (
 // leaves a self-signed certificate unverified on a loopback address, and
 // verifies it for any other host, even one that reaches the same server.
 func TestClientOptionsInsecureOnlyForLoopback(t *testing.T) {
-	srv := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {}))
+	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {}))
+	srv.Config.ErrorLog = log.New(io.Discard, "", 0) // the refused handshakes
+	srv.StartTLS()
 	defer srv.Close()
 	o := cosmosbulk.ClientOptions(true)
 	if o.Retry.MaxRetries != -1 {

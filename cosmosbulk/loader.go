@@ -64,13 +64,18 @@ func ceilRU(ru float64) int { return int(math.Ceil(ru - 1e-3)) }
 
 // Stats counts what a Loader did.
 type Stats struct {
-	Written   int64   // items written
-	Requests  int64   // document requests sent: upserts and transactional batches
-	Batches   int64   // transactional batches among them
-	Throttled int64   // requests answered 429
-	Retried   int64   // requests that failed in a way worth retrying (not 429)
-	Failed    int64   // items the service refused for good (those whose retries ran out are in the Batcher's Stats)
-	RU        float64 // request units charged, as the responses said
+	Written   int64 // items written
+	Requests  int64 // document requests sent: upserts and transactional batches
+	Batches   int64 // transactional batches among them
+	Throttled int64 // requests answered 429
+	// Sent counts item writes sent (each item of each request, retries
+	// included), and SentThrottled those in requests answered 429: with
+	// transactional batches, a few requests carry many items, and
+	// SentThrottled/Sent is the share of the work throttled.
+	Sent, SentThrottled int64
+	Retried             int64   // requests that failed in a way worth retrying (not 429)
+	Failed              int64   // items the service refused for good (those whose retries ran out are in the Batcher's Stats)
+	RU                  float64 // request units charged, as the responses said
 }
 
 // A Loader writes items to a container through a Batcher. Create it with
@@ -95,6 +100,7 @@ type Loader struct {
 	started atomic.Bool
 
 	written, requests, batches, throttled, retried, failed atomic.Int64
+	sent, sentThrottled                                    atomic.Int64
 	centiRU                                                atomic.Int64
 	milliCost                                              atomic.Int64 // cost reported so far, in thousandths
 	milliDeclared                                          atomic.Int64 // cost declared so far, in thousandths
@@ -330,13 +336,15 @@ func (l *Loader) carry(total *atomic.Int64, charge float64) int {
 // Stats returns the Loader's counts.
 func (l *Loader) Stats() Stats {
 	return Stats{
-		Written:   l.written.Load(),
-		Requests:  l.requests.Load(),
-		Batches:   l.batches.Load(),
-		Throttled: l.throttled.Load(),
-		Retried:   l.retried.Load(),
-		Failed:    l.failed.Load(),
-		RU:        float64(l.centiRU.Load()) / 100,
+		Written:       l.written.Load(),
+		Requests:      l.requests.Load(),
+		Batches:       l.batches.Load(),
+		Throttled:     l.throttled.Load(),
+		Sent:          l.sent.Load(),
+		SentThrottled: l.sentThrottled.Load(),
+		Retried:       l.retried.Load(),
+		Failed:        l.failed.Load(),
+		RU:            float64(l.centiRU.Load()) / 100,
 	}
 }
 
@@ -400,7 +408,7 @@ func fitBatch(ops []*batcher.Operation) int {
 func (l *Loader) upsert(ctx context.Context, op *batcher.Operation) {
 	it := op.Payload().(Item)
 	charge, err := l.store.upsert(ctx, it.PartitionKey, it.Body)
-	l.countRequest(charge, err)
+	l.countRequest(1, charge, err)
 	l.setCost(op, charge)
 	if err != nil {
 		l.report(op, err)
@@ -416,7 +424,7 @@ func (l *Loader) writeBatch(ctx context.Context, pk string, ops []*batcher.Opera
 	}
 	res, err := l.store.batch(ctx, pk, bodies)
 	l.batches.Add(1)
-	l.countRequest(res.charge, err)
+	l.countRequest(len(ops), res.charge, err)
 	if err != nil {
 		// The request failed as a whole (a 429, say): so did every item.
 		for _, op := range ops {
@@ -459,13 +467,16 @@ func (l *Loader) writeBatch(ctx context.Context, pk string, ops []*batcher.Opera
 	}
 }
 
-// countRequest counts a request, its charge and, if it failed, how.
-func (l *Loader) countRequest(charge float64, err error) {
+// countRequest counts a request of n items, its charge and, if it failed,
+// how.
+func (l *Loader) countRequest(n int, charge float64, err error) {
 	l.requests.Add(1)
+	l.sent.Add(int64(n))
 	l.centiRU.Add(int64(math.Round(charge * 100)))
 	switch Classify(err) {
 	case Throttle:
 		l.throttled.Add(1)
+		l.sentThrottled.Add(int64(n))
 	case Transient:
 		l.retried.Add(1)
 	}

@@ -148,8 +148,8 @@ func (s *fakeStore) batch(ctx context.Context, pk string, bodies [][]byte) (batc
 		if s.fail != nil && failedAt < 0 {
 			if err := s.fail(id, s.tries[id]); err != nil {
 				var re *azcore.ResponseError
-				if !errors.As(err, &re) {
-					return batchResult{}, err // the request as a whole
+				if !errors.As(err, &re) || re.StatusCode == http.StatusTooManyRequests {
+					return batchResult{}, err // the request as a whole, as the service throttles a batch
 				}
 				failedAt = i
 				r.ops[i] = opResult{status: int32(re.StatusCode), charge: 1}
@@ -537,4 +537,89 @@ func TestLoaderSettings(t *testing.T) {
 		}
 	}()
 	l.WithConcurrency(2)
+}
+
+// TestLoaderThrottlesOnlyTheHotLane checks that the items of a partition
+// key go to its lane's watcher, and that a 429 on a hot key is reported as
+// a throttle of its own lane's operations only, with the retry-after the
+// service asked for.
+func TestLoaderThrottlesOnlyTheHotLane(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		s := newFakeStore(0)
+		s.fail = func(id string, n int) error {
+			if strings.HasPrefix(id, "hot") && n == 1 {
+				return throttleErr(500 * time.Millisecond)
+			}
+			return nil
+		}
+		b := start(t, ratelimiter.NewProvisioned(100000))
+		l := newLoader(s, b)
+		hot, cold := "hot-key", ""
+		for i := 0; cold == ""; i++ {
+			if k := fmt.Sprint("cold-", i); l.Lane(k) != l.Lane(hot) {
+				cold = k
+			}
+		}
+		var mu sync.Mutex
+		var throttled []*batcher.Operation
+		var pauses []time.Duration
+		b.AddListener(func(e batcher.Event) {
+			if e.Kind == batcher.Throttled {
+				mu.Lock()
+				throttled = append(throttled, e.Batch...)
+				pauses = append(pauses, e.Duration)
+				mu.Unlock()
+			}
+		})
+		var items []Item
+		for i := range 20 {
+			pk, prefix := hot, "hot"
+			if i%2 == 1 {
+				pk, prefix = cold, "cold"
+			}
+			it := item(i, pk, 10)
+			it.ID = fmt.Sprint(prefix, "-", i)
+			it.Body = []byte(fmt.Sprintf(`{"id":%q,"pk":%q}`, it.ID, pk))
+			items = append(items, it)
+		}
+		var ops []*batcher.Operation
+		for _, it := range items {
+			op, err := l.Load(t.Context(), it)
+			if err != nil {
+				t.Fatal(err)
+			}
+			ops = append(ops, op)
+		}
+		for _, op := range ops {
+			if err := op.Wait(t.Context()); err != nil {
+				t.Fatal(err)
+			}
+			want := l.w[l.Lane(op.Payload().(Item).PartitionKey)]
+			if op.Watcher() != want {
+				t.Errorf("item %s is not on its lane's watcher", op.Payload().(Item).ID)
+			}
+		}
+		if len(l.w) != DefaultLanes {
+			t.Errorf("%d lanes, want %d", len(l.w), DefaultLanes)
+		}
+		s.checkOnce(t, ids(items))
+		mu.Lock()
+		defer mu.Unlock()
+		if len(throttled) < 10 {
+			t.Errorf("%d operations throttled, want each of the 10 hot ones at least once", len(throttled))
+		}
+		if st := l.Stats(); st.SentThrottled != int64(len(throttled)) || st.Sent != 20+st.SentThrottled {
+			t.Errorf("Stats() = %+v; want %d item writes throttled, of %d sent", st, len(throttled), 20+len(throttled))
+		}
+		for _, op := range throttled {
+			if it := op.Payload().(Item); it.PartitionKey != hot || op.Watcher() != l.w[l.Lane(hot)] {
+				t.Errorf("item %s of key %s throttled: only the hot lane should be", it.ID, it.PartitionKey)
+			}
+		}
+		for _, d := range pauses {
+			if d < 500*time.Millisecond {
+				t.Errorf("a throttle paused for %v, less than the 500ms asked for", d)
+			}
+		}
+	})
 }
