@@ -100,6 +100,35 @@
 // ("not supported for serverless accounts") and Options.OffersForbidden 403,
 // as Azure does.
 //
+// # Driving the scenarios
+//
+// The issue-14 scenarios run on an in-memory model started in the
+// benchmark's process; per-second figures come from [Model.History] (RU,
+// 429s, the other workload's RU, and each second's BudgetRU), per
+// partition from [Model.PartitionHistory] and [Model.PartitionStats].
+// Utilization of a second is RU / (BudgetRU − OtherRU).
+//
+//   - S1 (limiter = provisioned): New(Options{ProvisionedRU: 10000}).
+//   - S2, S3 (limiter 2x, 20x): the same model; only the limiter differs.
+//     The bad-input check: ProvisionedRU 500, limiter 10,000.
+//   - S4 (10,000 → 4,000 at 20 s → 10,000 at 40 s): ProvisionedRU 10000,
+//     and m.SetProvisionedRU(4000), m.SetProvisionedRU(10000) from
+//     time.AfterFunc; History's BudgetRU shows each second's figure.
+//   - S5 (4 partitions, half the writes to one key): Options{ProvisionedRU:
+//     10000, Partitions: 4}; [Model.PartitionOf] says where a key goes; the
+//     ideal is the larger of the hot partition's RU / 2,500 and the total
+//     RU / 10,000.
+//   - S6 (another workload takes 30% from 10 s to 30 s):
+//     m.SetOtherWorkload(-1, 3000) at 10 s and m.SetOtherWorkload(-1, 0) at
+//     30 s; its 429s are Stats.OtherThrottled (of OtherRequests). It is
+//     simulated inside the model, so it has no latency of its own: for the
+//     other workload's p99, run a real client beside the loader instead
+//     (as cmd/bulkload does) and leave SetOtherWorkload off.
+//   - S7 (discovery: manual 10,000, then autoscale up to 20,000):
+//     ProvisionedRU 10000, then m.SetAutoscaleMaxRU(20000) (or the SDK's
+//     ReplaceThroughput); cosmosbulk.ThroughputLimiter reads it through the
+//     SDK and emits a CapacityChanged event when it sees the change.
+//
 // # Charges
 //
 // See [ReadCharge], [WriteCharge], [QueryCharge]: 1 RU for a 1 KB point read,
