@@ -277,3 +277,21 @@ func TestNewAndLifecycle(t *testing.T) {
 	}
 	p.Close()
 }
+
+// TestNoSecretInErrors checks that a backend URL's password and SAS
+// signature reach neither New's error nor the answer to a request the
+// backend did not answer.
+func TestNoSecretInErrors(t *testing.T) {
+	_, err := cosmosmodel.New(cosmosmodel.Options{Backend: &url.URL{Scheme: "ftp", User: url.UserPassword("u", "SECRETPW"), Host: "x", RawQuery: "sig=SECRETSIG"}})
+	if err == nil || strings.Contains(err.Error(), "SECRET") {
+		t.Errorf("New: %v; want an error without the secrets", err)
+	}
+	m, err := cosmosmodel.New(cosmosmodel.Options{Backend: &url.URL{Scheme: "https", User: url.UserPassword("u", "SECRETPW"), Host: "127.0.0.1:1", RawQuery: "sig=SECRETSIG"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rec := do(t, m.Handler(), "GET", "/dbs/db", "", nil)
+	if rec.Code != 503 || strings.Contains(rec.Body.String(), "SECRET") {
+		t.Errorf("unreachable backend: %d %s; want 503 without the secrets", rec.Code, rec.Body)
+	}
+}

@@ -156,6 +156,8 @@ import (
 
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore/policy"
 	"github.com/Azure/azure-sdk-for-go/sdk/data/azcosmos"
+
+	"github.com/ratebatch/batcher/internal/redact"
 )
 
 // maxPartitions is the most physical partitions a Model has.
@@ -270,7 +272,7 @@ func New(opts Options) (*Model, error) {
 		errs = append(errs, fmt.Errorf("cosmosmodel: Partitions is %d; want 1 to %d (0 means 1)", opts.Partitions, maxPartitions))
 	}
 	if b := opts.Backend; b != nil && (b.Scheme != "https" && b.Scheme != "http" || b.Host == "") {
-		errs = append(errs, fmt.Errorf("cosmosmodel: Backend %q is not an http(s) URL with a host", b.String()))
+		errs = append(errs, fmt.Errorf("cosmosmodel: Backend %q is not an http(s) URL with a host", redact.String(b.String())))
 	}
 	if err := errors.Join(errs...); err != nil {
 		return nil, err

@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"net/http"
 	"time"
+
+	"github.com/ratebatch/batcher/internal/redact"
 )
 
 // serveMemory answers a request from the in-memory store.
@@ -159,7 +161,7 @@ func (m *Model) serveProxy(w http.ResponseWriter, r *http.Request) {
 
 func unavailable(b *client, err error) reply {
 	return errorReply(http.StatusServiceUnavailable, "ServiceUnavailable",
-		fmt.Sprintf("cosmosmodel: the backend %s did not answer: %v", b.base, err), 0)
+		redact.String(fmt.Sprintf("cosmosmodel: the backend %s did not answer: %v", b.base, err)), 0)
 }
 
 // estimate is the charge a request is admitted on in proxy mode: exact for
