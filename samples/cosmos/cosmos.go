@@ -74,8 +74,12 @@ const (
 	DefaultMaxBatchSize        = cosmosbulk.DefaultMaxBatchSize
 	DefaultConcurrency         = cosmosbulk.DefaultConcurrency
 	DefaultMaxAttempts         = cosmosbulk.DefaultMaxAttempts
-	DefaultMargin              = cosmosbulk.DefaultMargin
 )
+
+// DefaultMargin is the margin this sample's Loader had, 10%, which
+// cmd/bulkload's -margin flag still defaults to; cosmosbulk's own default
+// is [cosmosbulk.DefaultMargin] (5%).
+const DefaultMargin = 0.1
 
 // NewLoader is [cosmosbulk.NewLoader].
 func NewLoader(container *azcosmos.ContainerClient, b *batcher.Batcher) *Loader {
