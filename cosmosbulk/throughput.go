@@ -446,3 +446,12 @@ func (t *ThroughputLimiter) Stop(ctx context.Context) error {
 		return ctx.Err()
 	}
 }
+
+// ThroughputLimiter is a rate limiter that emits events and has work to
+// stop.
+var (
+	_ batcher.RateLimiter = (*ThroughputLimiter)(nil)
+	_ batcher.Stopper     = (*ThroughputLimiter)(nil)
+	_ batcher.EventSource = (*ThroughputLimiter)(nil)
+	_ batcher.Processor   = (*Loader)(nil)
+)
