@@ -623,3 +623,40 @@ func TestLoaderThrottlesOnlyTheHotLane(t *testing.T) {
 		}
 	})
 }
+
+// TestLoaderOddRetryAfters checks, on fake time, what a 429 with a
+// retry-after that is absurdly large, malformed, zero or negative does: the
+// item is tried again within MaxRetryAfter (a minute), not after hours,
+// and then written.
+func TestLoaderOddRetryAfters(t *testing.T) {
+	for _, header := range []string{"7200000", "1e300", "soon", "NaN", "0", "-5", ""} {
+		t.Run(header, func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				s := newFakeStore(0)
+				var mu sync.Mutex
+				var times []time.Time
+				s.fail = func(id string, n int) error {
+					mu.Lock()
+					defer mu.Unlock()
+					times = append(times, time.Now())
+					if n == 1 {
+						h := http.Header{}
+						h.Set("x-ms-retry-after-ms", header)
+						return &azcore.ResponseError{StatusCode: 429, RawResponse: &http.Response{StatusCode: 429, Header: h}}
+					}
+					return nil
+				}
+				b := start(t, ratelimiter.NewProvisioned(10000))
+				l := newLoader(s, b)
+				if err := l.LoadAll(t.Context(), slices.Values([]Item{item(1, "a", 10)})); err != nil {
+					t.Fatal(err)
+				}
+				mu.Lock()
+				defer mu.Unlock()
+				if len(times) != 2 || times[1].Sub(times[0]) > MaxRetryAfter+time.Second {
+					t.Errorf("tries at %v; want two, the second within %v of the first", times, MaxRetryAfter)
+				}
+			})
+		})
+	}
+}
