@@ -660,3 +660,53 @@ func TestLoaderOddRetryAfters(t *testing.T) {
 		})
 	}
 }
+
+// TestLoaderFollowsAThroughputChange checks, on fake time, a Loader under
+// a ThroughputLimiter while the provisioned throughput drops from 1,000 to
+// 400 RU/s: the 429s come only between the drop and the limiter's next
+// read, and none once it has read the new figure.
+func TestLoaderFollowsAThroughputChange(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		s := newFakeStore(1000)
+		s.latency = 3 * time.Millisecond
+		lim := NewThroughputLimiter(func(context.Context) (Throughput, error) {
+			s.mu.Lock()
+			defer s.mu.Unlock()
+			return Throughput{ManualRU: int(s.provisioned)}, nil
+		}).WithCeiling(5000).WithRefreshInterval(time.Second)
+		b := start(t, lim)
+		l := newLoader(s, b)
+		var items []Item
+		for i := range 2000 { // about 12,600 RU: 3 s at 1,000 then 24 s at 400
+			items = append(items, item(i, "pk"+strconv.Itoa(i%50), 300))
+		}
+		var refusedAt []int
+		var wg sync.WaitGroup
+		wg.Go(func() {
+			time.Sleep(3500 * time.Millisecond)
+			s.mu.Lock()
+			s.provisioned = 400
+			s.mu.Unlock()
+			for range 2 { // the limiter reads at 4 s; its old releases leave the window by 5 s
+				time.Sleep(time.Second)
+				s.mu.Lock()
+				refusedAt = append(refusedAt, s.refused)
+				s.mu.Unlock()
+			}
+		})
+		if err := l.LoadAll(t.Context(), slices.Values(items)); err != nil {
+			t.Fatal(err)
+		}
+		wg.Wait()
+		s.checkOnce(t, ids(items))
+		if c := lim.Capacity(); c != 400 {
+			t.Errorf("capacity %d at the end, want 400", c)
+		}
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		t.Logf("429s: %d by 4.5 s, %d by 5.5 s, %d at the end", refusedAt[0], refusedAt[1], s.refused)
+		if s.refused != refusedAt[1] {
+			t.Errorf("%d 429s after the limiter followed the drop (%d by 5.5 s), want none", s.refused-refusedAt[1], refusedAt[1])
+		}
+	})
+}
