@@ -21,8 +21,11 @@ var (
 
 	// ErrTooExpensive is returned by Enqueue for an operation that costs more
 	// than the rate limiter's MaxCapacity, which could never be released, or
-	// more than math.MaxInt32, the most an operation may cost. The error
-	// wrapping it names both numbers.
+	// more than math.MaxInt32, the most an operation may cost. It also ends
+	// the operations that cost more than a MaxCapacity that fell after they
+	// were accepted: those buffered, those accepted as it fell, and those
+	// that ProcessBatch sends back for another attempt. The error wrapping
+	// it names both numbers.
 	ErrTooExpensive = errors.New("batcher: operation costs more than can be released")
 
 	// ErrTooManyAttempts ends an operation that ProcessBatch asked to retry
