@@ -451,3 +451,28 @@ func TestG2InTheSecondsOfAnyClock(t *testing.T) {
 		})
 	}
 }
+
+// An operation accepted after the maximum capacity rose is not failed by a
+// capacity interval that read the maximum before it rose: the Batcher
+// drops, for having cost more than the maximum it last read, only what was
+// buffered before it read the new one.
+func TestARiseOfMaxCapacityDuringItsReadFailsNothing(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		lim := &stallingLimiter{capacity: 50}
+		b := start(t, batcher.NewBatcher().WithRateLimiter(lim).
+			WithPauseTime(time.Hour).WithMaxPauseTime(time.Hour))
+		b.Pause()
+		w := (&sink{}).watcher()
+		lim.set(50, true) // the next read, the capacity interval's at 100ms, stalls
+		time.Sleep(101 * time.Millisecond)
+		lim.set(100, false)
+		op := enqueue(t, b, w, 1, 80)[0] // checked against 100
+		if n := b.OperationsInBuffer(); n != 1 {
+			t.Fatalf("%d operations buffered, want 1", n)
+		}
+		time.Sleep(time.Second) // the stalled read ends with 50, and ten intervals read 100
+		if isDone(op) {
+			t.Fatalf("the operation of cost 80, accepted under a maximum of 100, ended: %v", op.Err())
+		}
+	})
+}

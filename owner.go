@@ -178,6 +178,12 @@ func (b *Batcher) askCapacity() {
 	target := b.mu.target
 	changed := target != b.mu.lastTarget
 	b.mu.lastTarget = target
+	// Operations above the maximum as last read, buffered before the
+	// maximum is read below: their Enqueue read it before this does, so
+	// if it is below their cost now, it fell. (One buffered after may have
+	// read a maximum that rose since: it waits for the next interval.)
+	above := b.mu.aboveMax
+	b.mu.aboveMax = false
 	// The demand, in cost units per second: what waits now, plus what
 	// went out in the last second. Under a backlog it exceeds the capacity
 	// however small the buffer; at a steady rate under the capacity it is
@@ -204,7 +210,7 @@ func (b *Batcher) askCapacity() {
 	b.mu.Lock()
 	b.setCapacityLocked(now, c)
 	var dropped []Event
-	if m < b.mu.maxCapacity || b.mu.aboveMax {
+	if m < b.mu.maxCapacity || above {
 		dropped = b.dropAboveLocked(m)
 	}
 	b.mu.maxCapacity = m
@@ -223,7 +229,6 @@ func (b *Batcher) askCapacity() {
 // have ended; it returns a Failed event for each, to emit after the lock.
 func (b *Batcher) dropAboveLocked(max int) []Event {
 	b.sweepLocked()
-	b.mu.aboveMax = false
 	var dropped []*Operation
 	drop := func(op *Operation) {
 		dropped = append(dropped, op)
