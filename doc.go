@@ -15,7 +15,9 @@
 //     flushes, operation costs or concurrency; a batch counts from the moment
 //     its ProcessBatch call starts, however late its goroutine runs. An
 //     operation costing more than the limiter's MaxCapacity is refused by
-//     Enqueue.
+//     Enqueue; when MaxCapacity falls, those above it that are buffered,
+//     accepted as it falls, or sent back by ProcessBatch for another
+//     attempt fail with [ErrTooExpensive].
 //   - Uses what it is given: under a backlog the Batcher releases C in
 //     every 1.001 s (a second, and the millisecond it counts each release
 //     beyond it, for the moment ProcessBatch takes to start), for any
