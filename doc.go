@@ -29,7 +29,8 @@
 //     costs more, or a token bucket limiter's burst); a share and a few
 //     operations when costs vary, for a flush that waits for the room then
 //     waits up to half a flush interval. Shares of at most 1% of C give at
-//     least 99% of C in every second of any clock.
+//     least 99% of C in every second of any clock (a few operations less
+//     when costs vary).
 //   - Every operation has exactly one end: refused by Enqueue, or succeeded,
 //     or failed and reported in a [Failed] event. [Batcher.Stats] counts them.
 //   - Lossless shutdown: [Batcher.Shutdown] drains the buffer through the
