@@ -107,7 +107,9 @@ func (b *Batcher) WithBufferSize(n int) *Batcher {
 
 // WithFlushInterval sets how often the Batcher flushes: releases, within
 // capacity, the operations that did not fill a batch (a flush that finds
-// no concurrency slot free releases them as soon as one frees). It also
+// no concurrency slot free releases them as soon as one frees; a partial
+// batch whose watcher's operations stream in fast enough to fill it may wait
+// for a later flush, at most 4 intervals after its oldest operation came). It also
 // sets how finely capacity is paced: each flush interval gets its share of
 // the second's capacity, under a backlog too. A datastore that counts in
 // seconds of its own sees each of them short of the capacity by at most one

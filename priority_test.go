@@ -2,7 +2,9 @@ package batcher_test
 
 import (
 	"context"
+	"errors"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"testing/synctest"
@@ -204,5 +206,26 @@ func TestGuaranteedShareKeepsALowClassGoing(t *testing.T) {
 				t.Errorf("low class got %.3f of the released cost (%d of %d), want its guaranteed %.2f", got, lw, h+lw, share)
 			}
 		})
+	}
+}
+
+func TestBadPriorityWeightAndShareAreRefusedByName(t *testing.T) {
+	b := start(t, batcher.NewBatcher())
+	for _, c := range []struct {
+		w    *batcher.Watcher
+		want string
+	}{
+		{batcher.NewWatcher(func(context.Context, []*batcher.Operation) error { return nil }).WithWeight(0), "Weight is 0"},
+		{batcher.NewWatcher(func(context.Context, []*batcher.Operation) error { return nil }).WithGuaranteedShare(1), "GuaranteedShare is 1"},
+		{batcher.NewWatcher(func(context.Context, []*batcher.Operation) error { return nil }).WithGuaranteedShare(-0.1), "GuaranteedShare is -0.1"},
+	} {
+		err := b.Enqueue(batcher.NewOperation(c.w, 1, nil, true))
+		if !errors.Is(err, batcher.ErrInvalidSetting) || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("Enqueue = %v, want ErrInvalidSetting naming %q", err, c.want)
+		}
+	}
+	w := batcher.NewWatcher(func(context.Context, []*batcher.Operation) error { return nil })
+	if w.Priority() != 0 || w.Weight() != 1 || w.GuaranteedShare() != 0 {
+		t.Errorf("defaults: priority %d, weight %d, share %v; want 0, 1, 0", w.Priority(), w.Weight(), w.GuaranteedShare())
 	}
 }
