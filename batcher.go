@@ -89,6 +89,7 @@ type Batcher struct {
 		paused      bool
 		pausedUntil time.Time
 		lanes       laneHeap // the queues whose lane a throttle paused, by the end of the pause
+		sharedLanes map[*Lane]*laneState
 		capacity    int
 		maxCapacity int  // the rate limiter's, as last read
 		aboveMax    bool // an operation costing more than maxCapacity was buffered since the last drop
@@ -143,6 +144,7 @@ type queue struct {
 	// laneAt in Batcher.mu.lanes (-1 when not paused); streak counts its
 	// throttles in a row, pauses the throttles that began or lengthened a
 	// run of its pauses.
+	shared      *laneState // its watcher's shared lane, if any (see Lane)
 	paused      bool
 	held        bool // paused by eager release's hold, not by a throttle: no events
 	pausedUntil time.Time
@@ -422,6 +424,7 @@ func (b *Batcher) queueLocked(w *Watcher) *queue {
 	q := b.mu.queues[w]
 	if q == nil {
 		q = &queue{w: w, laneAt: -1, cls: b.classLocked(w.priority, w.share)}
+		b.sharedLaneLocked(q)
 		b.mu.queues[w] = q
 	}
 	return q
@@ -672,6 +675,7 @@ func (b *Batcher) abort(cause error, fromOwner bool) {
 	b.mu.running = nil
 	idle := b.retireLocked(true)
 	b.mu.queues = map[*Watcher]*queue{}
+	b.mu.sharedLanes = nil
 	b.resetSchedLocked()
 	b.mu.idle = nil
 	b.mu.buffered, b.mu.outstanding, b.mu.target, b.mu.inflight = 0, 0, 0, 0

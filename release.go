@@ -280,7 +280,7 @@ func (b *Batcher) takeLocked(now time.Time, q *queue, n, cost int) *batch {
 		}
 	}
 	q.popInto(ops)
-	bt := &batch{q: q, ops: ops, cost: cost, pauses: q.pauses, worker: b.popIdleLocked()}
+	bt := &batch{q: q, ops: ops, cost: cost, pauses: q.lanePauses(), worker: b.popIdleLocked()}
 	if q.ops.len() == 0 {
 		q.flushOwed = false // what the flush owed has gone
 	}
@@ -486,8 +486,8 @@ func (b *Batcher) complete(bt *batch, w *worker) (next *batch, idle bool) {
 		b.readyLocked(bt.q) // once its lane resumes
 		evs = append(evs, Event{Kind: Throttled, Batch: throttle, Duration: d, Err: retryErr, Watcher: bt.q.w},
 			Event{Kind: Paused, Duration: d, Err: retryErr, Watcher: bt.q.w})
-	} else if bt.pauses == bt.q.pauses {
-		bt.q.streak = 0 // released after the lane's last throttle, and not throttled
+	} else if bt.pauses == bt.q.lanePauses() {
+		bt.q.laneSucceeded() // released after the lane's last throttle, and not throttled
 	}
 	if ended > 0 && b.mu.space != nil && (b.freeLocked() >= b.lowWater || b.mu.outstanding == b.mu.buffered) {
 		// Room for a few grants; or the last batch running has ended,
@@ -607,6 +607,7 @@ func (b *Batcher) sweepIdleLocked() {
 		q.inIdle = false
 		if q.isIdle() && !q.inReady && !q.inFull && !q.paused && !q.parked() && b.mu.queues[q.w] == q {
 			delete(b.mu.queues, q.w)
+			b.leaveLaneLocked(q)
 		}
 	}
 	clear(b.mu.idle)

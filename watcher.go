@@ -73,6 +73,7 @@ type Watcher struct {
 	maxConcurrent    int
 	retryBackoff     time.Duration
 	maxRetryBackoff  time.Duration
+	lane             *Lane
 	priority         int
 	weight           int
 	share            float64
@@ -159,6 +160,17 @@ func (w *Watcher) WithMaxConcurrentBatches(n int) *Watcher {
 func (w *Watcher) WithRetryBackoff(base, max time.Duration) *Watcher {
 	w.mustNotBeSealed("WithRetryBackoff")
 	w.retryBackoff, w.maxRetryBackoff = base, max
+	return w
+}
+
+// WithLane puts the watcher in a lane shared with the other watchers given
+// l: a throttle of any of them pauses them all, and their run of throttles
+// is one (see [Throttle]). Use it when several watchers write to one
+// budget of the datastore, such as one physical partition. The default,
+// nil, makes the watcher a lane of its own.
+func (w *Watcher) WithLane(l *Lane) *Watcher {
+	w.mustNotBeSealed("WithLane")
+	w.lane = l
 	return w
 }
 
