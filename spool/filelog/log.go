@@ -361,8 +361,9 @@ func (l *Log) append(ctx context.Context, recs [][]byte, forceSync bool) error {
 			break
 		}
 		if l.errorWhenFull {
+			used := l.used
 			l.mu.Unlock()
-			return fmt.Errorf("%w: %d of %d bytes (MaxBytes) in use", spool.ErrFull, l.used, l.maxBytes)
+			return fmt.Errorf("%w: %d of %d bytes (MaxBytes) in use", spool.ErrFull, used, l.maxBytes)
 		}
 		room := l.roomCh
 		l.mu.Unlock()
