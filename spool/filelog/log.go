@@ -74,9 +74,9 @@ func (c Cut) String() string {
 // Stats counts what a Log did since Open.
 type Stats struct {
 	Records  int64 // records appended
-	Writes   int64 // write calls to segments
+	Writes   int64 // Append calls that copied records into a segment
 	Syncs    int64 // fsync calls on segments
-	Bytes    int64 // bytes held in segments now, counting records not yet written
+	Bytes    int64 // bytes the segment files take now, counting the space reserved for the active one
 	Segments int64 // segment files now
 }
 
@@ -105,10 +105,10 @@ type Log struct {
 	mu       sync.Mutex
 	closed   bool
 	closedCh chan struct{}
-	pending  []byte // frames waiting for the writer
-	group    *group // the Appends waiting for pending
-	records  int    // records in pending
-	used     int64  // bytes in segments and pending
+	group    *group // the Appends waiting for the next fsync (SyncEveryAppend)
+	dirty    bool   // written since the last fsync
+	waiting  bool   // a Read waits on dataCh
+	used     int64  // bytes in segments
 	segs     []*segment
 	roomCh   chan struct{} // closed when bytes are freed
 	dataCh   chan struct{} // closed when records are written
@@ -125,10 +125,11 @@ type Log struct {
 
 	dead deadLog
 
-	// owned by the writer goroutine
-	active     *os.File
+	// the active segment, mapped into memory; under mu
+	active     *mapped
 	activeSize int64
-	broken     error // a write failed: the log refuses appends
+	broken     error      // a roll failed: the log refuses appends
+	syncMu     sync.Mutex // held while a file is fsynced or sealed
 
 	nRecords, nWrites, nSyncs atomic.Int64
 }
@@ -141,7 +142,7 @@ type segment struct {
 type group struct {
 	done chan struct{}
 	err  error
-	sync bool // fsync this group whatever the policy (Replay)
+	n    int // records waiting
 }
 
 // New returns a Log in directory dir (created at Open if missing) with the
@@ -171,7 +172,8 @@ func (l *Log) WithSync(p SyncPolicy) *Log {
 	return l
 }
 
-// WithMaxBytes bounds the bytes the log's segments hold. When an Append
+// WithMaxBytes bounds the bytes the log's segment files take on disk,
+// counting the space reserved for the segment being written. When an Append
 // would pass it, Append waits for the consumer to free room (or, with
 // WithErrorWhenFull, returns spool.ErrFull). Room is freed a segment at a
 // time, once every record in it has ended. The default is 1 GiB; n must be
@@ -297,12 +299,12 @@ func (l *Log) Open() error {
 			l.onCut(c)
 		}
 	}
-	l.wg.Go(l.writer)
+	l.wg.Go(l.syncer)
 	return nil
 }
 
-// Close stops the log: it writes (and, unless the policy is SyncNever,
-// fsyncs) what Appends already handed it, wakes every blocked call with
+// Close stops the log: it fsyncs (unless the policy is SyncNever) what
+// Appends wrote, wakes every blocked call with
 // spool.ErrClosed, closes its files and releases the directory's lock.
 // Close may be called more than once.
 func (l *Log) Close() error {
@@ -326,6 +328,7 @@ func (l *Log) Close() error {
 	l.readMu.Unlock()
 	l.mu.Lock()
 	err := l.saveMarkLocked(true)
+	err = errors.Join(err, l.sealLocked())
 	l.mu.Unlock()
 	err = errors.Join(err, l.ackF.Close(), l.dead.close())
 	return errors.Join(err, l.lockF.Close())
@@ -357,7 +360,22 @@ func (l *Log) append(ctx context.Context, recs [][]byte, forceSync bool) error {
 			l.mu.Unlock()
 			return spool.ErrClosed
 		}
-		if l.used+n <= l.maxBytes {
+		if l.broken != nil {
+			err := l.broken
+			l.mu.Unlock()
+			return err
+		}
+		if l.activeSize+n <= int64(len(l.active.data)) {
+			break // fits in the space the active segment reserved
+		}
+		// A new segment: its reservation must fit in the bound, counting
+		// the active one as cut to its records.
+		need := max(l.segmentSize, n)
+		if l.used-(int64(len(l.active.data))-l.activeSize)+need <= l.maxBytes {
+			if err := l.rollLocked(n); err != nil {
+				l.mu.Unlock()
+				return err
+			}
 			break
 		}
 		if l.errorWhenFull {
@@ -375,18 +393,26 @@ func (l *Log) append(ctx context.Context, recs [][]byte, forceSync bool) error {
 		}
 		l.mu.Lock()
 	}
-	if l.broken != nil {
-		err := l.broken
-		l.mu.Unlock()
-		return err
-	}
-	l.used += n
+	buf := l.active.data[l.activeSize:l.activeSize:len(l.active.data)]
 	for _, r := range recs {
-		l.pending = appendFrame(l.pending, r)
+		buf = appendFrame(buf, r)
 	}
-	l.records += len(recs)
+	l.activeSize += n
+	l.segs[len(l.segs)-1].size = l.activeSize
+	l.dirty = true
+	l.nRecords.Add(int64(len(recs)))
+	l.nWrites.Add(1)
+	if l.waiting {
+		close(l.dataCh)
+		l.dataCh = make(chan struct{})
+		l.waiting = false
+	}
+	if l.sync != SyncEveryAppend && !forceSync {
+		l.mu.Unlock()
+		return nil
+	}
 	g := l.group
-	g.sync = g.sync || forceSync
+	g.n += len(recs)
 	l.mu.Unlock()
 	select {
 	case l.kick <- struct{}{}:

@@ -54,6 +54,7 @@ func (l *Log) Read(ctx context.Context, max int) ([]spool.Entry, error) {
 			continue
 		}
 		wait := l.dataCh
+		l.waiting = true
 		l.mu.Unlock()
 		select {
 		case <-wait:

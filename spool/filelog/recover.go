@@ -76,15 +76,16 @@ func (l *Log) recover() error {
 	for _, s := range l.segs {
 		l.used += s.size
 	}
-	f, err := l.createSegment(next)
+	m, err := l.createSegment(next, l.segmentSize)
 	if err != nil {
 		l.ackF.Close()
 		return err
 	}
-	l.active = f
+	l.active = m
+	l.used += l.segmentSize
 	l.segs = append(l.segs, &segment{num: next})
 	if err := l.dead.open(filepath.Join(l.dir, "dead.log"), l.maxRecordSize+deadOverhead, l); err != nil {
-		l.active.Close()
+		l.sealLocked()
 		l.ackF.Close()
 		return err
 	}
@@ -109,6 +110,11 @@ func (l *Log) check(path string, tail bool, max int) (int64, error) {
 	}
 	if off == len(data) {
 		return int64(off), nil
+	}
+	if allZero(data[off:]) {
+		// Space reserved for records that never came (the process died
+		// before it sealed the segment): nothing is cut.
+		return int64(off), truncate(path, int64(off))
 	}
 	c := Cut{File: path, Offset: int64(off), Bytes: int64(len(data) - off), Tail: tail}
 	if !tail {
@@ -166,4 +172,13 @@ func (l *Log) watermarkLocked() pos {
 		return p
 	}
 	return pos{l.rseg, l.roff}
+}
+
+func allZero(b []byte) bool {
+	for _, c := range b {
+		if c != 0 {
+			return false
+		}
+	}
+	return true
 }

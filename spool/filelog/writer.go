@@ -6,35 +6,113 @@ import (
 	"time"
 )
 
-// writer is the goroutine that owns the active segment: it writes what
-// Appends leave in pending, in one write call per round (group commit),
-// fsyncs as the policy says, and rolls to a new segment when the active one
-// is full.
-func (l *Log) writer() {
+// A mapped is a segment file mapped into memory. Appends copy their frames
+// into data under the log's mu: once copied, the bytes are in the
+// operating system's page cache, so they survive the death of the process
+// (not of the machine: that takes an fsync). closed is set, under the log's
+// syncMu, when the file is sealed.
+type mapped struct {
+	f      *os.File
+	data   []byte
+	closed bool
+}
+
+// createSegment creates segment num, of size bytes reserved on disk, and
+// maps it.
+func (l *Log) createSegment(num uint64, size int64) (*mapped, error) {
+	f, err := os.OpenFile(l.segPath(num), os.O_CREATE|os.O_EXCL|os.O_RDWR, 0o644)
+	if err != nil {
+		return nil, fmt.Errorf("filelog: %w", err)
+	}
+	data, err := mapFile(f, size)
+	if err != nil {
+		f.Close()
+		os.Remove(f.Name())
+		return nil, fmt.Errorf("filelog: map %s: %w", f.Name(), err)
+	}
+	if l.sync != SyncNever {
+		syncDir(l.dir)
+	}
+	return &mapped{f: f, data: data}, nil
+}
+
+// rollLocked seals the active segment and begins the next, large enough
+// for n bytes.
+func (l *Log) rollLocked(n int64) error {
+	num := l.segs[len(l.segs)-1].num + 1
+	reserved := int64(len(l.active.data))
+	if err := l.sealLocked(); err != nil {
+		l.broken = fmt.Errorf("filelog: the log is broken since a segment could not be sealed; reopen it: %w", err)
+		return l.broken
+	}
+	l.used -= reserved - l.activeSize // sealLocked cut it
+	size := max(l.segmentSize, n)
+	m, err := l.createSegment(num, size)
+	if err != nil {
+		l.broken = fmt.Errorf("filelog: the log is broken since a segment could not be created; reopen it: %w", err)
+		return l.broken
+	}
+	l.used += size
+	l.active, l.activeSize = m, 0
+	l.segs = append(l.segs, &segment{num: num})
+	return nil
+}
+
+// sealLocked fsyncs the active segment (unless the policy is SyncNever),
+// unmaps it, cuts the file to its records and closes it.
+func (l *Log) sealLocked() error {
+	a := l.active
+	if a == nil || a.closed {
+		return nil
+	}
+	l.syncMu.Lock()
+	defer l.syncMu.Unlock()
+	var err error
+	if l.sync != SyncNever && l.dirty {
+		l.nSyncs.Add(1)
+		err = a.f.Sync()
+	}
+	l.dirty = false
+	if uerr := unmap(a.data); err == nil {
+		err = uerr
+	}
+	a.data = nil
+	if terr := a.f.Truncate(l.activeSize); err == nil {
+		err = terr
+	}
+	if cerr := a.f.Close(); err == nil {
+		err = cerr
+	}
+	a.closed = true
+	return err
+}
+
+// syncer is the goroutine that fsyncs: every d with SyncEvery(d), and in
+// rounds for the Appends that wait with SyncEveryAppend (group commit:
+// one fsync for every Append that came since the last).
+func (l *Log) syncer() {
 	var tick <-chan time.Time
 	if l.sync > 0 {
 		t := time.NewTicker(time.Duration(l.sync))
 		defer t.Stop()
 		tick = t.C
 	}
-	dirty := false
-	var spare []byte
-	// With SyncEveryAppend, a round waits a little for the Appends that the
-	// last round released to come back, so that they share the next fsync
-	// instead of alternating in two half-full groups: until as many records
-	// are pending as the last round wrote plus those that came during it,
-	// for at most half the last fsync's time (and 2 ms).
+	// A round waits a little for the Appends that the last round released
+	// to come back, so that they share the next fsync instead of
+	// alternating in two half-full groups: until as many records wait as
+	// the last round synced plus those that came during it, for at most
+	// half the last fsync's time (and 2 ms).
 	var target int
 	var lastSync time.Duration
 	gather := func() {
-		if l.sync != SyncEveryAppend || target <= 1 {
+		if target <= 1 {
 			return
 		}
 		t := time.NewTimer(min(lastSync/2, 2*time.Millisecond))
 		defer t.Stop()
 		for {
 			l.mu.Lock()
-			n := l.records
+			n := l.group.n
 			l.mu.Unlock()
 			if n >= target {
 				return
@@ -49,118 +127,56 @@ func (l *Log) writer() {
 		}
 	}
 	round := func() {
-		gather()
 		l.mu.Lock()
-		if len(l.pending) == 0 {
+		g := l.group
+		if g.n == 0 {
 			l.mu.Unlock()
 			return
 		}
-		buf, g, n := l.pending, l.group, l.records
-		l.pending, l.group, l.records = spare[:0], &group{done: make(chan struct{})}, 0
+		l.group = &group{done: make(chan struct{})}
+		a := l.active
+		l.dirty = false
 		l.mu.Unlock()
-		err := l.writeOut(buf)
-		if err == nil {
-			l.nRecords.Add(int64(n))
-			dirty = true
-			if l.sync == SyncEveryAppend || g.sync {
-				t0 := time.Now()
-				err = l.syncActive()
-				lastSync = time.Since(t0)
-				dirty = err != nil
-			}
-		}
+		t0 := time.Now()
+		g.err = l.syncFile(a)
+		lastSync = time.Since(t0)
 		l.mu.Lock()
-		target = n + l.records
-		if err != nil && l.broken == nil {
-			l.broken = fmt.Errorf("filelog: the log is broken since a write failed; reopen it: %w", err)
-		}
-		wake := l.dataCh
-		l.dataCh = make(chan struct{})
+		target = g.n + l.group.n
 		l.mu.Unlock()
-		close(wake)
-		g.err = err
 		close(g.done)
-		spare = buf
 	}
 	for {
 		select {
 		case <-l.kick:
+			gather()
 			round()
 		case <-tick:
+			l.mu.Lock()
+			dirty, a := l.dirty, l.active
+			l.dirty = false
+			l.mu.Unlock()
 			if dirty {
-				dirty = l.syncActive() != nil
+				l.syncFile(a)
 			}
 		case <-l.closedCh:
 			round()
-			if dirty && l.sync != SyncNever {
-				l.syncActive()
-			}
-			l.active.Close()
 			return
 		}
 	}
 }
 
-// writeOut writes buf (whole frames) to the active segment, first rolling
-// to a new segment if the active one is full.
-func (l *Log) writeOut(buf []byte) error {
-	if l.activeSize >= l.segmentSize {
-		if err := l.roll(); err != nil {
-			return err
-		}
+// syncFile fsyncs a, unless it was sealed meanwhile (which fsynced it).
+func (l *Log) syncFile(a *mapped) error {
+	l.syncMu.Lock()
+	defer l.syncMu.Unlock()
+	if a.closed {
+		return nil
 	}
-	n, err := l.active.Write(buf)
-	l.nWrites.Add(1)
-	l.activeSize += int64(n)
-	l.mu.Lock()
-	l.segs[len(l.segs)-1].size = l.activeSize
-	l.mu.Unlock()
-	if err != nil {
-		return fmt.Errorf("filelog: write %s: %w", l.active.Name(), err)
-	}
-	return nil
-}
-
-func (l *Log) syncActive() error {
 	l.nSyncs.Add(1)
-	if err := l.active.Sync(); err != nil {
-		return fmt.Errorf("filelog: fsync %s: %w", l.active.Name(), err)
+	if err := a.f.Sync(); err != nil {
+		return fmt.Errorf("filelog: fsync %s: %w", a.f.Name(), err)
 	}
 	return nil
-}
-
-// roll closes the active segment (fsynced, unless the policy is
-// SyncNever) and begins the next.
-func (l *Log) roll() error {
-	if l.sync != SyncNever {
-		if err := l.syncActive(); err != nil {
-			return err
-		}
-	}
-	l.mu.Lock()
-	num := l.segs[len(l.segs)-1].num + 1
-	l.mu.Unlock()
-	f, err := l.createSegment(num)
-	if err != nil {
-		return err
-	}
-	l.active.Close()
-	l.active, l.activeSize = f, 0
-	l.mu.Lock()
-	l.segs = append(l.segs, &segment{num: num})
-	l.mu.Unlock()
-	return nil
-}
-
-func (l *Log) createSegment(num uint64) (*os.File, error) {
-	f, err := os.OpenFile(l.segPath(num), os.O_CREATE|os.O_EXCL|os.O_WRONLY|os.O_APPEND, 0o644)
-	if err != nil {
-		return nil, fmt.Errorf("filelog: %w", err)
-	}
-	if l.sync != SyncNever {
-		syncDir(l.dir)
-	}
-	return f, nil
 }
 
 // syncDir fsyncs a directory, so that a file created or removed in it stays
