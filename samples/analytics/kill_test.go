@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"fmt"
+	"io"
 	"math/rand/v2"
 	"os"
 	"os/exec"
@@ -20,6 +21,7 @@ import (
 
 	"github.com/ratebatch/batcher/internal/servicetest"
 	"github.com/ratebatch/batcher/samples/analytics"
+	"github.com/ratebatch/batcher/spool/filelog"
 )
 
 // killEvents is the number of events of a kill test: 20,000 in `make
@@ -80,7 +82,7 @@ func (r *run) start(role string, extra ...string) *exec.Cmd {
 	cmd := exec.Command(r.bin, "-test.run=^$")
 	cmd.Env = append(append(append(os.Environ(), r.env...), "ANALYTICS_ROLE="+role), extra...)
 	var stderr strings.Builder
-	cmd.Stderr = &stderr
+	cmd.Stderr = io.MultiWriter(&stderr, os.Stderr)
 	cmd.Stdout = os.Stdout
 	if err := cmd.Start(); err != nil {
 		r.t.Fatal(err)
@@ -131,6 +133,20 @@ func TestKillLocalLog(t *testing.T) {
 	}
 	cmd := r.start("node")
 	waitExit(t, cmd, 10*time.Minute)
+	// The spool is empty: whatever was appended was consumed.
+	l := filelog.New(filepath.Join(dir, "spool"))
+	if err := l.Open(); err != nil {
+		t.Fatal(err)
+	}
+	rctx, rcancel := context.WithTimeout(t.Context(), 500*time.Millisecond)
+	if es, err := l.Read(rctx, 1000); err == nil {
+		t.Errorf("the spool still delivers %d records after the last node finished", len(es))
+	}
+	rcancel()
+	if cuts := l.Cuts(); len(cuts) > 0 {
+		t.Logf("cuts at the final open: %v", cuts)
+	}
+	l.Close()
 	check(t, conn, table, n, []string{filepath.Join(dir, "acked")}, r, time.Since(start))
 }
 

@@ -99,16 +99,34 @@ func runRole(role string) error {
 			<-done
 			return err
 		}
-		// Produced all: wait until the consumer has been idle a second.
-		last, since := int64(-1), time.Now()
-		for time.Since(since) < time.Second {
-			s := c.Stats()
-			if n := s.Read; n != last || s.Acked+s.Dead+s.Left < n {
-				last, since = n, time.Now()
+		// Produced all: wait until every record was read and ended.
+		for env("IDLE_EXIT") != "" { // the first version's condition, kept to show why it was wrong
+			last, since := int64(-1), time.Now()
+			for time.Since(since) < time.Second {
+				s := c.Stats()
+				if n := s.Read; n != last || s.Acked+s.Dead+s.Left < n {
+					last, since = n, time.Now()
+				}
+				time.Sleep(50 * time.Millisecond)
 			}
-			time.Sleep(50 * time.Millisecond)
+			st := l.Stats()
+			fmt.Fprintf(os.Stderr, "node: idle exit with %d bytes unread and %d records unended; consumer %+v\n", st.Unread, st.Unended, c.Stats())
+			ccancel()
+			return <-done
+		}
+		for {
+			if st := l.Stats(); st.Unread == 0 && st.Unended == 0 {
+				break
+			}
+			select {
+			case err := <-done:
+				ccancel()
+				return fmt.Errorf("the consumer stopped before the spool was empty: %v", err)
+			case <-time.After(50 * time.Millisecond):
+			}
 		}
 		ccancel()
+		fmt.Fprintf(os.Stderr, "node: consumer %+v\n", c.Stats())
 		return <-done
 	case "producer", "consumer":
 		rdb := redis.NewClient(&redis.Options{Addr: env("REDIS"), MaxRetries: -1})

@@ -78,6 +78,8 @@ type Stats struct {
 	Syncs    int64 // fsync calls on segments
 	Bytes    int64 // bytes the segment files take now, counting the space reserved for the active one
 	Segments int64 // segment files now
+	Unread   int64 // bytes of records appended and not yet read
+	Unended  int64 // records read and not yet ended (acknowledged or dead-lettered)
 }
 
 // A Log is the local-log backend of a spool: a directory of segment files
@@ -227,9 +229,18 @@ func (l *Log) Dir() string { return l.dir }
 // Stats returns the log's counts.
 func (l *Log) Stats() Stats {
 	l.mu.Lock()
-	used, n := l.used, int64(len(l.segs))
+	used, n, unended := l.used, int64(len(l.segs)), int64(l.ring.len())
+	var unread int64
+	for _, s := range l.segs {
+		switch {
+		case s.num > l.rseg:
+			unread += s.size
+		case s.num == l.rseg:
+			unread += s.size - l.roff
+		}
+	}
 	l.mu.Unlock()
-	return Stats{Records: l.nRecords.Load(), Writes: l.nWrites.Load(), Syncs: l.nSyncs.Load(), Bytes: used, Segments: n}
+	return Stats{Records: l.nRecords.Load(), Writes: l.nWrites.Load(), Syncs: l.nSyncs.Load(), Bytes: used, Segments: n, Unread: unread, Unended: unended}
 }
 
 func (l *Log) validate() error {
