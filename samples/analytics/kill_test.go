@@ -21,6 +21,7 @@ import (
 
 	"github.com/ratebatch/batcher/internal/servicetest"
 	"github.com/ratebatch/batcher/samples/analytics"
+	"github.com/ratebatch/batcher/spool"
 	"github.com/ratebatch/batcher/spool/filelog"
 )
 
@@ -145,6 +146,17 @@ func TestKillLocalLog(t *testing.T) {
 	rcancel()
 	if cuts := l.Cuts(); len(cuts) > 0 {
 		t.Logf("cuts at the final open: %v", cuts)
+	}
+	dead := 0
+	l.DeadLetters(t.Context(), func(e spool.DeadEntry) error {
+		if dead < 5 {
+			t.Logf("dead letter %v: %s", e.From, e.Reason)
+		}
+		dead++
+		return nil
+	})
+	if dead > 0 {
+		t.Errorf("%d dead letters in the spool", dead)
 	}
 	l.Close()
 	check(t, conn, table, n, []string{filepath.Join(dir, "acked")}, r, time.Since(start))
