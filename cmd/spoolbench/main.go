@@ -381,6 +381,7 @@ func memoryRun(f *Figures, dir string, n, producers int, log io.Writer) error {
 	sp := spool.New[[]byte](l, spool.Bytes())
 	defer sp.Close()
 	tenth := n / 10
+	start := time.Now()
 	for part := range 10 {
 		if _, err := produce(sp, tenth, producers, nil); err != nil {
 			return err
@@ -389,7 +390,7 @@ func memoryRun(f *Figures, dir string, n, producers int, log io.Writer) error {
 		var ms runtime.MemStats
 		runtime.ReadMemStats(&ms)
 		f.HeapInUseMiB = append(f.HeapInUseMiB, float64(ms.HeapInuse)/(1<<20))
-		fmt.Fprintf(log, "memory run: %d appended, heap in use %.1f MiB\n", (part+1)*tenth, float64(ms.HeapInuse)/(1<<20))
+		fmt.Fprintf(log, "memory run: %d appended (%.0f/s), heap in use %.1f MiB\n", (part+1)*tenth, float64((part+1)*tenth)/time.Since(start).Seconds(), float64(ms.HeapInuse)/(1<<20))
 	}
 	f.DiskMiB = float64(l.Stats().Bytes) / (1 << 20)
 	return nil
