@@ -41,7 +41,7 @@ type ConsumerStats struct {
 type Consumer[T any] struct {
 	s *Spool[T]
 	b *batcher.Batcher
-	w *batcher.Watcher
+	w *Watcher[T]
 
 	cost         func(T) int
 	maxInFlight  int
@@ -59,7 +59,7 @@ type Consumer[T any] struct {
 // Consumer returns a Consumer of the spool's records that enqueues them to
 // b for w, a Watcher made by NewWatcher for records of type T. b must be
 // started before Run; the Consumer does not shut it down.
-func (s *Spool[T]) Consumer(b *batcher.Batcher, w *batcher.Watcher) *Consumer[T] {
+func (s *Spool[T]) Consumer(b *batcher.Batcher, w *Watcher[T]) *Consumer[T] {
 	return &Consumer[T]{
 		s: s, b: b, w: w,
 		maxInFlight:  DefaultMaxInFlight,
@@ -235,7 +235,7 @@ func (c *Consumer[T]) loop(ctx context.Context, wg *sync.WaitGroup, abort contex
 				cost = c.cost(v)
 			}
 			r := &Record[T]{Value: v, ID: e.ID}
-			op := batcher.NewOperation(c.w, cost, r, true)
+			op := &batcher.NewTypedOperation(c.w, cost, r, true).Operation
 			r.Op = op
 			if err := c.b.EnqueueContext(ctx, op); err != nil {
 				switch {

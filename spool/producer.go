@@ -129,28 +129,23 @@ type Record[T any] struct {
 	Op    *batcher.Operation
 }
 
+// A Watcher is the Batcher's watcher of a spool's operations: a
+// batcher.TypedWatcher whose operations carry *Record[T]. Make it with
+// NewWatcher and configure it with its With* methods as any other.
+type Watcher[T any] = batcher.TypedWatcher[*Record[T]]
+
 // NewWatcher returns a Watcher for a spool's Consumer whose batches are
-// handed to fn as records of type T. Configure it with the Watcher's With*
-// methods as any other. What fn returns, and what it says per record
-// through Record.Op, decides each operation's end, as for any Watcher: the
-// record is removed from the spool once its operation succeeded, and moved
-// to the dead-letter store once it failed for good.
-//
-// An operation of this watcher whose payload is not a *Record[T] (one
-// enqueued by hand) fails with an error saying so.
-func NewWatcher[T any](fn func(ctx context.Context, batch []*Record[T]) error) *batcher.Watcher {
-	return batcher.NewWatcher(func(ctx context.Context, ops []*batcher.Operation) error {
-		recs := make([]*Record[T], 0, len(ops))
-		for _, op := range ops {
-			r, ok := op.Payload().(*Record[T])
-			if !ok {
-				op.Fail(fmt.Errorf("spool: the operation's payload is a %T, not a %T", op.Payload(), r))
-				continue
-			}
-			recs = append(recs, r)
-		}
-		if len(recs) == 0 {
-			return nil
+// handed to fn as records of type T: no type assertion, and a Watcher of
+// another type is a compile error at Spool.Consumer. What fn returns, and
+// what it says per record through Record.Op, decides each operation's end,
+// as for any Watcher: the record is removed from the spool once its
+// operation succeeded, and moved to the dead-letter store once it failed
+// for good.
+func NewWatcher[T any](fn func(ctx context.Context, batch []*Record[T]) error) *Watcher[T] {
+	return batcher.NewTypedWatcher(func(ctx context.Context, ops []*batcher.TypedOperation[*Record[T]]) error {
+		recs := make([]*Record[T], len(ops))
+		for i, op := range ops {
+			recs[i] = op.Payload()
 		}
 		return fn(ctx, recs)
 	})

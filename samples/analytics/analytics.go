@@ -309,7 +309,7 @@ func Insert(ctx context.Context, conn driver.Conn, table string, events []Event,
 // chunk was inserted. A failure is retried (up to 1,000 times, backing off
 // to 10 s), so that the records stay in the spool while ClickHouse or Redis
 // is down.
-func NewWatcher(conn driver.Conn, sessions *Sessions, table string) *batcher.Watcher {
+func NewWatcher(conn driver.Conn, sessions *Sessions, table string) *spool.Watcher[Event] {
 	return spool.NewWatcher(func(ctx context.Context, batch []*spool.Record[Event]) error {
 		events := make([]Event, len(batch))
 		for i, r := range batch {
