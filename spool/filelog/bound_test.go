@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -73,11 +74,32 @@ func TestBound(t *testing.T) {
 					}
 				})
 			}
-			// The consumer is stopped: watch the disk meanwhile.
+			// The consumer is stopped (500 ms here; FILELOG_BOUND_STOP=60s
+			// for the minute): watch the disk and the heap meanwhile.
+			stop := 500 * time.Millisecond
+			if d, err := time.ParseDuration(os.Getenv("FILELOG_BOUND_STOP")); err == nil {
+				stop = d
+			}
 			var peak int64
-			for range 50 {
+			var heapLo, heapHi uint64
+			for end := time.Now().Add(stop); time.Now().Before(end); {
 				time.Sleep(10 * time.Millisecond)
 				peak = max(peak, dirBytes(t, dir))
+				if stop > time.Second && time.Now().Add(-stop/2).After(end.Add(-stop)) {
+					var ms runtime.MemStats
+					runtime.ReadMemStats(&ms)
+					if heapLo == 0 || ms.HeapInuse < heapLo {
+						heapLo = ms.HeapInuse
+					}
+					heapHi = max(heapHi, ms.HeapInuse)
+					time.Sleep(90 * time.Millisecond)
+				}
+			}
+			if heapHi > 0 {
+				t.Logf("heap in use over the stop's second half: %.1f to %.1f MiB", float64(heapLo)/(1<<20), float64(heapHi)/(1<<20))
+				if heapHi > heapLo+8<<20 {
+					t.Errorf("the heap grew from %d to %d bytes while the consumer was stopped", heapLo, heapHi)
+				}
 			}
 			if peak > maxBytes {
 				t.Errorf("the segments held %d bytes while the consumer was stopped, over MaxBytes %d", peak, maxBytes)
