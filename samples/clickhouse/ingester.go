@@ -13,10 +13,10 @@ import (
 	"sync/atomic"
 	"time"
 
-	ch "github.com/ClickHouse/clickhouse-go/v2"
 	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
 
 	"github.com/ratebatch/batcher"
+	"github.com/ratebatch/batcher/internal/redact"
 	"github.com/ratebatch/batcher/ratelimiter"
 )
 
@@ -356,12 +356,6 @@ func (i *Ingester) Stats() Stats {
 // inserts it chunk by chunk.
 type processor struct{ i *Ingester }
 
-// Exception codes on which ClickHouse asks clients to slow down.
-const (
-	codeTooManyParts            = 252
-	codeTooManySimultaneousQuer = 202
-)
-
 func (p processor) ProcessBatch(ctx context.Context, batch []*batcher.Operation) error {
 	i := p.i
 	events, batch := sortByTime(batch)
@@ -380,15 +374,22 @@ func (p processor) ProcessBatch(ctx context.Context, batch []*batcher.Operation)
 			continue
 		}
 		i.insertErrors.Add(1)
-		err = fmt.Errorf("clickhouse: insert of %d rows into %s: %w", len(ops), i.table, err)
-		var ex *ch.Exception
-		if errors.As(err, &ex) && (ex.Code == codeTooManyParts || ex.Code == codeTooManySimultaneousQuer) {
+		err = redact.Error(err)
+		what := fmt.Sprintf("clickhouse: insert of %d rows into %s", len(ops), i.table)
+		switch Classify(err) {
+		case Permanent:
+			err = fmt.Errorf("%s failed for good, not retried (%s): %w", what, describe(err), err)
+			for _, op := range ops {
+				op.Fail(err)
+			}
+		case Throttle:
+			err = fmt.Errorf("%s: the server asks to slow down (%s): %w", what, describe(err), err)
 			for _, op := range ops {
 				op.Throttle(time.Second, err)
 			}
-			continue
+		default:
+			retry(ops, fmt.Errorf("%s (%s): %w", what, describe(err), err))
 		}
-		retry(ops, err)
 	}
 	return nil
 }
