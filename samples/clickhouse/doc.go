@@ -121,7 +121,7 @@
 // InsertTimeout or by the Ingester's abort, but never after it returned.
 // clickhouse-go closes an insert's connection when its context ends, from a
 // goroutine that may act after the connection went back to the pool; with
-// the Batcher's context, which ends when ProcessBatch returns, 3 to 86 of
+// the Batcher's context, which ends when ProcessBatch returns, 3 to 197 of
 // 10,000 inserts on a healthy server failed ("use of closed network
 // connection"), and some of them had been applied.
 // TestIngestHealthyServerNoRetries makes 10,000 inserts and expects no error

@@ -404,11 +404,12 @@ func (p processor) ProcessBatch(ctx context.Context, batch []*batcher.Operation)
 // ctx itself a pooled connection was closed now and then under the next
 // insert ("use of closed network connection"): 3 of 10,000 inserts on a
 // healthy server in TestIngestHealthyServerNoRetries into a MergeTree, 60
-// to 86 into a Memory table, which answers sooner; some of those had been
-// applied, and their retries wrote the rows twice. The insert is still bounded: ctx's deadline (InsertTimeout)
-// or the Ingester's abort cancels it while it runs. Such a cancellation can
-// still hit a connection just as its insert finishes; only then, not on a
-// healthy server, can the next insert on it fail, to be retried.
+// to 197 into a Memory table, which answers sooner; some of those had been
+// applied, and their retries wrote the rows twice. The insert is still
+// bounded: ctx's deadline (InsertTimeout) or the Ingester's abort cancels it
+// while it runs. Such a cancellation can still hit a connection just as its
+// insert finishes; only then, not on a healthy server, can the next insert
+// on it fail, to be retried.
 func (i *Ingester) insertUnder(ctx context.Context, events []Event) error {
 	ictx, cancel := context.WithCancelCause(context.WithoutCancel(ctx))
 	var mu sync.Mutex
