@@ -168,21 +168,21 @@ lock_holders() {
 # the time is up. On failure it says who still holds a lock, if anyone does.
 apt_get() {
   local holders rc deadline left err
-  deadline=$(($(date +%s) + SVC_APT_LOCK_TIMEOUT))
+  deadline=$(($(now_ms) + SVC_APT_LOCK_TIMEOUT * 1000))
   holders=$(lock_holders)
   if [ -n "$holders" ]; then
     log "apt-get $1: a package manager's lock is held by $(echo "$holders" | paste -sd ';' | sed 's/;/; /g'); apt-get waits for it, if it needs it, up to ${SVC_APT_LOCK_TIMEOUT}s"
   fi
   err=$(mktemp)
   while :; do
-    left=$((deadline - $(date +%s)))
+    left=$(((deadline - $(now_ms) + 999) / 1000)) # seconds, rounded up
     rc=0
     as_root apt-get -o DPkg::Lock::Timeout="$((left > 0 ? left : 0))" "$@" 2>"$err" || rc=$?
     holders=
     if [ "$rc" != 0 ]; then holders=$(lock_holders); fi
     # Locked out: someone holds a lock now, or did when apt-get tried.
     if [ "$rc" != 0 ] && { [ -n "$holders" ] || grep -qiE 'could not get lock|unable to (acquire|lock)' "$err"; } &&
-      [ "$(date +%s)" -lt "$deadline" ]; then
+      [ "$(now_ms)" -lt "$deadline" ]; then
       sleep 1
       continue
     fi
