@@ -57,7 +57,7 @@ type Stats struct {
 	Failed       int64 // events that failed for good (reported to OnFailed)
 	Buffered     int64 // events waiting to be inserted or retried, or being inserted
 	Inserts      int64 // chunk inserts the server acknowledged
-	InsertErrors int64 // chunk inserts that failed (and were retried or failed)
+	InsertErrors int64 // chunk inserts that failed (and were retried, throttled or failed)
 	Retried      int64 // event retries asked for
 }
 
@@ -151,8 +151,10 @@ func (i *Ingester) WithFlushInterval(d time.Duration) *Ingester {
 	return i
 }
 
-// WithMaxAttempts sets how many times an event's insert is tried before the
-// event fails and is reported. The default is 5; n must be at least 1.
+// WithMaxAttempts sets how many times an event's insert is tried, while it
+// fails with transient errors, before the event fails and is reported. A
+// permanent error fails it at once, and throttles are not counted (see
+// Classify). The default is 5; n must be at least 1.
 func (i *Ingester) WithMaxAttempts(n int) *Ingester {
 	i.mustNotBeStarted("WithMaxAttempts")
 	i.maxAttempts = n
@@ -204,7 +206,8 @@ func (i *Ingester) WithInsertTimeout(d time.Duration) *Ingester {
 }
 
 // WithOnFailed sets a function called with the events that failed for good
-// (their attempts ran out, or Shutdown gave up on them) and the error. It is
+// (their insert failed with a permanent error, their attempts ran out, or
+// Shutdown gave up on them) and the error, which [Classify] sorts. It is
 // called on the Ingester's own goroutines, possibly concurrently, and must
 // not block: hand the events to a channel or a file. The default, nil, only
 // counts them (Stats.Failed).
