@@ -179,6 +179,7 @@ func ExamplePanicError() {
 	w := batcher.NewWatcher(func(ctx context.Context, batch []*batcher.Operation) error {
 		if batch[0].Payload() == "bug" {
 			var m map[string]int
+			//lint:ignore SA5000 the example panics on purpose
 			m["x"] = 1 // panics: assignment to entry in nil map
 		}
 		return nil

@@ -185,13 +185,13 @@ func (op *Operation) SetActualCost(cost int) {
 // actualCost returns the reported actual cost, if any.
 func (op *Operation) actualCost() (int, bool) { return int(op.actual) - 1, op.actual != 0 }
 
-// feedback returns the error and retry-after given with Retry, Throttle or
+// feedback returns the retry-after and error given with Retry, Throttle or
 // Fail.
-func (op *Operation) feedback() (error, time.Duration) {
+func (op *Operation) feedback() (time.Duration, error) {
 	if e := op.ext.Load(); e != nil {
-		return e.feedback, e.after
+		return e.after, e.feedback
 	}
-	return nil, 0
+	return 0, nil
 }
 
 // throttles returns how many attempts ended in a throttle.

@@ -354,7 +354,7 @@ func (b *Batcher) complete(bt *batch, w *worker) (next *batch, idle bool) {
 		if v == verdictNone || bt.panicked {
 			v = batchVerdict
 		} else {
-			err, ra = op.feedback()
+			ra, err = op.feedback()
 		}
 		if v == verdictRetry && op.Attempt()-op.throttles() >= bt.q.w.maxAttempts {
 			v = verdictFail
