@@ -21,6 +21,7 @@ const (
 	hdrSubstatus      = "x-ms-substatus"
 	hdrActivityID     = "x-ms-activity-id"
 	hdrPartitionKey   = "x-ms-documentdb-partitionkey"
+	hdrPKRangeID      = "x-ms-documentdb-partitionkeyrangeid"
 	hdrUpsert         = "x-ms-documentdb-is-upsert"
 	hdrIsBatch        = "x-ms-cosmos-is-batch-request"
 	hdrIsQuery        = "x-ms-documentdb-isquery"

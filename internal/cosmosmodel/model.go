@@ -60,7 +60,9 @@
 // partitions (Options.Partitions, 1 by default). A document request draws
 // on the partition its partition key (the x-ms-documentdb-partitionkey
 // header) is hashed to ([Model.PartitionOf]); one without (a cross-partition
-// query) on partition 0. It is answered 429 (code TooManyRequests, headers
+// query) on partition 0. Each document response (429s included) names the
+// partition in x-ms-documentdb-partitionkeyrangeid, as Azure names the
+// partition key range that served it: "0" to "Partitions-1". It is answered 429 (code TooManyRequests, headers
 // x-ms-substatus: 3200, x-ms-retry-after-ms: the milliseconds until the
 // next window, x-ms-request-charge: 0) when the RU its partition already
 // served in the current window plus its charge would exceed the

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"strconv"
 	"time"
 
 	"github.com/ratebatch/batcher/internal/redact"
@@ -30,6 +31,7 @@ func (m *Model) serveMemory(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	part := m.partitionOfRequest(r)
+	setRangeID(w, part)
 	s := m.store
 	s.mu.Lock()
 	p := s.planLocked(r, rt, body)
@@ -54,7 +56,14 @@ func (m *Model) observe(r *http.Request, at time.Time, charge float64, admitted 
 	}
 }
 
-// reject answers a request whose body could not be read.
+// setRangeID says, as Azure does in each document response (429s
+// included), which partition key range served the request: the physical
+// partition's index, as a string ("0", "1", ...). Clients such as bulk
+// executors use it to throttle per physical partition.
+func setRangeID(w http.ResponseWriter, part int) {
+	w.Header().Set(hdrPKRangeID, strconv.Itoa(part))
+}
+
 // partitionOfRequest is the physical partition a document request draws
 // on: its partition key header's, or 0 without one.
 func (m *Model) partitionOfRequest(r *http.Request) int {
@@ -69,6 +78,7 @@ func (m *Model) partitionOfRequest(r *http.Request) int {
 	return partitionOf(pk, m.meter.parts)
 }
 
+// reject answers a request whose body could not be read.
 func (m *Model) reject(w http.ResponseWriter, rt route, err error) {
 	if rt.isDocument() {
 		m.meter.admit(time.Now(), 0, 0)
@@ -134,6 +144,7 @@ func (m *Model) serveProxy(w http.ResponseWriter, r *http.Request) {
 	}
 	est := estimate(r, rt, body)
 	part := m.partitionOfRequest(r)
+	setRangeID(w, part)
 	now := time.Now()
 	sec, ok, after := m.meter.admit(now, part, est)
 	m.observe(r, now, est, ok)

@@ -384,3 +384,32 @@ func TestSDKProxyReadsThroughput(t *testing.T) {
 		t.Errorf("through the proxy after a change: %d, %v; want 1200", manual, err)
 	}
 }
+
+// TestResponsesNamePartitionKeyRange checks that each document response,
+// upserts, transactional batches and 429s alike, says in
+// x-ms-documentdb-partitionkeyrangeid which partition served it, as Azure
+// does: the partition's index.
+func TestResponsesNamePartitionKeyRange(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		m, h := newModel(t, cosmosmodel.Options{ProvisionedRU: 60, Partitions: 4}) // 15 a partition
+		for p := range 4 {
+			k := keyOn(m, p)
+			hdr := map[string]string{"x-ms-documentdb-partitionkey": `["` + k + `"]`}
+			want := fmt.Sprint(p)
+			rec := do(t, h, "POST", "/dbs/db/colls/c/docs", string(item("a", k, 100)), hdr)
+			if rec.Code != 201 || rec.Header().Get("x-ms-documentdb-partitionkeyrangeid") != want {
+				t.Errorf("upsert to partition %d: %d, range id %q, want 201, %q", p, rec.Code, rec.Header().Get("x-ms-documentdb-partitionkeyrangeid"), want)
+			}
+			batch := map[string]string{"x-ms-documentdb-partitionkey": `["` + k + `"]`, "x-ms-cosmos-is-batch-request": "True"}
+			ops := `[{"operationType":"Upsert","resourceBody":` + string(item("b", k, 100)) + `}]`
+			rec = do(t, h, "POST", "/dbs/db/colls/c/docs", ops, batch)
+			if rec.Code != 200 || rec.Header().Get("x-ms-documentdb-partitionkeyrangeid") != want {
+				t.Errorf("batch to partition %d: %d, range id %q, want 200, %q", p, rec.Code, rec.Header().Get("x-ms-documentdb-partitionkeyrangeid"), want)
+			}
+			rec = do(t, h, "POST", "/dbs/db/colls/c/docs", string(item("c", k, 1024)), hdr) // over the partition's 15
+			if rec.Code != 429 || rec.Header().Get("x-ms-documentdb-partitionkeyrangeid") != want {
+				t.Errorf("throttled upsert to partition %d: %d, range id %q, want 429, %q", p, rec.Code, rec.Header().Get("x-ms-documentdb-partitionkeyrangeid"), want)
+			}
+		}
+	})
+}
