@@ -36,23 +36,33 @@
 //
 // # Lanes
 //
-// The Batcher pauses the operations of one Watcher when one of them is
-// throttled, not the whole Batcher. Cosmos DB's budget is per physical
-// partition: one hot partition key is throttled while the others have
-// room. So the Loader spreads its items over several watchers, its lanes,
-// by a hash of their partition key ([Loader.WithLanes], 16 by default): a
-// 429 pauses only the lane its key is in, for the retry-after the service
-// asked for, and the other lanes go on. All items of one key are in one
-// lane, so they still meet in transactional batches.
+// The Batcher pauses the operations of one throttle lane when one of them
+// is throttled, not the whole Batcher. Cosmos DB's request-unit budget is
+// per physical partition, a partition key range: one hot partition key is
+// throttled while the other ranges have room. So the Loader gives each
+// partition key range its own lane ([batcher.Lane]), as the .NET and Java
+// bulk executors throttle per range: a 429 pauses only the writes to the
+// range that answered it, for the retry-after the service asked for, and
+// the writes to the other ranges go on.
 //
-// Lanes are buckets of keys rather than physical partitions, because the
-// SDK does not say which partition a key is in (that takes the service's
-// hash of the key and its partition key ranges, which the Go SDK keeps to
-// itself), and partitions split. With 16 lanes a throttle holds up about a
-// sixteenth of the keys: those that share the hot key's bucket. More lanes
-// isolate better, and split each flush's capacity over more, smaller
-// batches. A lane per partition key would isolate perfectly, at a watcher
-// per key: fine for tens of keys, wasteful for millions.
+// The Loader learns the ranges from the answers: every document response,
+// 429s included, names the range that served it in
+// x-ms-documentdb-partitionkeyrangeid ([PartitionKeyRangeID]). A key no
+// answer has named yet is in the default lane, which all such keys share
+// (they may be on one partition, so a 429 of one of them pauses them all);
+// once an answer names its range, the key's next items go to that range's
+// lane. An item stays in the lane it was loaded in, so items loaded before
+// their key's first answer are written, and paused, with the default lane.
+// A split shows up as a new range id for a key, which then moves to the new
+// range's lane. The Loader remembers the ranges of up to 65,536 keys
+// (forgetting an arbitrary one for each new one beyond) and gives lanes to
+// up to 1,024 ranges (the keys of further ones stay in the default lane).
+//
+// Within a lane, items are spread over several watchers by a hash of their
+// partition key ([Loader.WithLanes], 16 by default), so that each flush
+// releases several batches at once; all items of one key are in one
+// watcher, so they still meet in transactional batches. The watchers of a
+// range share its lane: a throttle of any of them pauses them all.
 //
 // # Errors
 //

@@ -183,6 +183,38 @@ func RequestCharge(err error) float64 {
 	return c
 }
 
+// PartitionKeyRangeID returns the partition key range (the physical
+// partition) that answered the request err failed with, from its
+// x-ms-documentdb-partitionkeyrangeid header: "" if err is not an
+// *azcore.ResponseError or the service did not say. Cosmos DB names the
+// range in every document response, 429s included.
+func PartitionKeyRangeID(err error) string {
+	var re *azcore.ResponseError
+	if !errors.As(err, &re) {
+		return ""
+	}
+	return rangeIDOf(re.RawResponse)
+}
+
+// headerRangeID is the response header naming the partition key range that
+// served a request.
+const headerRangeID = "x-ms-documentdb-partitionkeyrangeid"
+
+// maxRangeIDLen bounds a range id read from a response: Azure's are short
+// decimal numbers; anything longer is not one.
+const maxRangeIDLen = 64
+
+func rangeIDOf(resp *http.Response) string {
+	if resp == nil {
+		return ""
+	}
+	id := strings.TrimSpace(resp.Header.Get(headerRangeID))
+	if len(id) > maxRangeIDLen {
+		return ""
+	}
+	return id
+}
+
 // A BatchOperationError is the failure of one operation of a transactional
 // batch whose response said StatusCode (and SubStatusCode, if any) for it.
 // A request that fails as a whole fails with the SDK's

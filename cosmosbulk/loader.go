@@ -96,8 +96,9 @@ type Loader struct {
 	lanes        int
 
 	once    sync.Once
-	w       []*batcher.Watcher // one per lane
+	w       []*batcher.Watcher // the default range's, one per lane
 	started atomic.Bool
+	ranges  ranges // the partition key ranges learned, and their watchers
 
 	written, requests, batches, throttled, retried, failed atomic.Int64
 	sent, sentThrottled                                    atomic.Int64
@@ -160,11 +161,11 @@ func (l *Loader) WithMaxAttempts(n int) *Loader {
 	return l
 }
 
-// WithLanes sets the number of lanes: items are spread over n watchers by
-// a hash of their partition key, so that a throttle, which pauses one
-// watcher, holds up only the keys of its lane (see the package doc). The
-// default is 16; n must be 1 to 4096 (1: one watcher for all, so any
-// throttle pauses every write).
+// WithLanes sets how many watchers each throttle lane (a partition key
+// range, or the default lane of keys whose range is not known yet) spreads
+// its items over, by a hash of their partition key (see the package doc's
+// Lanes). The default is 16; n must be 1 to 4096 (1: one watcher per
+// lane). A throttle pauses every watcher of its lane, whatever n is.
 func (l *Loader) WithLanes(n int) *Loader {
 	l.checkNotStarted("WithLanes")
 	l.lanes = n
@@ -218,20 +219,23 @@ func (l *Loader) watchers() ([]*batcher.Watcher, error) {
 	}
 	l.once.Do(func() {
 		l.w = make([]*batcher.Watcher, l.lanes)
-		// The lanes are hashes of partition keys, not physical partitions:
-		// a 429 may come from a budget they all share, so they share one
-		// throttle lane (see batcher.Lane).
+		// The default range: keys whose partition key range no answer
+		// has named yet. They may be on any physical partition, so a 429
+		// of one of them may come from a budget they all share: they
+		// share one throttle lane (see batcher.Lane).
 		lane := batcher.NewLane()
 		for i := range l.w {
-			l.w[i] = batcher.NewWatcherFor(l).WithMaxBatchSize(l.maxBatchSize).WithMaxAttempts(l.maxAttempts).WithLane(lane)
+			l.w[i] = l.newWatcher(lane)
 		}
 		l.started.Store(true)
 	})
 	return l.w, nil
 }
 
-// Lane returns the lane (0 to the number of lanes − 1) of a partition key:
-// a hash of it, so that all items of one key go to one lane.
+// Lane returns the watcher (0 to WithLanes' n − 1) that items of a
+// partition key go to within their throttle lane: a hash of the key, so
+// that all items of one key meet in one watcher. Keys with the same Lane
+// but on different partition key ranges are in different throttle lanes.
 func (l *Loader) Lane(partitionKey string) int {
 	return laneOf(partitionKey, l.lanes)
 }
@@ -255,7 +259,7 @@ func (l *Loader) Load(ctx context.Context, item Item) (*batcher.Operation, error
 	if err != nil {
 		return nil, err
 	}
-	op := batcher.NewOperation(ws[laneOf(item.PartitionKey, len(ws))], l.declare(item), item, true)
+	op := batcher.NewOperation(l.watcherOf(item.PartitionKey, ws), l.declare(item), item, true)
 	if err := l.b.EnqueueContext(ctx, op); err != nil {
 		return nil, fmt.Errorf("cosmosbulk: item %q: %w", item.ID, err)
 	}
@@ -411,7 +415,8 @@ func fitBatch(ops []*batcher.Operation) int {
 
 func (l *Loader) upsert(ctx context.Context, op *batcher.Operation) {
 	it := op.Payload().(Item)
-	charge, err := l.store.upsert(ctx, it.PartitionKey, it.Body)
+	charge, rangeID, err := l.store.upsert(ctx, it.PartitionKey, it.Body)
+	l.learn(it.PartitionKey, rangeID)
 	l.countRequest(1, charge, err)
 	l.setCost(op, charge)
 	if err != nil {
@@ -427,6 +432,7 @@ func (l *Loader) writeBatch(ctx context.Context, pk string, ops []*batcher.Opera
 		bodies[i] = op.Payload().(Item).Body
 	}
 	res, err := l.store.batch(ctx, pk, bodies)
+	l.learn(pk, res.rangeID)
 	l.batches.Add(1)
 	l.countRequest(len(ops), res.charge, err)
 	if err != nil {
@@ -510,15 +516,17 @@ func (l *Loader) report(op *batcher.Operation, err error) {
 // store is what a Loader needs of a container: containerStore on the SDK,
 // or a fake in tests.
 type store interface {
-	// upsert writes one document and returns its request charge.
-	upsert(ctx context.Context, pk string, body []byte) (charge float64, err error)
+	// upsert writes one document and returns its request charge and the
+	// partition key range that answered ("" if unknown), error or not.
+	upsert(ctx context.Context, pk string, body []byte) (charge float64, rangeID string, err error)
 	// batch writes the documents in a transactional batch. An error means
 	// the request failed as a whole; otherwise the result says how each
-	// operation went.
+	// operation went. The result's charge and rangeID are set either way.
 	batch(ctx context.Context, pk string, bodies [][]byte) (batchResult, error)
 }
 
 type batchResult struct {
+	rangeID string // the partition key range that answered, or ""
 	charge  float64
 	success bool
 	ops     []opResult
@@ -531,12 +539,12 @@ type opResult struct {
 
 type containerStore struct{ c *azcosmos.ContainerClient }
 
-func (s containerStore) upsert(ctx context.Context, pk string, body []byte) (float64, error) {
+func (s containerStore) upsert(ctx context.Context, pk string, body []byte) (float64, string, error) {
 	resp, err := s.c.UpsertItem(ctx, azcosmos.NewPartitionKeyString(pk), body, nil)
 	if err != nil {
-		return RequestCharge(err), err
+		return RequestCharge(err), PartitionKeyRangeID(err), err
 	}
-	return float64(resp.RequestCharge), nil
+	return float64(resp.RequestCharge), rangeIDOf(resp.RawResponse), nil
 }
 
 func (s containerStore) batch(ctx context.Context, pk string, bodies [][]byte) (batchResult, error) {
@@ -546,9 +554,9 @@ func (s containerStore) batch(ctx context.Context, pk string, bodies [][]byte) (
 	}
 	resp, err := s.c.ExecuteTransactionalBatch(ctx, b, nil)
 	if err != nil {
-		return batchResult{charge: RequestCharge(err)}, err
+		return batchResult{charge: RequestCharge(err), rangeID: PartitionKeyRangeID(err)}, err
 	}
-	r := batchResult{charge: float64(resp.RequestCharge), success: resp.Success, ops: make([]opResult, len(resp.OperationResults))}
+	r := batchResult{rangeID: rangeIDOf(resp.RawResponse), charge: float64(resp.RequestCharge), success: resp.Success, ops: make([]opResult, len(resp.OperationResults))}
 	for i, o := range resp.OperationResults {
 		r.ops[i] = opResult{status: o.StatusCode, charge: float64(o.RequestCharge)}
 	}

@@ -104,9 +104,9 @@ func (s *fakeStore) sleep(ctx context.Context) error {
 	}
 }
 
-func (s *fakeStore) upsert(ctx context.Context, pk string, body []byte) (float64, error) {
+func (s *fakeStore) upsert(ctx context.Context, pk string, body []byte) (float64, string, error) {
 	if err := s.sleep(ctx); err != nil {
-		return 0, err
+		return 0, "", err
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -114,16 +114,16 @@ func (s *fakeStore) upsert(ctx context.Context, pk string, body []byte) (float64
 	id := docID(body)
 	c := chargeOf(body)
 	if after, ok := s.admitLocked(c); !ok {
-		return 0, throttleErr(after)
+		return 0, "", throttleErr(after)
 	}
 	s.tries[id]++
 	if s.fail != nil {
 		if err := s.fail(id, s.tries[id]); err != nil {
-			return 1, err
+			return 1, "", err
 		}
 	}
 	s.docs[id]++
-	return math.Round(c*100) / 100, nil
+	return math.Round(c*100) / 100, "", nil
 }
 
 func (s *fakeStore) batch(ctx context.Context, pk string, bodies [][]byte) (batchResult, error) {

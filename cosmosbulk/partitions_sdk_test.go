@@ -3,6 +3,7 @@ package cosmosbulk_test
 import (
 	"context"
 	"fmt"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -95,5 +96,123 @@ func TestSDKHotPartitionThrottlesOnlyItsLane(t *testing.T) {
 	}
 	if hotOps == 0 {
 		t.Errorf("no write of the hot key was throttled")
+	}
+}
+
+// TestSDKColdPartitionsGoOnWhileTheHotOneIsPaused is scenario S5's promise
+// on the real SDK: four physical partitions, half the writes to one key.
+// Once the Loader has learned each key's partition key range from the
+// answers (x-ms-documentdb-partitionkeyrangeid), a 429 of the hot
+// partition pauses only the hot range's lane: batches of cold keys keep
+// being released while it is paused. With one lane for all (the Loader
+// before ranges), nothing was released during a hot pause.
+func TestSDKColdPartitionsGoOnWhileTheHotOneIsPaused(t *testing.T) {
+	const provisioned = 4000 // 1,000 RU/s a partition
+	m, _, cc := model(t, cosmosmodel.Options{ProvisionedRU: provisioned, Partitions: 4})
+	b := batcher.NewBatcher().WithRateLimiter(ratelimiter.NewProvisioned(provisioned)).WithEmitBatch()
+	hot := "hot"
+	type pause struct{ from, to time.Time }
+	var (
+		mu         sync.Mutex
+		hotPauses  []pause
+		coldFreed  []time.Time // when a batch with cold keys was released
+		hotFreed   int
+		coldThrott int
+	)
+	b.AddListener(func(e batcher.Event) {
+		now := time.Now()
+		mu.Lock()
+		defer mu.Unlock()
+		switch e.Kind {
+		case batcher.Throttled:
+			for _, op := range e.Batch {
+				if op.Payload().(cosmosbulk.Item).PartitionKey == hot {
+					hotPauses = append(hotPauses, pause{now, now.Add(e.Duration)})
+				} else {
+					coldThrott++
+				}
+				break
+			}
+		case batcher.BatchReleased:
+			cold := false
+			for _, op := range e.Batch {
+				if op.Payload().(cosmosbulk.Item).PartitionKey == hot {
+					hotFreed++
+				} else {
+					cold = true
+				}
+			}
+			if cold {
+				coldFreed = append(coldFreed, now)
+			}
+		}
+	})
+	if err := b.Start(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	l := cosmosbulk.NewLoader(cc, b)
+	var cold []string // keys on the three other partitions
+	for i := 0; len(cold) < 30; i++ {
+		if k := fmt.Sprint("cold-", i); m.PartitionOf(k) != m.PartitionOf(hot) {
+			cold = append(cold, k)
+		}
+	}
+	item := func(id, pk string) cosmosbulk.Item {
+		return cosmosbulk.Item{ID: id, PartitionKey: pk, Body: []byte(fmt.Sprintf(`{"id":%q,"pk":%q}`, id, pk))}
+	}
+	// One write of each key first, for the Loader to learn their ranges.
+	warm := []cosmosbulk.Item{item("warm-hot", hot)}
+	for _, k := range cold {
+		warm = append(warm, item("warm-"+k, k))
+	}
+	if err := l.LoadAll(t.Context(), slices.Values(warm)); err != nil {
+		t.Fatal(err)
+	}
+	const n = 1600
+	var ops []*batcher.Operation
+	for i := range n {
+		pk := hot
+		if i%2 == 1 {
+			pk = cold[i/2%len(cold)]
+		}
+		op, err := l.Load(t.Context(), item(fmt.Sprint("doc-", i), pk))
+		if err != nil {
+			t.Fatal(err)
+		}
+		ops = append(ops, op)
+	}
+	for _, op := range ops {
+		if err := op.Wait(t.Context()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := b.Shutdown(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if items, _ := m.Items("db", "c"); len(items) != n+len(warm) {
+		t.Errorf("%d stored, want %d", len(items), n+len(warm))
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	// Cold releases strictly inside a pause of the hot lane, 20 ms clear of
+	// its ends (events of one moment may reach the listener out of order).
+	const clear = 20 * time.Millisecond
+	during := 0
+	for _, at := range coldFreed {
+		for _, p := range hotPauses {
+			if at.After(p.from.Add(clear)) && at.Before(p.to.Add(-clear)) {
+				during++
+				break
+			}
+		}
+	}
+	t.Logf("%d hot pauses; %d cold batch releases, %d of them during a hot pause; %d cold throttles; partitions %+v; loader %+v",
+		len(hotPauses), len(coldFreed), during, coldThrott, m.PartitionStats(), l.Stats())
+	if len(hotPauses) == 0 {
+		t.Fatal("the hot partition's lane was never paused: the test shows nothing")
+	}
+	if during < 3 {
+		t.Errorf("%d batches of cold keys released while the hot lane was paused, want at least 3: cold partitions wait on the hot one's pauses", during)
 	}
 }
