@@ -1,0 +1,416 @@
+package ratelimiter
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/ratebatch/batcher"
+)
+
+// Controller defaults and constants; see [Controller] for the rule they
+// belong to.
+const (
+	// DefaultControllerWindow is the observation window: throttles seen
+	// within one window are one signal, and the throughput served is
+	// measured over the last window. One second: the Batcher's capacity
+	// window, and the window most datastores (Cosmos DB among them) count
+	// their throughput by.
+	DefaultControllerWindow = time.Second
+	// DefaultControllerBackoff is how far below the throughput served in
+	// the window of a throttle a cut sets the capacity: 5%, room for the
+	// requests that reach the datastore's next second rather than the one
+	// they were released in.
+	DefaultControllerBackoff = 0.05
+	// ControllerTicksPerWindow is how many times per window the Controller
+	// decides: a tick is a quarter of the window (250ms by default).
+	ControllerTicksPerWindow = 4
+	// ControllerProbeStep is the first growth step past the knee, as a
+	// fraction of the knee (0.5% per tick, 2% in the first window); it is
+	// also the least step below the knee.
+	ControllerProbeStep = 0.005
+	// ControllerProbeGrowth is how much bigger each growth step past the
+	// knee is than the one before: 1.5 times, so the capacity gains about
+	// 4% of the knee in the first window past it, 25% by the second, and
+	// more than doubles by the third.
+	ControllerProbeGrowth = 1.5
+	// MaxControllerHold bounds how long a retry-after holds growth back
+	// (an hour's retry-after from a confused server holds it one minute).
+	MaxControllerHold = time.Minute
+)
+
+// Controller is a rate limiter that finds the throughput a datastore really
+// gives, up to a configured ceiling: when the ceiling is more than the
+// datastore serves (a wrong figure, other tenants, a partition split, an
+// autoscale that has not scaled yet), it cuts its capacity to what the
+// datastore served while it throttled, and probes back up, fast once past
+// that point, so that freed throughput is found again in seconds. It never
+// grants more than the ceiling.
+//
+// A Controller is a [batcher.Learner]: a [batcher.Batcher] whose rate
+// limiter it is tells it how each batch went, with no wiring.
+//
+// # The rule
+//
+// The Controller decides on a tick, ControllerTicksPerWindow times per
+// observation window W (default 1s: a tick every 250ms). It keeps its
+// capacity L (at first the ceiling) and the knee K, the throughput the
+// datastore served in the window of the last cut, or L if that is less (0
+// before any cut). A batch
+// serves its Cost times Succeeded/Operations; served is the sum over the
+// batches returned in the last window.
+//
+//   - Cut. At a tick, if a throttle came from a batch released at or after
+//     one tick past the last cut (a batch released before it went out at
+//     the capacity already cut: it is an echo, the same signal), and a
+//     whole window has passed since the last cut, then K = min(L, served)
+//     and L = (1 - backoff) * K, at least the floor. One cut per
+//     window, however many operations, batches or watchers throttled in
+//     it: one burst of throttles is one signal. A throttle within the
+//     window of a cut waits for that window's end and cuts then.
+//   - Hold. After a cut, L does not grow for a window, nor until the
+//     longest retry-after the datastore gave with the throttles has passed
+//     (at most MaxControllerHold): a retry-after says when the datastore's
+//     own window starts again.
+//   - Recover. At each later tick with no throttle pending and the
+//     Batcher's demand (what it gave GiveMe) at least L, L grows: below
+//     the knee, by half the way to it (at least ControllerProbeStep*K),
+//     up to K; from K on, by steps that start at ControllerProbeStep*K
+//     (of the floor if K is less) and grow ControllerProbeGrowth times each
+//     tick: from 0.95 K back to K in about a second, then 2%, 4%, 10%,
+//     25%, 60%, 140% over K in the windows that follow, up to the ceiling.
+//     So a steady datastore is probed gently (an overshoot of a few
+//     percent, for about a window, every three or four seconds), and a
+//     throughput that doubles is found within about four seconds.
+//
+// While the Batcher's demand is under L (the work does not use the capacity
+// it has) L does not grow: what is not used proves nothing.
+//
+// With a datastore that serves R, limited at 20 R: the first window's
+// throttles cut L to 0.95 R at the tick after it; then L cycles between
+// 0.95 R and a few percent over R, using about 97% of R, with about 1% of
+// the cost throttled. When R drops, the next window's throttles cut L to
+// under the new R at once; when R rises, L finds it within seconds.
+//
+// # Throttles per lane
+//
+// The Batcher pauses the watcher (the lane) a throttle came from for the
+// datastore's retry-after. The two do not fight: the lane waits out the
+// datastore's window, and the Controller adjusts the rate of the windows
+// that follow, from one signal per window. A lane's wait is not taken as
+// lost throughput or demand: the Controller cuts only on throttles, never
+// on a low measure of what was served or asked for, and holds its growth
+// while the retry-after runs.
+//
+// # Events
+//
+// The Controller emits a [batcher.CapacityChanged] event each time its
+// capacity changes: Val is the new capacity; Msg is why: "throttled" (a
+// cut; Duration is the hold), "recovering" (growth below the knee) or
+// "probing" (growth past it). Events are emitted by its own goroutine, one
+// at a time, in order.
+//
+// Create it with [NewController], configure it with the With* methods, and
+// Start it (a Batcher starts its limiter). Its methods are safe for
+// concurrent use.
+type Controller struct {
+	// Settings, written by With* before Start.
+	ceiling int
+	floor   int
+	window  time.Duration
+	backoff float64
+
+	started atomic.Bool // With* panics once set
+
+	capacity atomic.Int64 // L, rounded down, for Capacity
+	demand   atomic.Int64 // the last GiveMe
+
+	mu struct {
+		sync.Mutex
+		limit    float64   // L
+		knee     float64   // K; 0 before the first cut
+		step     float64   // the next growth step past the knee, 0 until the first
+		cutAt    time.Time // the tick of the last cut; zero before any
+		holdTo   time.Time // no growth before it
+		pending  bool      // a throttle came that is not an echo
+		after    time.Duration
+		current  float64   // served since the last tick
+		served   []float64 // served in each of the last ticks of a window, a ring
+		next     int       // where the tick ending now goes in served
+		throttle int64     // operations throttled, in all
+		ops      int64     // operations observed, in all
+	}
+
+	running  atomic.Bool
+	startMu  sync.Mutex // serialises Start and Stop
+	stopLoop context.CancelFunc
+	loopDone chan struct{}
+
+	listeners batcher.Listeners
+}
+
+// NewController returns a Controller whose capacity never exceeds ceiling
+// cost units per second, the throughput configured for the datastore, and
+// starts there. Its defaults: a floor of 1% of the ceiling (at least 1), an
+// observation window of 1s and a backoff of 5%. Start reports a ceiling
+// under 1 and bad settings.
+func NewController(ceiling int) *Controller {
+	return &Controller{
+		ceiling: ceiling,
+		window:  DefaultControllerWindow,
+		backoff: DefaultControllerBackoff,
+	}
+}
+
+func (c *Controller) checkNotStarted(method string) {
+	if c.started.Load() {
+		panic("ratelimiter: Controller." + method + " called after Start")
+	}
+}
+
+// WithFloor sets the least capacity a cut leaves, so that releases never
+// stop altogether. The default, 0, means 1% of the ceiling, at least 1; it
+// must not be negative nor more than the ceiling. It panics after Start.
+func (c *Controller) WithFloor(units int) *Controller {
+	c.checkNotStarted("WithFloor")
+	c.floor = units
+	return c
+}
+
+// WithWindow sets the observation window: throttles within one are one
+// signal, the throughput served is measured over it, and a cut holds growth
+// back for one. The default is 1s, the window the Batcher and most
+// datastores count throughput by; it must be at least 10ms. It panics after
+// Start.
+func (c *Controller) WithWindow(d time.Duration) *Controller {
+	c.checkNotStarted("WithWindow")
+	c.window = d
+	return c
+}
+
+// WithBackoff sets how far below the throughput served in the window of a
+// throttle a cut sets the capacity, as a fraction: the default is 0.05
+// (5%); it must be 0 or more and less than 1. A bigger backoff throttles
+// less often and leaves more of the throughput unused. It panics after
+// Start.
+func (c *Controller) WithBackoff(fraction float64) *Controller {
+	c.checkNotStarted("WithBackoff")
+	c.backoff = fraction
+	return c
+}
+
+func (c *Controller) validate() error {
+	var errs []error
+	bad := func(format string, args ...any) {
+		errs = append(errs, fmt.Errorf("%w: "+format, append([]any{batcher.ErrInvalidSetting}, args...)...))
+	}
+	if c.ceiling < 1 {
+		bad("Controller ceiling is %d; it must be 1 or more", c.ceiling)
+	}
+	if c.floor < 0 || (c.ceiling >= 1 && c.floor > c.ceiling) {
+		bad("Controller floor is %d; it must be 0 (the default) to the ceiling, %d", c.floor, c.ceiling)
+	}
+	if c.window < 10*time.Millisecond {
+		bad("Controller window is %v; it must be at least 10ms", c.window)
+	}
+	if !(c.backoff >= 0 && c.backoff < 1) {
+		bad("Controller backoff is %v; it must be 0 or more and less than 1", c.backoff)
+	}
+	return errors.Join(errs...)
+}
+
+// Start checks the settings and starts the Controller's goroutine, which
+// runs until ctx is cancelled or Stop is called. It returns an error naming
+// every bad setting (each wrapping [batcher.ErrInvalidSetting]) or, while
+// already running, an error wrapping [batcher.ErrImproperOrder]. Once ctx
+// has ended, the Controller may be started again; it keeps its capacity and
+// knee, and forgets what it measured.
+func (c *Controller) Start(ctx context.Context) error {
+	c.startMu.Lock()
+	defer c.startMu.Unlock()
+	if c.running.Load() {
+		return fmt.Errorf("%w: Controller started twice", batcher.ErrImproperOrder)
+	}
+	if err := c.validate(); err != nil {
+		return err
+	}
+	c.mu.Lock()
+	if !c.started.Load() {
+		if c.floor == 0 {
+			c.floor = max(1, c.ceiling/100)
+		}
+		c.mu.limit = float64(c.ceiling)
+		c.capacity.Store(int64(c.ceiling))
+		c.started.Store(true)
+	}
+	c.mu.served = make([]float64, ControllerTicksPerWindow)
+	c.mu.current, c.mu.next, c.mu.pending, c.mu.after = 0, 0, false, 0
+	c.mu.Unlock()
+	loopCtx, cancel := context.WithCancel(ctx)
+	done := make(chan struct{})
+	c.stopLoop, c.loopDone = cancel, done
+	c.running.Store(true)
+	go func() {
+		defer close(done)
+		defer c.running.Store(false)
+		c.run(loopCtx)
+	}()
+	return nil
+}
+
+// Stop stops the Controller's goroutine and waits for it, or returns
+// ctx.Err() if ctx ends first; a Batcher's Shutdown calls it. Capacity
+// keeps its last value.
+func (c *Controller) Stop(ctx context.Context) error {
+	c.startMu.Lock()
+	cancel, done := c.stopLoop, c.loopDone
+	c.startMu.Unlock()
+	if cancel == nil {
+		return nil
+	}
+	cancel()
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// ObserveBatch takes note of what a batch showed: what it served and
+// whether the datastore throttled it. The Batcher calls it; it is quick and
+// never blocks. The capacity changes at the next tick. Outcomes while the
+// Controller is not running are ignored.
+func (c *Controller) ObserveBatch(o batcher.BatchOutcome) {
+	if !c.running.Load() || o.Operations <= 0 {
+		return
+	}
+	served := float64(max(o.Cost, 0))
+	if o.Succeeded < o.Operations {
+		served = served * float64(max(o.Succeeded, 0)) / float64(o.Operations)
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.mu.current += served
+	c.mu.ops += int64(o.Operations)
+	if o.Throttled <= 0 {
+		return
+	}
+	c.mu.throttle += int64(o.Throttled)
+	if !c.mu.cutAt.IsZero() && o.Released.Before(c.mu.cutAt.Add(c.tick())) {
+		return // released before the last cut reached the Batcher: an echo
+	}
+	c.mu.pending = true
+	c.mu.after = max(c.mu.after, o.RetryAfter)
+}
+
+func (c *Controller) tick() time.Duration { return c.window / ControllerTicksPerWindow }
+
+// run is the Controller's goroutine: it decides at every tick and emits the
+// changes.
+func (c *Controller) run(ctx context.Context) {
+	t := time.NewTicker(c.tick())
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case now := <-t.C:
+			if e, ok := c.decide(now); ok {
+				c.listeners.Emit(e)
+			}
+		}
+	}
+}
+
+// decide applies the rule at the tick at now, and returns the event to
+// emit if the capacity changed.
+func (c *Controller) decide(now time.Time) (batcher.Event, bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	m := &c.mu
+	// Close the tick's measure of what was served.
+	m.served[m.next] = m.current
+	m.next = (m.next + 1) % len(m.served)
+	m.current = 0
+	before := int64(m.limit)
+	var e batcher.Event
+	switch {
+	case m.pending && (m.cutAt.IsZero() || !now.Before(m.cutAt.Add(c.window))):
+		served := 0.0
+		for _, s := range m.served {
+			served += s
+		}
+		m.knee = min(m.limit, served)
+		m.limit = max((1-c.backoff)*m.knee, float64(c.floor))
+		m.cutAt = now
+		hold := max(c.window, min(m.after, MaxControllerHold))
+		m.holdTo = now.Add(hold)
+		m.pending, m.after, m.step = false, 0, 0
+		e = batcher.Event{Kind: batcher.CapacityChanged, Msg: "throttled", Duration: hold}
+	case m.pending, now.Before(m.holdTo), c.demand.Load() < int64(m.limit), m.limit >= float64(c.ceiling):
+		return batcher.Event{}, false // no growth
+	case m.limit < m.knee:
+		least := ControllerProbeStep * m.knee
+		m.limit = min(m.knee, m.limit+max((m.knee-m.limit)/2, least))
+		e = batcher.Event{Kind: batcher.CapacityChanged, Msg: "recovering"}
+	default:
+		if m.step == 0 {
+			m.step = ControllerProbeStep * max(m.knee, float64(c.floor))
+		} else {
+			m.step *= ControllerProbeGrowth
+		}
+		m.limit += m.step
+		e = batcher.Event{Kind: batcher.CapacityChanged, Msg: "probing"}
+	}
+	m.limit = min(m.limit, float64(c.ceiling))
+	after := int64(math.Floor(m.limit + 1e-9))
+	c.capacity.Store(after)
+	if after == before {
+		return batcher.Event{}, false
+	}
+	e.Val = int(after)
+	return e, true
+}
+
+// Capacity returns the capacity granted now, in cost units per second.
+func (c *Controller) Capacity() int {
+	if !c.started.Load() {
+		return c.ceiling
+	}
+	return int(c.capacity.Load())
+}
+
+// MaxCapacity returns the ceiling: a throttle does not make an operation
+// too expensive, it only has to wait longer.
+func (c *Controller) MaxCapacity() int { return c.ceiling }
+
+// GiveMe records the Batcher's demand: the capacity grows only while the
+// demand is at least the capacity.
+func (c *Controller) GiveMe(demand int) { c.demand.Store(int64(demand)) }
+
+// Knee returns the throughput the datastore served, in cost units per
+// second, in the window of the last cut, or 0 before any.
+func (c *Controller) Knee() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return int(c.mu.knee)
+}
+
+// Throttled returns how many of the operations observed were throttled,
+// and how many were observed, since the Controller was created.
+func (c *Controller) Throttled() (throttled, observed int64) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.mu.throttle, c.mu.ops
+}
+
+// AddListener adds a listener for capacity changes and returns its id.
+func (c *Controller) AddListener(fn func(batcher.Event)) int { return c.listeners.AddListener(fn) }
+
+// RemoveListener removes the listener with the given id.
+func (c *Controller) RemoveListener(id int) { c.listeners.RemoveListener(id) }

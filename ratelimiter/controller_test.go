@@ -1,0 +1,300 @@
+package ratelimiter_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"testing/synctest"
+	"time"
+
+	"github.com/ratebatch/batcher"
+	"github.com/ratebatch/batcher/ratelimiter"
+)
+
+// A ctlStep is one row of a Controller step table: at the time at after
+// Start, the test gives the demand (if set), then the outcome (if set), and
+// then checks the capacity (if want is set). Ticks come every 250ms (a
+// window of 1s), so the rows avoid those moments.
+type ctlStep struct {
+	at     time.Duration
+	demand int                   // GiveMe, if not 0
+	o      *batcher.BatchOutcome // Released and Returned are durations after Start, in ns
+	want   int                   // the capacity after, if not 0
+}
+
+// ok is an outcome of n operations, all served, costing cost.
+func ok(released time.Duration, n, cost int) *batcher.BatchOutcome {
+	return &batcher.BatchOutcome{Released: time.Unix(0, int64(released)), Operations: n, Cost: cost, Succeeded: n}
+}
+
+// thr is an outcome of n operations, of which th were throttled with
+// the retry-after ra; the others succeeded, and cost is their cost.
+func thr(released time.Duration, n, th, cost int, ra time.Duration) *batcher.BatchOutcome {
+	return &batcher.BatchOutcome{Released: time.Unix(0, int64(released)), Operations: n, Cost: cost,
+		Succeeded: n - th, Throttled: th, RetryAfter: ra}
+}
+
+// runCtl runs the table against c in a synctest bubble and returns the
+// events c emitted, as "Val Msg" (and the Duration, if any).
+func runCtl(t *testing.T, c *ratelimiter.Controller, steps []ctlStep) []string {
+	t.Helper()
+	var (
+		mu     sync.Mutex
+		events []string
+	)
+	synctest.Test(t, func(t *testing.T) {
+		c.AddListener(func(e batcher.Event) {
+			mu.Lock()
+			defer mu.Unlock()
+			s := fmt.Sprintf("%d %s", e.Val, e.Msg)
+			if e.Duration != 0 {
+				s += " " + e.Duration.String()
+			}
+			events = append(events, s)
+		})
+		ctx, cancel := context.WithCancel(t.Context())
+		defer cancel()
+		t0 := time.Now()
+		if err := c.Start(ctx); err != nil {
+			t.Fatal(err)
+		}
+		for i, s := range steps {
+			time.Sleep(t0.Add(s.at).Sub(time.Now()))
+			if s.demand != 0 {
+				c.GiveMe(s.demand)
+			}
+			if s.o != nil {
+				o := *s.o
+				o.Released = t0.Add(time.Duration(o.Released.UnixNano()))
+				o.Returned = time.Now()
+				c.ObserveBatch(o)
+			}
+			synctest.Wait()
+			if s.want != 0 {
+				if got := c.Capacity(); got != s.want {
+					t.Errorf("row %d, at %v: capacity %d, want %d", i, s.at, got, s.want)
+				}
+			}
+		}
+		if err := c.Stop(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+	})
+	mu.Lock()
+	defer mu.Unlock()
+	return events
+}
+
+const msec = time.Millisecond
+
+// Limited at 20 times what the datastore serves, the Controller cuts, at
+// the tick after the first throttle, to 95% of what was served in the
+// window; holds for the window; recovers to the knee in halves; then probes
+// with steps that grow 1.5 times a tick. Echoes of batches released before
+// the cut do not cut again.
+func TestControllerCutsToWhatWasServedThenProbes(t *testing.T) {
+	c := ratelimiter.NewController(10000)
+	events := runCtl(t, c, []ctlStep{
+		{at: 10 * msec, demand: 1 << 20, want: 10000},
+		{at: 100 * msec, o: ok(0, 100, 500)},
+		{at: 200 * msec, o: thr(100*msec, 100, 100, 0, 800*msec), want: 10000}, // not before the tick
+		{at: 260 * msec, want: 475},                                            // K 500, L 0.95 K; hold to 1.25s
+		{at: 400 * msec, o: thr(200*msec, 10, 10, 0, 0)},                       // an echo: released before the cut
+		{at: 1100 * msec, o: thr(400*msec, 10, 10, 0, 0)},                      // one too (within a tick of it)
+		{at: 1240 * msec, want: 475},                                           // held for a window
+		{at: 1260 * msec, want: 487},                                           // 475 + (500-475)/2 = 487.5
+		{at: 1510 * msec, want: 493},                                           // 493.75
+		{at: 1760 * msec, want: 496},                                           // 496.875
+		{at: 2010 * msec, want: 499},                                           // 499.375 (least step 2.5)
+		{at: 2260 * msec, want: 500},                                           // the knee
+		{at: 2510 * msec, want: 502},                                           // + 2.5 (0.5% of K)
+		{at: 2760 * msec, want: 506},                                           // + 3.75
+		{at: 3010 * msec, want: 511},                                           // + 5.625
+		{at: 3260 * msec, want: 520},                                           // + 8.4375
+		{at: 3510 * msec, want: 532},                                           // + 12.65625
+	})
+	want := []string{"475 throttled 1s", "487 recovering", "493 recovering", "496 recovering", "499 recovering",
+		"500 recovering", "502 probing", "506 probing", "511 probing", "520 probing", "532 probing"}
+	if !slices.Equal(events, want) {
+		t.Errorf("events\n got %q\nwant %q", events, want)
+	}
+	if k := c.Knee(); k != 500 {
+		t.Errorf("Knee = %d, want 500", k)
+	}
+	if th, n := c.Throttled(); th != 120 || n != 220 {
+		t.Errorf("Throttled = %d of %d, want 120 of 220", th, n)
+	}
+}
+
+// Throttles of many batches and operations within a window are one cut;
+// a throttle from a batch released after the cut, within its window, cuts
+// again only once the window has passed. A probe that draws a throttle cuts
+// to 95% of what was served, and the step starts small again.
+func TestControllerCutsOncePerWindow(t *testing.T) {
+	c := ratelimiter.NewController(1000).WithFloor(10)
+	events := runCtl(t, c, []ctlStep{
+		{at: 10 * msec, demand: 1 << 20},
+		{at: 100 * msec, o: ok(0, 10, 300)},
+		{at: 150 * msec, o: thr(50*msec, 10, 5, 300, 0)}, // 150 served (half of the cost)
+		{at: 160 * msec, o: thr(60*msec, 10, 10, 0, 0)},
+		{at: 170 * msec, o: thr(70*msec, 10, 3, 0, 0)},
+		{at: 260 * msec, want: 427}, // K 450: 0.95 K = 427.5
+		{at: 600 * msec, o: ok(500*msec, 10, 100)},
+		{at: 800 * msec, o: ok(700*msec, 10, 80)},
+		{at: 900 * msec, o: thr(800*msec, 10, 1, 0, 0)},   // released after the cut: real, but within its window
+		{at: 1010 * msec, want: 427},                      // tick at 1s: not yet a window since the cut (250ms)
+		{at: 1260 * msec, want: 171},                      // tick at 1.25s: served 180 (the last window), K 180, L 171
+		{at: 2240 * msec, want: 171},                      // held
+		{at: 2260 * msec, want: 175},                      // 171 + max(4.5, 0.9) = 175.5
+		{at: 2300 * msec, o: thr(2000*msec, 10, 1, 0, 0)}, // pending: no growth, and a cut at once
+		{at: 2510 * msec, want: 10},                       // served nothing for a window: the floor
+	})
+	want := []string{"427 throttled 1s", "171 throttled 1s", "175 recovering", "10 throttled 1s"}
+	if !slices.Equal(events, want) {
+		t.Errorf("events\n got %q\nwant %q", events, want)
+	}
+}
+
+// Growth waits for the retry-after (at most MaxControllerHold), for demand
+// at least the capacity, and stops at the ceiling.
+func TestControllerHoldsAndStopsAtTheCeiling(t *testing.T) {
+	c := ratelimiter.NewController(110)
+	events := runCtl(t, c, []ctlStep{
+		{at: 10 * msec, demand: 1000},
+		{at: 100 * msec, o: ok(0, 10, 100)},
+		{at: 200 * msec, o: thr(0, 10, 10, 0, 3*time.Second)},
+		{at: 260 * msec, want: 95},      // K 100; hold 3s, the retry-after
+		{at: 3240 * msec, want: 95},     // held
+		{at: 3260 * msec, want: 97},     // 97.5
+		{at: 3300 * msec, demand: 90},   // demand under the capacity: no growth
+		{at: 4010 * msec, want: 97},     //
+		{at: 4100 * msec, demand: 1000}, //
+		{at: 4260 * msec, want: 98},     // 98.75
+		{at: 4510 * msec, want: 99},     // 99.375
+		{at: 4760 * msec, want: 99},     // 99.875 (least step 0.5)
+		{at: 5010 * msec, want: 100},    // the knee
+		{at: 6260 * msec, want: 106},    // probing: 100.5, 101.25, 102.375, 104.06, 106.6
+		{at: 6510 * msec, want: 110},    // 110.4: the ceiling
+		{at: 8000 * msec, want: 110},    // and stays there
+		{at: 8100 * msec, o: thr(8000*msec, 10, 10, 0, 2*time.Hour)},
+		{at: 8260 * msec, want: 1},  // the floor, 1% of 110 at least 1: nothing served in the window
+		{at: 68240 * msec, want: 1}, // an absurd retry-after holds for MaxControllerHold only
+		{at: 68260 * msec, want: 1}, // the first probe step from the floor is 0.005
+		{at: 70760 * msec, want: 1}, // 11 steps: 1 + 0.01*(1.5^11-1) = 1.855
+		{at: 71010 * msec, want: 2}, // 12 steps: 2.287
+	})
+	if len(events) == 0 || events[0] != "95 throttled 3s" {
+		t.Errorf("events %q, want the first to be a cut to 95 holding 3s", events)
+	}
+	if !slices.Contains(events, "1 throttled 1m0s") {
+		t.Errorf("events %q, want a cut to 1 holding 1m0s", events)
+	}
+	for _, e := range events {
+		var v int
+		fmt.Sscan(e, &v)
+		if v > 110 {
+			t.Errorf("event %q above the ceiling", e)
+		}
+	}
+}
+
+func TestControllerSettings(t *testing.T) {
+	cases := []struct {
+		name string
+		c    *ratelimiter.Controller
+		want []string // in the error; none: valid
+	}{
+		{"defaults", ratelimiter.NewController(10), nil},
+		{"zero ceiling", ratelimiter.NewController(0), []string{"ceiling is 0"}},
+		{"all bad", ratelimiter.NewController(100).WithFloor(101).WithWindow(5 * msec).WithBackoff(1),
+			[]string{"floor is 101", "window is 5ms", "backoff is 1"}},
+		{"negative", ratelimiter.NewController(100).WithFloor(-1).WithBackoff(-0.1),
+			[]string{"floor is -1", "backoff is -0.1"}},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			ctx, cancel := context.WithCancel(t.Context())
+			defer cancel()
+			err := tc.c.Start(ctx)
+			if len(tc.want) == 0 {
+				if err != nil {
+					t.Fatal(err)
+				}
+				if err := tc.c.Start(ctx); !errors.Is(err, batcher.ErrImproperOrder) {
+					t.Errorf("second Start: %v, want ErrImproperOrder", err)
+				}
+				return
+			}
+			if !errors.Is(err, batcher.ErrInvalidSetting) {
+				t.Fatalf("Start: %v, want ErrInvalidSetting", err)
+			}
+			for _, w := range tc.want {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("error %q does not say %q", err, w)
+				}
+			}
+		})
+	}
+	func() {
+		defer func() {
+			if r := recover(); r == nil || !strings.Contains(fmt.Sprint(r), "WithFloor") {
+				t.Errorf("WithFloor after Start: panic %v, want one naming it", r)
+			}
+		}()
+		c := ratelimiter.NewController(10)
+		if err := c.Start(t.Context()); err != nil {
+			t.Fatal(err)
+		}
+		c.WithFloor(1)
+	}()
+}
+
+// A Controller in a Batcher learns of throttles with no wiring: a
+// ProcessBatch that throttles everything over 100 units a second brings the
+// capacity down from its ceiling of 1000 near 100.
+func TestControllerLearnsFromTheBatcher(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		c := ratelimiter.NewController(1000)
+		var (
+			mu     sync.Mutex
+			window time.Time
+			used   int
+		)
+		w := batcher.NewWatcher(func(ctx context.Context, batch []*batcher.Operation) error {
+			mu.Lock()
+			defer mu.Unlock()
+			now := time.Now()
+			if now.Sub(window) >= time.Second {
+				window, used = now.Truncate(time.Second), 0
+			}
+			for _, op := range batch {
+				if used+op.Cost() > 100 {
+					op.Throttle(window.Add(time.Second).Sub(now), errors.New("429"))
+					continue
+				}
+				used += op.Cost()
+			}
+			return nil
+		})
+		b := batcher.NewBatcher().WithRateLimiter(c)
+		if err := b.Start(t.Context()); err != nil {
+			t.Fatal(err)
+		}
+		for i := range 3000 {
+			if err := b.Enqueue(batcher.NewOperation(w, 1, i, true)); err != nil {
+				t.Fatal(err)
+			}
+		}
+		time.Sleep(10 * time.Second)
+		if got := c.Capacity(); got < 90 || got > 120 {
+			t.Errorf("capacity after 10s: %d, want about 100", got)
+		}
+		if err := b.Shutdown(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+	})
+}
