@@ -38,6 +38,9 @@ const (
 	// 4% of the knee in the first window past it, 25% by the second, and
 	// more than doubles by the third.
 	ControllerProbeGrowth = 1.5
+	// ControllerInitialShare is the share of the ceiling a Controller
+	// starts at by default: 1/32, so that five doublings reach the ceiling.
+	ControllerInitialShare = 32
 	// MaxControllerHold bounds how long a retry-after holds growth back
 	// (an hour's retry-after from a confused server holds it one minute).
 	MaxControllerHold = time.Minute
@@ -58,12 +61,17 @@ const (
 //
 // The Controller decides on a tick, ControllerTicksPerWindow times per
 // observation window W (default 1s: a tick every 250ms). It keeps its
-// capacity L (at first the ceiling) and the knee K, the throughput the
+// capacity L and the knee K, the throughput the
 // datastore served in the window of the last cut, or L if that is less (0
 // before any cut). A batch
 // serves its Cost times Succeeded/Operations; served is the sum over the
 // batches returned in the last window.
 //
+//   - Start. L starts at the initial capacity (default 1/32 of the
+//     ceiling) and, until the first cut, doubles at each tick that saw a
+//     batch succeed (and no throttle), up to the ceiling: as TCP's slow
+//     start, it sends more only once what it sent has come back well, so
+//     a ceiling 20 times too high costs a few 429s, not a second's worth.
 //   - Cut. At a tick, if a throttle came from a batch released at or after
 //     one tick past the last cut (a batch released before it went out at
 //     the capacity already cut: it is an echo, the same signal), and a
@@ -90,8 +98,9 @@ const (
 // While the Batcher's demand is under L (the work does not use the capacity
 // it has) L does not grow: what is not used proves nothing.
 //
-// With a datastore that serves R, limited at 20 R: the first window's
-// throttles cut L to 0.95 R at the tick after it; then L cycles between
+// With a datastore that serves R, limited at 20 R: L starts at 0.6 R,
+// doubles to 1.2 R, and the first throttles cut it to 0.95 R at the tick
+// after them (to less if the ceiling started there); then L cycles between
 // 0.95 R and a few percent over R, using about 97% of R, with about 1% of
 // the cost throttled. When R drops, the next window's throttles cut L to
 // under the new R at once; when R rises, L finds it within seconds.
@@ -109,9 +118,10 @@ const (
 // # Events
 //
 // The Controller emits a [batcher.CapacityChanged] event each time its
-// capacity changes: Val is the new capacity; Msg is why: "throttled" (a
-// cut; Duration is the hold), "recovering" (growth below the knee) or
-// "probing" (growth past it). Events are emitted by its own goroutine, one
+// capacity changes: Val is the new capacity; Msg is why: "starting"
+// (doubling before the first cut), "throttled" (a cut; Duration is the
+// hold), "recovering" (growth below the knee) or "probing" (growth past
+// it). Events are emitted by its own goroutine, one
 // at a time, in order.
 //
 // Create it with [NewController], configure it with the With* methods, and
@@ -121,6 +131,7 @@ type Controller struct {
 	// Settings, written by With* before Start.
 	ceiling int
 	floor   int
+	initial int
 	window  time.Duration
 	backoff float64
 
@@ -139,6 +150,7 @@ type Controller struct {
 		pending  bool      // a throttle came that is not an echo
 		after    time.Duration
 		current  float64   // served since the last tick
+		good     bool      // a batch succeeded since the last tick
 		served   []float64 // served in each of the last ticks of a window, a ring
 		next     int       // where the tick ending now goes in served
 		throttle int64     // operations throttled, in all
@@ -154,9 +166,10 @@ type Controller struct {
 }
 
 // NewController returns a Controller whose capacity never exceeds ceiling
-// cost units per second, the throughput configured for the datastore, and
-// starts there. Its defaults: a floor of 1% of the ceiling (at least 1), an
-// observation window of 1s and a backoff of 5%. Start reports a ceiling
+// cost units per second, the throughput configured for the datastore. Its
+// defaults: an initial capacity of 1/32 of the ceiling, a floor of 1% of
+// the ceiling (at least 1), an observation window of 1s and a backoff of
+// 5%. Start reports a ceiling
 // under 1 and bad settings.
 func NewController(ceiling int) *Controller {
 	return &Controller{
@@ -178,6 +191,21 @@ func (c *Controller) checkNotStarted(method string) {
 func (c *Controller) WithFloor(units int) *Controller {
 	c.checkNotStarted("WithFloor")
 	c.floor = units
+	return c
+}
+
+// WithInitial sets the capacity the Controller starts at, before anything
+// is known of the datastore. The default, 0, means 1/32 of the ceiling (at
+// least the floor): until the first throttle, the capacity doubles at
+// every tick that saw a batch succeed (five doublings reach the ceiling,
+// in about 1.25s), so that a ceiling far above what the datastore serves
+// does not send a whole second of it at once before the first answer
+// comes back. It must not be negative nor more than the ceiling; the
+// ceiling itself starts there, for a datastore known to serve it. It
+// panics after Start.
+func (c *Controller) WithInitial(units int) *Controller {
+	c.checkNotStarted("WithInitial")
+	c.initial = units
 	return c
 }
 
@@ -214,6 +242,9 @@ func (c *Controller) validate() error {
 	if c.floor < 0 || (c.ceiling >= 1 && c.floor > c.ceiling) {
 		bad("Controller floor is %d; it must be 0 (the default) to the ceiling, %d", c.floor, c.ceiling)
 	}
+	if c.initial < 0 || (c.ceiling >= 1 && c.initial > c.ceiling) {
+		bad("Controller initial capacity is %d; it must be 0 (the default) to the ceiling, %d", c.initial, c.ceiling)
+	}
 	if c.window < 10*time.Millisecond {
 		bad("Controller window is %v; it must be at least 10ms", c.window)
 	}
@@ -243,8 +274,11 @@ func (c *Controller) Start(ctx context.Context) error {
 		if c.floor == 0 {
 			c.floor = max(1, c.ceiling/100)
 		}
-		c.mu.limit = float64(c.ceiling)
-		c.capacity.Store(int64(c.ceiling))
+		if c.initial == 0 {
+			c.initial = min(max(c.ceiling/ControllerInitialShare, c.floor), c.ceiling)
+		}
+		c.mu.limit = float64(c.initial)
+		c.capacity.Store(int64(c.initial))
 		c.started.Store(true)
 	}
 	c.mu.served = make([]float64, ControllerTicksPerWindow)
@@ -296,6 +330,7 @@ func (c *Controller) ObserveBatch(o batcher.BatchOutcome) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.mu.current += served
+	c.mu.good = c.mu.good || o.Succeeded > 0
 	c.mu.ops += int64(o.Operations)
 	if o.Throttled <= 0 {
 		return
@@ -337,6 +372,8 @@ func (c *Controller) decide(now time.Time) (batcher.Event, bool) {
 	m.served[m.next] = m.current
 	m.next = (m.next + 1) % len(m.served)
 	m.current = 0
+	good := m.good
+	m.good = false
 	before := int64(m.limit)
 	var e batcher.Event
 	switch {
@@ -354,6 +391,12 @@ func (c *Controller) decide(now time.Time) (batcher.Event, bool) {
 		e = batcher.Event{Kind: batcher.CapacityChanged, Msg: "throttled", Duration: hold}
 	case m.pending, now.Before(m.holdTo), c.demand.Load() < int64(m.limit), m.limit >= float64(c.ceiling):
 		return batcher.Event{}, false // no growth
+	case m.cutAt.IsZero():
+		if !good {
+			return batcher.Event{}, false // no news: no growth
+		}
+		m.limit *= 2
+		e = batcher.Event{Kind: batcher.CapacityChanged, Msg: "starting"}
 	case m.limit < m.knee:
 		least := ControllerProbeStep * m.knee
 		m.limit = min(m.knee, m.limit+max((m.knee-m.limit)/2, least))
@@ -378,9 +421,17 @@ func (c *Controller) decide(now time.Time) (batcher.Event, bool) {
 }
 
 // Capacity returns the capacity granted now, in cost units per second.
+// Before the first Start it is the initial capacity, or the ceiling if the
+// settings are bad.
 func (c *Controller) Capacity() int {
 	if !c.started.Load() {
-		return c.ceiling
+		if err := c.validate(); err != nil {
+			return max(c.ceiling, 0)
+		}
+		if c.initial > 0 {
+			return c.initial
+		}
+		return min(max(c.ceiling/ControllerInitialShare, c.floor, 1), c.ceiling)
 	}
 	return int(c.capacity.Load())
 }

@@ -97,7 +97,7 @@ const msec = time.Millisecond
 // with steps that grow 1.5 times a tick. Echoes of batches released before
 // the cut do not cut again.
 func TestControllerCutsToWhatWasServedThenProbes(t *testing.T) {
-	c := ratelimiter.NewController(10000)
+	c := ratelimiter.NewController(10000).WithInitial(10000)
 	events := runCtl(t, c, []ctlStep{
 		{at: 10 * msec, demand: 1 << 20, want: 10000},
 		{at: 100 * msec, o: ok(0, 100, 500)},
@@ -130,12 +130,41 @@ func TestControllerCutsToWhatWasServedThenProbes(t *testing.T) {
 	}
 }
 
+// Until the first throttle, the capacity starts at 1/32 of the ceiling and
+// doubles at each tick that saw a batch succeed, if the demand is there.
+func TestControllerStartsSlowly(t *testing.T) {
+	c := ratelimiter.NewController(10000)
+	if got := c.Capacity(); got != 312 {
+		t.Errorf("Capacity before Start: %d, want 312", got)
+	}
+	events := runCtl(t, c, []ctlStep{
+		{at: 10 * msec, demand: 1 << 20, want: 312},
+		{at: 260 * msec, want: 312},                         // no news: no growth
+		{at: 300 * msec, o: ok(0, 10, 100)},                 //
+		{at: 510 * msec, want: 624},                         // 312 doubled
+		{at: 600 * msec, o: ok(500*msec, 10, 100)},          //
+		{at: 700 * msec, demand: 600},                       // demand under the capacity
+		{at: 760 * msec, want: 624},                         // no growth
+		{at: 800 * msec, demand: 1 << 20},                   //
+		{at: 900 * msec, o: ok(700*msec, 10, 0)},            // (a success that cost nothing is news too)
+		{at: 1010 * msec, want: 1248},                       //
+		{at: 1100 * msec, o: ok(1000*msec, 10, 200)},        //
+		{at: 1260 * msec, want: 2496},                       //
+		{at: 1300 * msec, o: thr(1000*msec, 10, 5, 300, 0)}, // 150 served
+		{at: 1510 * msec, want: 427},                        // 0.95 * 450, served in the window (0.5s, 1.5s]
+	})
+	want := []string{"624 starting", "1248 starting", "2496 starting", "427 throttled 1s"}
+	if !slices.Equal(events, want) {
+		t.Errorf("events\n got %q\nwant %q", events, want)
+	}
+}
+
 // Throttles of many batches and operations within a window are one cut;
 // a throttle from a batch released after the cut, within its window, cuts
 // again only once the window has passed. A probe that draws a throttle cuts
 // to 95% of what was served, and the step starts small again.
 func TestControllerCutsOncePerWindow(t *testing.T) {
-	c := ratelimiter.NewController(1000).WithFloor(10)
+	c := ratelimiter.NewController(1000).WithFloor(10).WithInitial(1000)
 	events := runCtl(t, c, []ctlStep{
 		{at: 10 * msec, demand: 1 << 20},
 		{at: 100 * msec, o: ok(0, 10, 300)},
@@ -162,7 +191,7 @@ func TestControllerCutsOncePerWindow(t *testing.T) {
 // Growth waits for the retry-after (at most MaxControllerHold), for demand
 // at least the capacity, and stops at the ceiling.
 func TestControllerHoldsAndStopsAtTheCeiling(t *testing.T) {
-	c := ratelimiter.NewController(110)
+	c := ratelimiter.NewController(110).WithInitial(110)
 	events := runCtl(t, c, []ctlStep{
 		{at: 10 * msec, demand: 1000},
 		{at: 100 * msec, o: ok(0, 10, 100)},
