@@ -133,7 +133,7 @@ func converge(t *testing.T, m *cosmosmodel.Model, client *azcosmos.Client, name 
 	b.AddListener(func(e batcher.Event) {
 		if e.Kind == batcher.CapacityChanged || e.Kind == batcher.Throttled {
 			evMu.Lock()
-			events = append(events, fmt.Sprintf("%6.3fs %v", time.Since(start).Seconds(), e.Kind)+fmt.Sprintf(" %d %s %v", e.Val, e.Msg, e.Duration))
+			events = append(events, fmt.Sprintf("%6.3fs %v %d %s %v ops=%d", time.Since(start).Seconds(), e.Kind, e.Val, e.Msg, e.Duration, len(e.Batch)))
 			evMu.Unlock()
 		}
 	})
@@ -215,6 +215,10 @@ func TestConvergenceOnCosmosModel(t *testing.T) {
 	limit := 2 * time.Duration(items*itemCharge/centi) * time.Second / modelRU
 
 	ctl := converge(t, m, client, "controller", ratelimiter.NewController(ceilingRU*centi), items, limit)
+	if os.Getenv("CTL_ONLY") != "" {
+		t.Log(ctl)
+		return
+	}
 	adaptive := converge(t, m, client, "adaptive", ratelimiter.NewAdaptive(ratelimiter.NewProvisioned(ceilingRU*centi)), items, ctl.elapsed)
 	prov := converge(t, m, client, "provisioned", ratelimiter.NewProvisioned(ceilingRU*centi), items, ctl.elapsed)
 	for _, r := range []convergence{ctl, adaptive, prov} {

@@ -109,16 +109,17 @@ func TestControllerCutsToWhatWasServedThenProbes(t *testing.T) {
 		{at: 1260 * msec, want: 487},                                           // 475 + (500-475)/2 = 487.5
 		{at: 1510 * msec, want: 493},                                           // 493.75
 		{at: 1760 * msec, want: 496},                                           // 496.875
-		{at: 2010 * msec, want: 499},                                           // 499.375 (least step 2.5)
-		{at: 2260 * msec, want: 500},                                           // the knee
-		{at: 2510 * msec, want: 502},                                           // + 2.5 (0.5% of K)
-		{at: 2760 * msec, want: 506},                                           // + 3.75
-		{at: 3010 * msec, want: 511},                                           // + 5.625
-		{at: 3260 * msec, want: 520},                                           // + 8.4375
-		{at: 3510 * msec, want: 532},                                           // + 12.65625
+		{at: 2010 * msec, want: 498},                                           // 498.4375
+		{at: 2260 * msec, want: 499},                                           // 499.6875 (the least step, 1.25)
+		{at: 2510 * msec, want: 500},                                           // the knee
+		{at: 2760 * msec, want: 501},                                           // + 1.25 (0.25% of K)
+		{at: 3010 * msec, want: 503},                                           // + 1.875
+		{at: 3260 * msec, want: 505},                                           // + 2.8125
+		{at: 3510 * msec, want: 510},                                           // + 4.21875
+		{at: 3760 * msec, want: 516},                                           // + 6.328125
 	})
-	want := []string{"475 throttled 1s", "487 recovering", "493 recovering", "496 recovering", "499 recovering",
-		"500 recovering", "502 probing", "506 probing", "511 probing", "520 probing", "532 probing"}
+	want := []string{"475 throttled 1s", "487 recovering", "493 recovering", "496 recovering", "498 recovering",
+		"499 recovering", "500 recovering", "501 probing", "503 probing", "505 probing", "510 probing", "516 probing"}
 	if !slices.Equal(events, want) {
 		t.Errorf("events\n got %q\nwant %q", events, want)
 	}
@@ -178,7 +179,7 @@ func TestControllerCutsOncePerWindow(t *testing.T) {
 		{at: 1010 * msec, want: 427},                      // tick at 1s: not yet a window since the cut (250ms)
 		{at: 1260 * msec, want: 171},                      // tick at 1.25s: served 180 (the last window), K 180, L 171
 		{at: 2240 * msec, want: 171},                      // held
-		{at: 2260 * msec, want: 175},                      // 171 + max(4.5, 0.9) = 175.5
+		{at: 2260 * msec, want: 175},                      // 171 + max(4.5, 0.45) = 175.5
 		{at: 2300 * msec, o: thr(2000*msec, 10, 1, 0, 0)}, // pending: no growth, and a cut at once
 		{at: 2510 * msec, want: 10},                       // served nothing for a window: the floor
 	})
@@ -204,17 +205,19 @@ func TestControllerHoldsAndStopsAtTheCeiling(t *testing.T) {
 		{at: 4100 * msec, demand: 1000}, //
 		{at: 4260 * msec, want: 98},     // 98.75
 		{at: 4510 * msec, want: 99},     // 99.375
-		{at: 4760 * msec, want: 99},     // 99.875 (least step 0.5)
-		{at: 5010 * msec, want: 100},    // the knee
-		{at: 6260 * msec, want: 106},    // probing: 100.5, 101.25, 102.375, 104.06, 106.6
-		{at: 6510 * msec, want: 110},    // 110.4: the ceiling
+		{at: 4760 * msec, want: 99},     // 99.6875
+		{at: 5010 * msec, want: 99},     // 99.9375 (least step 0.25)
+		{at: 5260 * msec, want: 100},    // the knee
+		{at: 6260 * msec, want: 102},    // probing: 100.25, 100.625, 101.19, 102.03
+		{at: 7010 * msec, want: 108},    // 103.30, 105.20, 108.04
+		{at: 7260 * msec, want: 110},    // 112.3: the ceiling
 		{at: 8000 * msec, want: 110},    // and stays there
 		{at: 8100 * msec, o: thr(8000*msec, 10, 10, 0, 2*time.Hour)},
 		{at: 8260 * msec, want: 1},  // the floor, 1% of 110 at least 1: nothing served in the window
 		{at: 68240 * msec, want: 1}, // an absurd retry-after holds for MaxControllerHold only
-		{at: 68260 * msec, want: 1}, // the first probe step from the floor is 0.005
-		{at: 70760 * msec, want: 1}, // 11 steps: 1 + 0.01*(1.5^11-1) = 1.855
-		{at: 71010 * msec, want: 2}, // 12 steps: 2.287
+		{at: 68260 * msec, want: 1}, // the first probe step from the floor is 0.0025
+		{at: 71260 * msec, want: 1}, // 13 steps: 1 + 0.005*(1.5^13-1) = 1.968
+		{at: 71510 * msec, want: 2}, // 14 steps: 2.455
 	})
 	if len(events) == 0 || events[0] != "95 throttled 3s" {
 		t.Errorf("events %q, want the first to be a cut to 95 holding 3s", events)
