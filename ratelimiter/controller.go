@@ -62,27 +62,34 @@ const (
 //
 // # The rule
 //
-// The Controller decides on a tick, ControllerTicksPerWindow times per
-// observation window W (default 1s: a tick every 250ms). It keeps its
-// capacity L and the knee K, the throughput the
+// The Controller keeps its capacity L and the knee K: the throughput the
 // datastore served in the window of the last cut, or L if that is less (0
-// before any cut). A batch
-// serves its Cost times Succeeded/Operations; served is the sum over the
-// batches returned in the last window.
+// before any cut). It measures what was served over the observation window
+// W (default 1s), in ticks of a quarter of it (250ms): a batch serves its
+// Cost times Succeeded/Operations, and served is the sum over the batches
+// returned in the last window. It grows L at ticks, and cuts it when
+// throttles come.
 //
 //   - Start. L starts at the initial capacity (default 1/32 of the
 //     ceiling) and, until the first cut, doubles at each tick that saw a
-//     batch succeed (and no throttle), up to the ceiling: as TCP's slow
-//     start, it sends more only once what it sent has come back well, so
-//     a ceiling 20 times too high costs a few 429s, not a second's worth.
-//   - Cut. At a tick, if a throttle came from a batch released at or after
-//     one tick past the last cut (a batch released before it went out at
-//     the capacity already cut: it is an echo, the same signal), and a
-//     whole window has passed since the last cut, then K = min(L, served)
-//     and L = (1 - backoff) * K, at least the floor. One cut per
-//     window, however many operations, batches or watchers throttled in
-//     it: one burst of throttles is one signal. A throttle within the
-//     window of a cut waits for that window's end and cuts then.
+//     batch succeed that was released at the current L (since it last
+//     doubled), and no throttle, up to the ceiling: as TCP's slow start, it
+//     sends more only once what it sent has come back well, so a ceiling 20
+//     times too high costs a few 429s, not a second's worth, however slow
+//     the answers.
+//   - Cut. When a throttle comes from a batch released at or after one
+//     tick past the last cut (a batch released before that went out at the
+//     capacity before the cut: it is an echo of the same signal), and a
+//     whole window has passed since the last cut, L is cut at once: K =
+//     min(L, served), with served what the last window served so far, and
+//     L = (1 - backoff) * K, at least the floor. The next tick settles the
+//     cut on the window it closes, which holds the answers that were still
+//     on their way when the throttle came: if that window served more, K
+//     and L rise to match (a settled cut is never deeper than the first).
+//     One cut per window, however many operations, batches or watchers
+//     throttled in it: one burst of throttles is one signal. A throttle
+//     within the window of a cut that is not an echo waits for the
+//     window's end, and the first tick after it cuts on the window then.
 //   - Hold. After a cut, L does not grow for a window, nor until the
 //     longest retry-after the datastore gave with the throttles has passed
 //     (at most MaxControllerHold): a retry-after says when the datastore's
@@ -111,8 +118,8 @@ const (
 //
 // # Throttles per lane
 //
-// The Batcher pauses the watcher (the lane) a throttle came from for the
-// datastore's retry-after. The two do not fight: the lane waits out the
+// The Batcher pauses the releases a throttle concerns (its watcher's lane)
+// for the datastore's retry-after. The two do not fight: the lane waits out the
 // datastore's window, and the Controller adjusts the rate of the windows
 // that follow, from one signal per window. A lane's wait is not taken as
 // lost throughput or demand: the Controller cuts only on throttles, never
@@ -125,8 +132,7 @@ const (
 // capacity changes: Val is the new capacity; Msg is why: "starting"
 // (doubling before the first cut), "throttled" (a cut; Duration is the
 // hold), "recovering" (growth below the knee) or "probing" (growth past
-// it). Events are emitted by its own goroutine, one
-// at a time, in order.
+// it). Events are emitted by its own goroutine, one at a time, in order.
 //
 // Create it with [NewController], configure it with the With* methods, and
 // Start it (a Batcher starts its limiter). Its methods are safe for
@@ -149,16 +155,20 @@ type Controller struct {
 		limit    float64   // L
 		knee     float64   // K; 0 before the first cut
 		step     float64   // the next growth step past the knee, 0 until the first
-		cutAt    time.Time // the tick of the last cut; zero before any
+		cutAt    time.Time // when the last cut was made; zero before any
 		holdTo   time.Time // no growth before it
-		pending  bool      // a throttle came that is not an echo
+		pending  bool      // a throttle came that is not an echo, within the window of the last cut
 		after    time.Duration
-		current  float64   // served since the last tick
-		good     bool      // a batch succeeded since the last tick
-		served   []float64 // served in each of the last ticks of a window, a ring
-		next     int       // where the tick ending now goes in served
-		throttle int64     // operations throttled, in all
-		ops      int64     // operations observed, in all
+		settle   float64         // L before a cut made between ticks, which the next tick settles; 0 if none
+		events   []batcher.Event // changes for the goroutine to emit, in order
+		wake     chan struct{}   // tells the goroutine of events; capacity 1
+		current  float64         // served since the last tick
+		good     bool            // a batch released since changedAt succeeded, since the last tick
+		changed  time.Time       // when L last grew while starting
+		served   []float64       // served in each of the last ticks of a window, a ring
+		next     int             // where the tick ending now goes in served
+		throttle int64           // operations throttled, in all
+		ops      int64           // operations observed, in all
 	}
 
 	running  atomic.Bool
@@ -201,8 +211,9 @@ func (c *Controller) WithFloor(units int) *Controller {
 // WithInitial sets the capacity the Controller starts at, before anything
 // is known of the datastore. The default, 0, means 1/32 of the ceiling (at
 // least the floor): until the first throttle, the capacity doubles at
-// every tick that saw a batch succeed (five doublings reach the ceiling,
-// in about 1.25s), so that a ceiling far above what the datastore serves
+// every tick that saw a batch released at the current capacity succeed
+// (five doublings reach the ceiling, in about 1.25s if batches take less
+// than a tick), so that a ceiling far above what the datastore serves
 // does not send a whole second of it at once before the first answer
 // comes back. It must not be negative nor more than the ceiling; the
 // ceiling itself starts there, for a datastore known to serve it. It
@@ -286,7 +297,11 @@ func (c *Controller) Start(ctx context.Context) error {
 		c.started.Store(true)
 	}
 	c.mu.served = make([]float64, ControllerTicksPerWindow)
-	c.mu.current, c.mu.next, c.mu.pending, c.mu.after = 0, 0, false, 0
+	c.mu.current, c.mu.next, c.mu.pending, c.mu.after, c.mu.settle = 0, 0, false, 0, 0
+	// Made here, not in NewController, so that it belongs to a synctest
+	// bubble the Controller is started in.
+	wake := make(chan struct{}, 1)
+	c.mu.wake = wake
 	c.mu.Unlock()
 	loopCtx, cancel := context.WithCancel(ctx)
 	done := make(chan struct{})
@@ -295,7 +310,7 @@ func (c *Controller) Start(ctx context.Context) error {
 	go func() {
 		defer close(done)
 		defer c.running.Store(false)
-		c.run(loopCtx)
+		c.run(loopCtx, wake)
 	}()
 	return nil
 }
@@ -321,8 +336,10 @@ func (c *Controller) Stop(ctx context.Context) error {
 
 // ObserveBatch takes note of what a batch showed: what it served and
 // whether the datastore throttled it. The Batcher calls it; it is quick and
-// never blocks. The capacity changes at the next tick. Outcomes while the
-// Controller is not running are ignored.
+// never blocks (the event of a cut is emitted by the Controller's
+// goroutine). A throttle that may cut cuts at once (see [Controller]);
+// growth waits for the next tick. Outcomes while the Controller is not
+// running are ignored.
 func (c *Controller) ObserveBatch(o batcher.BatchOutcome) {
 	if !c.running.Load() || o.Operations <= 0 {
 		return
@@ -333,25 +350,76 @@ func (c *Controller) ObserveBatch(o batcher.BatchOutcome) {
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	c.mu.current += served
-	c.mu.good = c.mu.good || o.Succeeded > 0
-	c.mu.ops += int64(o.Operations)
+	m := &c.mu
+	m.current += served
+	m.good = m.good || (o.Succeeded > 0 && !o.Released.Before(m.changed))
+	m.ops += int64(o.Operations)
 	if o.Throttled <= 0 {
 		return
 	}
-	c.mu.throttle += int64(o.Throttled)
-	if !c.mu.cutAt.IsZero() && o.Released.Before(c.mu.cutAt.Add(c.tick())) {
+	m.throttle += int64(o.Throttled)
+	if !m.cutAt.IsZero() && o.Released.Before(m.cutAt.Add(c.tick())) {
 		return // released before the last cut reached the Batcher: an echo
 	}
-	c.mu.pending = true
-	c.mu.after = max(c.mu.after, o.RetryAfter)
+	m.after = max(m.after, o.RetryAfter)
+	now := time.Now()
+	if !m.cutAt.IsZero() && now.Before(m.cutAt.Add(c.window)) {
+		m.pending = true // the window's end cuts (see decide)
+		return
+	}
+	// Cut at once, on what was served so far; the next tick settles it on
+	// what the window served, with the answers that were still on their way.
+	before := m.limit
+	c.cutLocked(now, c.servedLocked(true))
+	m.settle = before
+	select {
+	case m.wake <- struct{}{}:
+	default:
+	}
 }
 
 func (c *Controller) tick() time.Duration { return c.window / ControllerTicksPerWindow }
 
+// servedLocked returns what the last window served: the last ticks, and
+// what has come since the last tick if current is set.
+func (c *Controller) servedLocked(current bool) float64 {
+	served := 0.0
+	for _, s := range c.mu.served {
+		served += s
+	}
+	if current {
+		served += c.mu.current
+	}
+	return served
+}
+
+// cutLocked cuts L on what the window served, and notes the change.
+func (c *Controller) cutLocked(now time.Time, served float64) {
+	m := &c.mu
+	m.knee = min(m.limit, served)
+	m.limit = max((1-c.backoff)*m.knee, float64(c.floor))
+	m.cutAt = now
+	hold := max(c.window, min(m.after, MaxControllerHold))
+	m.holdTo = now.Add(hold)
+	m.pending, m.after, m.step, m.settle = false, 0, 0, 0
+	c.noteLocked(batcher.Event{Kind: batcher.CapacityChanged, Msg: "throttled", Duration: hold})
+}
+
+// noteLocked stores L for Capacity and, if Capacity changed, queues e with
+// the new capacity for the goroutine to emit.
+func (c *Controller) noteLocked(e batcher.Event) {
+	c.mu.limit = min(c.mu.limit, float64(c.ceiling))
+	after := int64(math.Floor(c.mu.limit + 1e-9))
+	if c.capacity.Swap(after) == after {
+		return
+	}
+	e.Val = int(after)
+	c.mu.events = append(c.mu.events, e)
+}
+
 // run is the Controller's goroutine: it decides at every tick and emits the
 // changes.
-func (c *Controller) run(ctx context.Context) {
+func (c *Controller) run(ctx context.Context, wake <-chan struct{}) {
 	t := time.NewTicker(c.tick())
 	defer t.Stop()
 	for {
@@ -359,16 +427,21 @@ func (c *Controller) run(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case now := <-t.C:
-			if e, ok := c.decide(now); ok {
-				c.listeners.Emit(e)
-			}
+			c.decide(now)
+		case <-wake:
+		}
+		c.mu.Lock()
+		evs := c.mu.events
+		c.mu.events = nil
+		c.mu.Unlock()
+		for _, e := range evs {
+			c.listeners.Emit(e)
 		}
 	}
 }
 
-// decide applies the rule at the tick at now, and returns the event to
-// emit if the capacity changed.
-func (c *Controller) decide(now time.Time) (batcher.Event, bool) {
+// decide applies the rule at the tick at now.
+func (c *Controller) decide(now time.Time) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	m := &c.mu
@@ -378,33 +451,33 @@ func (c *Controller) decide(now time.Time) (batcher.Event, bool) {
 	m.current = 0
 	good := m.good
 	m.good = false
-	before := int64(m.limit)
-	var e batcher.Event
 	switch {
-	case m.pending && (m.cutAt.IsZero() || !now.Before(m.cutAt.Add(c.window))):
-		served := 0.0
-		for _, s := range m.served {
-			served += s
+	case m.settle > 0:
+		// A cut made since the last tick, on what had been served then:
+		// settle it on what the window served, answers that came after
+		// the throttle included. It only ever raises the cut.
+		served := c.servedLocked(false)
+		k := min(m.settle, served)
+		m.settle = 0
+		if k > m.knee {
+			m.knee = k
+			m.limit = max((1-c.backoff)*k, m.limit)
+			c.noteLocked(batcher.Event{Kind: batcher.CapacityChanged, Msg: "throttled", Duration: m.holdTo.Sub(m.cutAt)})
 		}
-		m.knee = min(m.limit, served)
-		m.limit = max((1-c.backoff)*m.knee, float64(c.floor))
-		m.cutAt = now
-		hold := max(c.window, min(m.after, MaxControllerHold))
-		m.holdTo = now.Add(hold)
-		m.pending, m.after, m.step = false, 0, 0
-		e = batcher.Event{Kind: batcher.CapacityChanged, Msg: "throttled", Duration: hold}
+	case m.pending && !now.Before(m.cutAt.Add(c.window)):
+		c.cutLocked(now, c.servedLocked(false))
 	case m.pending, now.Before(m.holdTo), c.demand.Load() < int64(m.limit), m.limit >= float64(c.ceiling):
-		return batcher.Event{}, false // no growth
+		// no growth
 	case m.cutAt.IsZero():
-		if !good {
-			return batcher.Event{}, false // no news: no growth
+		if good {
+			m.limit *= 2
+			m.changed = now
+			c.noteLocked(batcher.Event{Kind: batcher.CapacityChanged, Msg: "starting"})
 		}
-		m.limit *= 2
-		e = batcher.Event{Kind: batcher.CapacityChanged, Msg: "starting"}
 	case m.limit < m.knee:
 		least := ControllerProbeStep * m.knee
 		m.limit = min(m.knee, m.limit+max((m.knee-m.limit)/2, least))
-		e = batcher.Event{Kind: batcher.CapacityChanged, Msg: "recovering"}
+		c.noteLocked(batcher.Event{Kind: batcher.CapacityChanged, Msg: "recovering"})
 	default:
 		if m.step == 0 {
 			m.step = ControllerProbeStep * max(m.knee, float64(c.floor))
@@ -412,16 +485,8 @@ func (c *Controller) decide(now time.Time) (batcher.Event, bool) {
 			m.step *= ControllerProbeGrowth
 		}
 		m.limit += m.step
-		e = batcher.Event{Kind: batcher.CapacityChanged, Msg: "probing"}
+		c.noteLocked(batcher.Event{Kind: batcher.CapacityChanged, Msg: "probing"})
 	}
-	m.limit = min(m.limit, float64(c.ceiling))
-	after := int64(math.Floor(m.limit + 1e-9))
-	c.capacity.Store(after)
-	if after == before {
-		return batcher.Event{}, false
-	}
-	e.Val = int(after)
-	return e, true
 }
 
 // Capacity returns the capacity granted now, in cost units per second.

@@ -100,6 +100,7 @@ func simulate(t *testing.T, lim batcher.RateLimiter, budget func(sec int) int, s
 	if err := b.Close(); err != nil {
 		t.Fatal(err)
 	}
+	time.Sleep(time.Second) // for the ProcessBatch calls that Close did not wait for
 	return d
 }
 

@@ -101,22 +101,22 @@ func TestControllerCutsToWhatWasServedThenProbes(t *testing.T) {
 	events := runCtl(t, c, []ctlStep{
 		{at: 10 * msec, demand: 1 << 20, want: 10000},
 		{at: 100 * msec, o: ok(0, 100, 500)},
-		{at: 200 * msec, o: thr(100*msec, 100, 100, 0, 800*msec), want: 10000}, // not before the tick
-		{at: 260 * msec, want: 475},                                            // K 500, L 0.95 K; hold to 1.25s
-		{at: 400 * msec, o: thr(200*msec, 10, 10, 0, 0)},                       // an echo: released before the cut
-		{at: 1100 * msec, o: thr(400*msec, 10, 10, 0, 0)},                      // one too (within a tick of it)
-		{at: 1240 * msec, want: 475},                                           // held for a window
-		{at: 1260 * msec, want: 487},                                           // 475 + (500-475)/2 = 487.5
-		{at: 1510 * msec, want: 493},                                           // 493.75
-		{at: 1760 * msec, want: 496},                                           // 496.875
-		{at: 2010 * msec, want: 498},                                           // 498.4375
-		{at: 2260 * msec, want: 499},                                           // 499.6875 (the least step, 1.25)
-		{at: 2510 * msec, want: 500},                                           // the knee
-		{at: 2760 * msec, want: 501},                                           // + 1.25 (0.25% of K)
-		{at: 3010 * msec, want: 503},                                           // + 1.875
-		{at: 3260 * msec, want: 505},                                           // + 2.8125
-		{at: 3510 * msec, want: 510},                                           // + 4.21875
-		{at: 3760 * msec, want: 516},                                           // + 6.328125
+		{at: 200 * msec, o: thr(100*msec, 100, 100, 0, 800*msec), want: 475}, // at once: K 500, L 0.95 K; hold to 1.2s
+		{at: 260 * msec, want: 475},                                          // settled at the tick: the same
+		{at: 400 * msec, o: thr(200*msec, 10, 10, 0, 0)},                     // an echo: released before the cut
+		{at: 1100 * msec, o: thr(400*msec, 10, 10, 0, 0)},                    // one too (within a tick of it)
+		{at: 1240 * msec, want: 475},                                         // held for a window
+		{at: 1260 * msec, want: 487},                                         // 475 + (500-475)/2 = 487.5
+		{at: 1510 * msec, want: 493},                                         // 493.75
+		{at: 1760 * msec, want: 496},                                         // 496.875
+		{at: 2010 * msec, want: 498},                                         // 498.4375
+		{at: 2260 * msec, want: 499},                                         // 499.6875 (the least step, 1.25)
+		{at: 2510 * msec, want: 500},                                         // the knee
+		{at: 2760 * msec, want: 501},                                         // + 1.25 (0.25% of K)
+		{at: 3010 * msec, want: 503},                                         // + 1.875
+		{at: 3260 * msec, want: 505},                                         // + 2.8125
+		{at: 3510 * msec, want: 510},                                         // + 4.21875
+		{at: 3760 * msec, want: 516},                                         // + 6.328125
 	})
 	want := []string{"475 throttled 1s", "487 recovering", "493 recovering", "496 recovering", "498 recovering",
 		"499 recovering", "500 recovering", "501 probing", "503 probing", "505 probing", "510 probing", "516 probing"}
@@ -132,7 +132,8 @@ func TestControllerCutsToWhatWasServedThenProbes(t *testing.T) {
 }
 
 // Until the first throttle, the capacity starts at 1/32 of the ceiling and
-// doubles at each tick that saw a batch succeed, if the demand is there.
+// doubles at each tick that saw a batch released since the last doubling
+// succeed, if the demand is there.
 func TestControllerStartsSlowly(t *testing.T) {
 	c := ratelimiter.NewController(10000)
 	if got := c.Capacity(); got != 312 {
@@ -140,21 +141,44 @@ func TestControllerStartsSlowly(t *testing.T) {
 	}
 	events := runCtl(t, c, []ctlStep{
 		{at: 10 * msec, demand: 1 << 20, want: 312},
-		{at: 260 * msec, want: 312},                         // no news: no growth
-		{at: 300 * msec, o: ok(0, 10, 100)},                 //
-		{at: 510 * msec, want: 624},                         // 312 doubled
-		{at: 600 * msec, o: ok(500*msec, 10, 100)},          //
-		{at: 700 * msec, demand: 600},                       // demand under the capacity
-		{at: 760 * msec, want: 624},                         // no growth
-		{at: 800 * msec, demand: 1 << 20},                   //
-		{at: 900 * msec, o: ok(700*msec, 10, 0)},            // (a success that cost nothing is news too)
-		{at: 1010 * msec, want: 1248},                       //
-		{at: 1100 * msec, o: ok(1000*msec, 10, 200)},        //
-		{at: 1260 * msec, want: 2496},                       //
-		{at: 1300 * msec, o: thr(1000*msec, 10, 5, 300, 0)}, // 150 served
-		{at: 1510 * msec, want: 427},                        // 0.95 * 450, served in the window (0.5s, 1.5s]
+		{at: 260 * msec, want: 312},                 // no news: no growth
+		{at: 300 * msec, o: ok(0, 10, 100)},         //
+		{at: 510 * msec, want: 624},                 // 312 doubled
+		{at: 600 * msec, o: ok(500*msec, 10, 100)},  //
+		{at: 700 * msec, demand: 600},               // demand under the capacity
+		{at: 760 * msec, want: 624},                 // no growth
+		{at: 800 * msec, demand: 1 << 20},           //
+		{at: 900 * msec, o: ok(700*msec, 10, 0)},    // (a success that cost nothing is news too)
+		{at: 1010 * msec, want: 1248},               //
+		{at: 1100 * msec, o: ok(900*msec, 10, 200)}, // released before the last doubling: no news
+		{at: 1260 * msec, want: 1248},
+		{at: 1300 * msec, o: ok(1010*msec, 10, 0)},          //
+		{at: 1510 * msec, want: 2496},                       //
+		{at: 1600 * msec, o: thr(1000*msec, 10, 5, 300, 0)}, // 150 served
+		{at: 1610 * msec, want: 427},                        // at once: 0.95 * 450, served in the window (0.5s, 1.6s]
+		{at: 1760 * msec, want: 427},                        // settled at the tick: (0.75s, 1.75s] served less
 	})
 	want := []string{"624 starting", "1248 starting", "2496 starting", "427 throttled 1s"}
+	if !slices.Equal(events, want) {
+		t.Errorf("events\n got %q\nwant %q", events, want)
+	}
+}
+
+// A throttle cuts at once, on what was served so far; the next tick
+// settles the cut on what the window served, with the answers still on
+// their way when the throttle came, and only ever raises it.
+func TestControllerSettlesACutAtTheTick(t *testing.T) {
+	c := ratelimiter.NewController(1000).WithInitial(1000)
+	events := runCtl(t, c, []ctlStep{
+		{at: 10 * msec, demand: 1 << 20},
+		{at: 100 * msec, o: ok(0, 10, 200)},
+		{at: 150 * msec, o: thr(50*msec, 10, 10, 0, 0), want: 190}, // 0.95 * 200
+		{at: 200 * msec, o: ok(60*msec, 10, 300), want: 190},       // released before the throttle, answered after it
+		{at: 260 * msec, want: 475},                                // settled: 0.95 * 500
+		{at: 1240 * msec, want: 475},                               // held from the cut at 150ms (not from the tick)
+		{at: 1260 * msec, want: 487},                               // recovering toward 500
+	})
+	want := []string{"190 throttled 1s", "475 throttled 1s", "487 recovering"}
 	if !slices.Equal(events, want) {
 		t.Errorf("events\n got %q\nwant %q", events, want)
 	}
