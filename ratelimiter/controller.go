@@ -41,6 +41,12 @@ const (
 	// the knee in the first window past it, 12% by the second, 64% by the
 	// third, and more than doubles within the fourth.
 	ControllerProbeGrowth = 1.5
+	// ControllerUsedShare is the least share of the capacity the last
+	// window must have served for the capacity to grow after a cut: 80%.
+	// Capacity that is not used (the Batcher paused, a lane waiting out a
+	// retry-after, work that needs less) proves nothing about the
+	// datastore.
+	ControllerUsedShare = 0.8
 	// ControllerInitialShare is the share of the ceiling a Controller
 	// starts at by default: 1/32, so that five doublings reach the ceiling.
 	ControllerInitialShare = 32
@@ -64,11 +70,11 @@ const (
 //
 // The Controller keeps its capacity L and the knee K: the throughput the
 // datastore served in the window of the last cut, or L if that is less (0
-// before any cut). It measures what was served over the observation window
-// W (default 1s), in ticks of a quarter of it (250ms): a batch serves its
-// Cost times Succeeded/Operations, and served is the sum over the batches
-// returned in the last window. It grows L at ticks, and cuts it when
-// throttles come.
+// before any cut). A batch serves its Cost times Succeeded/Operations, which
+// the Controller counts at the moment the batch was released (when its
+// requests reached the datastore, near enough), in buckets of 1/40 of the
+// observation window W (default 1s). It grows L at ticks, a quarter of W
+// apart (250ms), and cuts it when throttles come.
 //
 //   - Start. L starts at the initial capacity (default 1/32 of the
 //     ceiling) and, until the first cut, doubles at each tick that saw a
@@ -81,33 +87,39 @@ const (
 //     tick past the last cut (a batch released before that went out at the
 //     capacity before the cut: it is an echo of the same signal), and a
 //     whole window has passed since the last cut, L is cut at once: K =
-//     min(L, served), with served what the last window served so far, and
-//     L = (1 - backoff) * K, at least the floor. The next tick settles the
+//     min(L, served), with served what the datastore's window that
+//     throttled has served so far, and L = (1 - backoff) * K, at least the
+//     floor. A retry-after shorter than W says when that window ends, so
+//     where it began (a datastore such as Cosmos DB counts throughput in
+//     fixed windows, and answers a throttle with the time to the next);
+//     without one, the window is the last W. The next tick settles the
 //     cut on the window it closes, which holds the answers that were still
 //     on their way when the throttle came: if that window served more, K
 //     and L rise to match (a settled cut is never deeper than the first).
 //     One cut per window, however many operations, batches or watchers
 //     throttled in it: one burst of throttles is one signal. A throttle
 //     within the window of a cut that is not an echo waits for the
-//     window's end, and the first tick after it cuts on the window then.
+//     window's end, and the first tick after it cuts on that throttle's
+//     window (what went out after the last cut only).
 //   - Hold. After a cut, L does not grow for a window, nor until the
 //     longest retry-after the datastore gave with the throttles has passed
 //     (at most MaxControllerHold): a retry-after says when the datastore's
 //     own window starts again.
-//   - Recover. At each later tick with no throttle pending and the
-//     Batcher's demand (what it gave GiveMe) at least L, L grows: below
-//     the knee, by half the way to it (at least ControllerProbeStep*K),
-//     up to K; from K on, by steps that start at ControllerProbeStep*K
-//     (of the floor if K is less) and grow ControllerProbeGrowth times each
-//     tick: from 0.95 K back to K in about 1.5s, then 2%, 12%, 64% over K
+//   - Recover. At each later tick with no throttle pending, the Batcher's
+//     demand (what it gave GiveMe) at least L, and at least
+//     ControllerUsedShare (80%) of L served in the last window, L grows:
+//     below the knee, by half the way to it (at least
+//     ControllerProbeStep*K), up to K; from K on, by steps that start at
+//     ControllerProbeStep*K (of the floor if K is less) and grow
+//     ControllerProbeGrowth times each tick: from 0.95 K back to K in about 1.5s, then 2%, 12%, 64% over K
 //     at the end of the windows that follow, and more than twice K within
 //     the fourth, up to the ceiling. So a steady datastore is probed
 //     gently (an overshoot of a percent or two, for about a window, every
 //     three seconds), and a throughput that doubles is found within about
 //     four seconds.
 //
-// While the Batcher's demand is under L (the work does not use the capacity
-// it has) L does not grow: what is not used proves nothing.
+// While the capacity is not used (the work needs less, or the Batcher or a
+// lane waits out a pause) L does not grow: what is not used proves nothing.
 //
 // With a datastore that serves R in fixed one-second windows, limited at 2
 // R or 20 R, the scenario tests measure (from 5s on) 98% of R used, with
@@ -123,8 +135,10 @@ const (
 // datastore's window, and the Controller adjusts the rate of the windows
 // that follow, from one signal per window. A lane's wait is not taken as
 // lost throughput or demand: the Controller cuts only on throttles, never
-// on a low measure of what was served or asked for, and holds its growth
-// while the retry-after runs.
+// on a low measure of what was served or asked for; it holds its growth
+// while the retry-after runs, and while the capacity is not used; and it
+// measures a cut on the datastore's window, not on a second that holds a
+// lane's wait.
 //
 // # Events
 //
@@ -162,11 +176,11 @@ type Controller struct {
 		settle   float64         // L before a cut made between ticks, which the next tick settles; 0 if none
 		events   []batcher.Event // changes for the goroutine to emit, in order
 		wake     chan struct{}   // tells the goroutine of events; capacity 1
-		current  float64         // served since the last tick
 		good     bool            // a batch released since changedAt succeeded, since the last tick
 		changed  time.Time       // when L last grew while starting
-		served   []float64       // served in each of the last ticks of a window, a ring
-		next     int             // where the tick ending now goes in served
+		served   []bucket        // served, by the moment of release; a ring of two windows
+		from     time.Time       // the start of the window a cut between ticks measured, for the tick to settle it on
+		pendFrom time.Time       // the same for a pending throttle
 		throttle int64           // operations throttled, in all
 		ops      int64           // operations observed, in all
 	}
@@ -296,8 +310,8 @@ func (c *Controller) Start(ctx context.Context) error {
 		c.capacity.Store(int64(c.initial))
 		c.started.Store(true)
 	}
-	c.mu.served = make([]float64, ControllerTicksPerWindow)
-	c.mu.current, c.mu.next, c.mu.pending, c.mu.after, c.mu.settle = 0, 0, false, 0, 0
+	c.mu.served = make([]bucket, 2*controllerBuckets)
+	c.mu.pending, c.mu.after, c.mu.settle = false, 0, 0
 	// Made here, not in NewController, so that it belongs to a synctest
 	// bubble the Controller is started in.
 	wake := make(chan struct{}, 1)
@@ -351,7 +365,7 @@ func (c *Controller) ObserveBatch(o batcher.BatchOutcome) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	m := &c.mu
-	m.current += served
+	c.addLocked(o.Released, served)
 	m.good = m.good || (o.Succeeded > 0 && !o.Released.Before(m.changed))
 	m.ops += int64(o.Operations)
 	if o.Throttled <= 0 {
@@ -363,15 +377,21 @@ func (c *Controller) ObserveBatch(o batcher.BatchOutcome) {
 	}
 	m.after = max(m.after, o.RetryAfter)
 	now := time.Now()
+	// The datastore's window that throttled: a retry-after under the
+	// window says when it ends; otherwise take the window up to now.
+	from := now.Add(-c.window)
+	if o.RetryAfter > 0 && o.RetryAfter < c.window {
+		from = now.Add(o.RetryAfter - c.window)
+	}
 	if !m.cutAt.IsZero() && now.Before(m.cutAt.Add(c.window)) {
-		m.pending = true // the window's end cuts (see decide)
+		m.pending, m.pendFrom = true, from // the window's end cuts (see decide)
 		return
 	}
 	// Cut at once, on what was served so far; the next tick settles it on
 	// what the window served, with the answers that were still on their way.
 	before := m.limit
-	c.cutLocked(now, c.servedLocked(true))
-	m.settle = before
+	c.cutLocked(now, c.servedLocked(from, now))
+	m.settle, m.from = before, from
 	select {
 	case m.wake <- struct{}{}:
 	default:
@@ -380,15 +400,45 @@ func (c *Controller) ObserveBatch(o batcher.BatchOutcome) {
 
 func (c *Controller) tick() time.Duration { return c.window / ControllerTicksPerWindow }
 
-// servedLocked returns what the last window served: the last ticks, and
-// what has come since the last tick if current is set.
-func (c *Controller) servedLocked(current bool) float64 {
-	served := 0.0
-	for _, s := range c.mu.served {
-		served += s
+func minTime(a, b time.Time) time.Time {
+	if a.Before(b) {
+		return a
 	}
-	if current {
-		served += c.mu.current
+	return b
+}
+
+// controllerBuckets is how many buckets a window's measure of what was
+// served is kept in (25ms each, by default).
+const controllerBuckets = 40
+
+// A bucket is what the batches released within one bucket's time served.
+type bucket struct {
+	idx    int64 // the moment of release / the bucket's length
+	served float64
+}
+
+// addLocked adds what a batch released at t served.
+func (c *Controller) addLocked(t time.Time, served float64) {
+	idx := t.UnixNano() / int64(c.window/controllerBuckets)
+	b := &c.mu.served[int(idx%int64(len(c.mu.served)))]
+	switch {
+	case b.idx == idx:
+		b.served += served
+	case b.idx < idx:
+		b.idx, b.served = idx, served
+	} // else older than the ring: forgotten
+}
+
+// servedLocked returns what the batches released from from to to served,
+// to the bucket.
+func (c *Controller) servedLocked(from, to time.Time) float64 {
+	g := int64(c.window / controllerBuckets)
+	lo, hi := from.UnixNano()/g, to.UnixNano()/g
+	served := 0.0
+	for _, b := range c.mu.served {
+		if b.idx >= lo && b.idx <= hi {
+			served += b.served
+		}
 	}
 	return served
 }
@@ -445,10 +495,6 @@ func (c *Controller) decide(now time.Time) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	m := &c.mu
-	// Close the tick's measure of what was served.
-	m.served[m.next] = m.current
-	m.next = (m.next + 1) % len(m.served)
-	m.current = 0
 	good := m.good
 	m.good = false
 	switch {
@@ -456,7 +502,7 @@ func (c *Controller) decide(now time.Time) {
 		// A cut made since the last tick, on what had been served then:
 		// settle it on what the window served, answers that came after
 		// the throttle included. It only ever raises the cut.
-		served := c.servedLocked(false)
+		served := c.servedLocked(m.from, minTime(now, m.from.Add(c.window)))
 		k := min(m.settle, served)
 		m.settle = 0
 		if k > m.knee {
@@ -465,9 +511,18 @@ func (c *Controller) decide(now time.Time) {
 			c.noteLocked(batcher.Event{Kind: batcher.CapacityChanged, Msg: "throttled", Duration: m.holdTo.Sub(m.cutAt)})
 		}
 	case m.pending && !now.Before(m.cutAt.Add(c.window)):
-		c.cutLocked(now, c.servedLocked(false))
+		// On the datastore's window that throttled, but only what went out
+		// after the last cut, at the capacity being judged.
+		from := m.pendFrom
+		if from.Before(m.cutAt) {
+			from = m.cutAt
+		}
+		c.cutLocked(now, c.servedLocked(from, minTime(now, m.pendFrom.Add(c.window))))
 	case m.pending, now.Before(m.holdTo), c.demand.Load() < int64(m.limit), m.limit >= float64(c.ceiling):
 		// no growth
+	case !m.cutAt.IsZero() && c.servedLocked(now.Add(-c.window), now) < ControllerUsedShare*m.limit:
+		// no growth: the capacity is not being used (a pause, a lane's
+		// wait, work that does not need it), so it proves nothing
 	case m.cutAt.IsZero():
 		if good {
 			m.limit *= 2
