@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -92,10 +93,12 @@ const (
 //     floor. A retry-after shorter than W says when that window ends, so
 //     where it began (a datastore such as Cosmos DB counts throughput in
 //     fixed windows, and answers a throttle with the time to the next);
-//     without one, the window is the last W. The next tick settles the
-//     cut on the window it closes, which holds the answers that were still
-//     on their way when the throttle came: if that window served more, K
-//     and L rise to match (a settled cut is never deeper than the first).
+//     without one, the window is the last W. The ticks that follow settle
+//     the cut on that window, with the answers that were still on their
+//     way when the throttle came, until they have all come (the window's
+//     end plus the longest a batch took in the last window, four windows
+//     at most): if the window served more, K and L rise to match (a
+//     settled cut is never deeper than the first).
 //     One cut per window, however many operations, batches or watchers
 //     throttled in it: one burst of throttles is one signal. A throttle
 //     within the window of a cut that is not an echo waits for the
@@ -107,7 +110,9 @@ const (
 //     own window starts again.
 //   - Recover. At each later tick with no throttle pending, the Batcher's
 //     demand (what it gave GiveMe) at least L, and at least
-//     ControllerUsedShare (80%) of L served in the last window, L grows:
+//     ControllerUsedShare (80%) of L served in the last window (or in the
+//     window before it by the longest a batch took, whose answers have
+//     come), L grows:
 //     below the knee, by half the way to it (at least
 //     ControllerProbeStep*K), up to K; from K on, by steps that start at
 //     ControllerProbeStep*K (of the floor if K is less) and grow
@@ -181,6 +186,9 @@ type Controller struct {
 		served   []bucket        // served, by the moment of release; a ring of two windows
 		from     time.Time       // the start of the window a cut between ticks measured, for the tick to settle it on
 		pendFrom time.Time       // the same for a pending throttle
+		latNow   time.Duration   // the longest a batch took, since the last tick
+		lats     []time.Duration // the same for each of the last ticks of a window, a ring
+		latNext  int             // where the tick ending now goes in lats
 		throttle int64           // operations throttled, in all
 		ops      int64           // operations observed, in all
 	}
@@ -311,6 +319,7 @@ func (c *Controller) Start(ctx context.Context) error {
 		c.started.Store(true)
 	}
 	c.mu.served = make([]bucket, 2*controllerBuckets)
+	c.mu.lats, c.mu.latNow, c.mu.latNext = make([]time.Duration, ControllerTicksPerWindow), 0, 0
 	c.mu.pending, c.mu.after, c.mu.settle = false, 0, 0
 	// Made here, not in NewController, so that it belongs to a synctest
 	// bubble the Controller is started in.
@@ -366,6 +375,7 @@ func (c *Controller) ObserveBatch(o batcher.BatchOutcome) {
 	defer c.mu.Unlock()
 	m := &c.mu
 	c.addLocked(o.Released, served)
+	m.latNow = max(m.latNow, o.Returned.Sub(o.Released))
 	m.good = m.good || (o.Succeeded > 0 && !o.Released.Before(m.changed))
 	m.ops += int64(o.Operations)
 	if o.Throttled <= 0 {
@@ -497,19 +507,30 @@ func (c *Controller) decide(now time.Time) {
 	m := &c.mu
 	good := m.good
 	m.good = false
-	switch {
-	case m.settle > 0:
-		// A cut made since the last tick, on what had been served then:
-		// settle it on what the window served, answers that came after
-		// the throttle included. It only ever raises the cut.
+	m.lats[m.latNext] = m.latNow
+	m.latNext = (m.latNext + 1) % len(m.lats)
+	m.latNow = 0
+	lat := slices.Max(m.lats) // the longest a batch took in the last window
+	if m.settle > 0 {
+		// A cut made on what had been served when the throttle came:
+		// settle it on what the datastore's window served, with the
+		// answers that came after, until they have all come (a window,
+		// and the longest a batch takes, after the window began; four
+		// windows at most). It only ever raises the cut.
 		served := c.servedLocked(m.from, minTime(now, m.from.Add(c.window)))
-		k := min(m.settle, served)
-		m.settle = 0
-		if k > m.knee {
+		if k := min(m.settle, served); k > m.knee {
 			m.knee = k
-			m.limit = max((1-c.backoff)*k, m.limit)
-			c.noteLocked(batcher.Event{Kind: batcher.CapacityChanged, Msg: "throttled", Duration: m.holdTo.Sub(m.cutAt)})
+			if l := (1 - c.backoff) * k; l > m.limit {
+				m.limit = l
+				c.noteLocked(batcher.Event{Kind: batcher.CapacityChanged, Msg: "throttled", Duration: m.holdTo.Sub(m.cutAt)})
+			}
 		}
+		if now.After(m.from.Add(c.window+lat)) || now.After(m.cutAt.Add(4*c.window)) {
+			m.settle = 0
+		}
+	}
+	used := max(c.servedLocked(now.Add(-c.window), now), c.servedLocked(now.Add(-c.window-lat), now.Add(-lat)))
+	switch {
 	case m.pending && !now.Before(m.cutAt.Add(c.window)):
 		// On the datastore's window that throttled, but only what went out
 		// after the last cut, at the capacity being judged.
@@ -520,7 +541,7 @@ func (c *Controller) decide(now time.Time) {
 		c.cutLocked(now, c.servedLocked(from, minTime(now, m.pendFrom.Add(c.window))))
 	case m.pending, now.Before(m.holdTo), c.demand.Load() < int64(m.limit), m.limit >= float64(c.ceiling):
 		// no growth
-	case !m.cutAt.IsZero() && c.servedLocked(now.Add(-c.window), now) < ControllerUsedShare*m.limit:
+	case !m.cutAt.IsZero() && used < ControllerUsedShare*m.limit:
 		// no growth: the capacity is not being used (a pause, a lane's
 		// wait, work that does not need it), so it proves nothing
 	case m.cutAt.IsZero():
