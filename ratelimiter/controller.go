@@ -184,6 +184,8 @@ type Controller struct {
 		good     bool            // a batch released since changedAt succeeded, since the last tick
 		changed  time.Time       // when L last grew while starting
 		served   []bucket        // served, by the moment of release; a ring of two windows
+		answered []bucket        // the same by the moment of the answer
+		byAnswer float64         // what the answers since the datastore's window began served, at the last cut
 		from     time.Time       // the start of the window a cut between ticks measured, for the tick to settle it on
 		pendFrom time.Time       // the same for a pending throttle
 		latNow   time.Duration   // the longest a batch took, since the last tick
@@ -319,6 +321,7 @@ func (c *Controller) Start(ctx context.Context) error {
 		c.started.Store(true)
 	}
 	c.mu.served = make([]bucket, 2*controllerBuckets)
+	c.mu.answered = make([]bucket, 2*controllerBuckets)
 	c.mu.lats, c.mu.latNow, c.mu.latNext = make([]time.Duration, ControllerTicksPerWindow), 0, 0
 	c.mu.pending, c.mu.after, c.mu.settle = false, 0, 0
 	// Made here, not in NewController, so that it belongs to a synctest
@@ -374,7 +377,8 @@ func (c *Controller) ObserveBatch(o batcher.BatchOutcome) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	m := &c.mu
-	c.addLocked(o.Released, served)
+	c.addLocked(m.served, o.Released, served)
+	c.addLocked(m.answered, o.Returned, served)
 	m.latNow = max(m.latNow, o.Returned.Sub(o.Released))
 	m.good = m.good || (o.Succeeded > 0 && !o.Released.Before(m.changed))
 	m.ops += int64(o.Operations)
@@ -400,7 +404,7 @@ func (c *Controller) ObserveBatch(o batcher.BatchOutcome) {
 	// Cut at once, on what was served so far; the next tick settles it on
 	// what the window served, with the answers that were still on their way.
 	before := m.limit
-	c.cutLocked(now, c.servedLocked(from, now))
+	c.cutLocked(now, from, c.servedLocked(m.served, from, now))
 	m.settle, m.from = before, from
 	select {
 	case m.wake <- struct{}{}:
@@ -427,10 +431,10 @@ type bucket struct {
 	served float64
 }
 
-// addLocked adds what a batch released at t served.
-func (c *Controller) addLocked(t time.Time, served float64) {
+// addLocked adds what a batch served to ring, at t.
+func (c *Controller) addLocked(ring []bucket, t time.Time, served float64) {
 	idx := t.UnixNano() / int64(c.window/controllerBuckets)
-	b := &c.mu.served[int(idx%int64(len(c.mu.served)))]
+	b := &ring[int(idx%int64(len(ring)))]
 	switch {
 	case b.idx == idx:
 		b.served += served
@@ -439,13 +443,12 @@ func (c *Controller) addLocked(t time.Time, served float64) {
 	} // else older than the ring: forgotten
 }
 
-// servedLocked returns what the batches released from from to to served,
-// to the bucket.
-func (c *Controller) servedLocked(from, to time.Time) float64 {
+// servedLocked returns what ring holds from from to to, to the bucket.
+func (c *Controller) servedLocked(ring []bucket, from, to time.Time) float64 {
 	g := int64(c.window / controllerBuckets)
 	lo, hi := from.UnixNano()/g, to.UnixNano()/g
 	served := 0.0
-	for _, b := range c.mu.served {
+	for _, b := range ring {
 		if b.idx >= lo && b.idx <= hi {
 			served += b.served
 		}
@@ -453,9 +456,15 @@ func (c *Controller) servedLocked(from, to time.Time) float64 {
 	return served
 }
 
-// cutLocked cuts L on what the window served, and notes the change.
-func (c *Controller) cutLocked(now time.Time, served float64) {
+// cutLocked cuts L on what the datastore's window, which began at from,
+// served (served, counted by the moments of release), or what the answers
+// that came since from served if that is more, and notes the change.
+// Taking the more of the two keeps a cut from going deep on a measure that
+// slow answers, or requests held up on their way, skew.
+func (c *Controller) cutLocked(now, from time.Time, served float64) {
 	m := &c.mu
+	m.byAnswer = c.servedLocked(m.answered, from, now)
+	served = max(served, m.byAnswer)
 	m.knee = min(m.limit, served)
 	m.limit = max((1-c.backoff)*m.knee, float64(c.floor))
 	m.cutAt = now
@@ -517,7 +526,7 @@ func (c *Controller) decide(now time.Time) {
 		// answers that came after, until they have all come (a window,
 		// and the longest a batch takes, after the window began; four
 		// windows at most). It only ever raises the cut.
-		served := c.servedLocked(m.from, minTime(now, m.from.Add(c.window)))
+		served := max(c.servedLocked(m.served, m.from, minTime(now, m.from.Add(c.window))), m.byAnswer)
 		if k := min(m.settle, served); k > m.knee {
 			m.knee = k
 			if l := (1 - c.backoff) * k; l > m.limit {
@@ -529,16 +538,16 @@ func (c *Controller) decide(now time.Time) {
 			m.settle = 0
 		}
 	}
-	used := max(c.servedLocked(now.Add(-c.window), now), c.servedLocked(now.Add(-c.window-lat), now.Add(-lat)))
+	used := max(c.servedLocked(m.served, now.Add(-c.window), now), c.servedLocked(m.answered, now.Add(-c.window), now))
 	switch {
 	case m.pending && !now.Before(m.cutAt.Add(c.window)):
 		// On the datastore's window that throttled, but only what went out
 		// after the last cut, at the capacity being judged.
 		from := m.pendFrom
-		if from.Before(m.cutAt) {
-			from = m.cutAt
+		if echo := m.cutAt.Add(c.tick()); from.Before(echo) {
+			from = echo
 		}
-		c.cutLocked(now, c.servedLocked(from, minTime(now, m.pendFrom.Add(c.window))))
+		c.cutLocked(now, from, c.servedLocked(m.served, from, minTime(now, m.pendFrom.Add(c.window))))
 	case m.pending, now.Before(m.holdTo), c.demand.Load() < int64(m.limit), m.limit >= float64(c.ceiling):
 		// no growth
 	case !m.cutAt.IsZero() && used < ControllerUsedShare*m.limit:

@@ -165,10 +165,10 @@ func TestControllerStartsSlowly(t *testing.T) {
 		{at: 1300 * msec, o: ok(1010*msec, 10, 0)},          //
 		{at: 1510 * msec, want: 2496},                       //
 		{at: 1600 * msec, o: thr(1000*msec, 10, 5, 300, 0)}, // 150 served
-		{at: 1610 * msec, want: 332},                        // at once: 0.95 * 350, released in the second to 1.6s
-		{at: 1760 * msec, want: 332},                        // settled at the tick: the same
+		{at: 1610 * msec, want: 427},                        // at once: 0.95 * 450, answered in the second to 1.6s (released: 350)
+		{at: 1760 * msec, want: 427},                        // settled at the tick: the same
 	})
-	want := []string{"624 starting", "1248 starting", "2496 starting", "332 throttled 1s"}
+	want := []string{"624 starting", "1248 starting", "2496 starting", "427 throttled 1s"}
 	if !slices.Equal(events, want) {
 		t.Errorf("events\n got %q\nwant %q", events, want)
 	}
