@@ -72,9 +72,9 @@ const (
 // The Controller keeps its capacity L and the knee K: the throughput the
 // datastore served in the window of the last cut, or L if that is less (0
 // before any cut). A batch serves its Cost times Succeeded/Operations, which
-// the Controller counts at the moment the batch was released (when its
-// requests reached the datastore, near enough), in buckets of 1/40 of the
-// observation window W (default 1s). It grows L at ticks, a quarter of W
+// the Controller counts twice, in buckets of 1/40 of the observation window
+// W (default 1s): at the moment the batch was released (when its requests
+// reached the datastore, near enough) and at the moment it returned. It grows L at ticks, a quarter of W
 // apart (250ms), and cuts it when throttles come.
 //
 //   - Start. L starts at the initial capacity (default 1/32 of the
@@ -89,11 +89,13 @@ const (
 //     capacity before the cut: it is an echo of the same signal), and a
 //     whole window has passed since the last cut, L is cut at once: K =
 //     min(L, served), with served what the datastore's window that
-//     throttled has served so far, and L = (1 - backoff) * K, at least the
-//     floor. A retry-after shorter than W says when that window ends, so
-//     where it began (a datastore such as Cosmos DB counts throughput in
-//     fixed windows, and answers a throttle with the time to the next);
-//     without one, the window is the last W. The ticks that follow settle
+//     throttled has served so far (the batches released in it, or the
+//     answers that came in it if they served more: answers slow to come,
+//     or requests held up on their way, skew the first), and L =
+//     (1 - backoff) * K, at least the floor. A retry-after shorter than W
+//     says when that window ends, so where it began (a datastore such as
+//     Cosmos DB counts throughput in fixed windows, and answers a throttle
+//     with the time to the next); without one, the window is the last W. The ticks that follow settle
 //     the cut on that window, with the answers that were still on their
 //     way when the throttle came, until they have all come (the window's
 //     end plus the longest a batch took in the last window, four windows
@@ -110,9 +112,9 @@ const (
 //     own window starts again.
 //   - Recover. At each later tick with no throttle pending, the Batcher's
 //     demand (what it gave GiveMe) at least L, and at least
-//     ControllerUsedShare (80%) of L served in the last window (or in the
-//     window before it by the longest a batch took, whose answers have
-//     come), L grows:
+//     ControllerUsedShare (80%) of L served in the last window (by the
+//     batches released in it, or by the answers that came in it), L
+//     grows:
 //     below the knee, by half the way to it (at least
 //     ControllerProbeStep*K), up to K; from K on, by steps that start at
 //     ControllerProbeStep*K (of the floor if K is less) and grow

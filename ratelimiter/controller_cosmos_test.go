@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"math"
 	"net/http"
-	"os"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -89,6 +88,7 @@ type convergence struct {
 	requests, th429   int64
 	util, utilFrom5s  float64 // RU served / what the model serves, over the run and from 5s on
 	capacityAtEndInRU int
+	events            []string // the limiter's capacity changes and the Batcher's throttles, timed from the start
 }
 
 func (r convergence) String() string {
@@ -137,15 +137,6 @@ func converge(t *testing.T, m *cosmosmodel.Model, client *azcosmos.Client, name 
 			evMu.Unlock()
 		}
 	})
-	defer func() {
-		evMu.Lock()
-		defer evMu.Unlock()
-		if testing.Verbose() && os.Getenv("CTL_EVENTS") != "" {
-			for _, e := range events[:min(len(events), 200)] {
-				t.Log(name, e)
-			}
-		}
-	}()
 	ops := make([]*batcher.Operation, items)
 	for i := range ops {
 		ops[i] = batcher.NewOperation(w, itemCharge, fmt.Sprintf("%s-%d", name, i), true)
@@ -184,6 +175,9 @@ func converge(t *testing.T, m *cosmosmodel.Model, client *azcosmos.Client, name 
 	if n5 > 0 {
 		r.utilFrom5s = from5 / n5 / modelRU
 	}
+	evMu.Lock()
+	r.events = events
+	evMu.Unlock()
 	return r
 }
 
@@ -215,10 +209,6 @@ func TestConvergenceOnCosmosModel(t *testing.T) {
 	limit := 2 * time.Duration(items*itemCharge/centi) * time.Second / modelRU
 
 	ctl := converge(t, m, client, "controller", ratelimiter.NewController(ceilingRU*centi), items, limit)
-	if os.Getenv("CTL_ONLY") != "" {
-		t.Log(ctl)
-		return
-	}
 	adaptive := converge(t, m, client, "adaptive", ratelimiter.NewAdaptive(ratelimiter.NewProvisioned(ceilingRU*centi)), items, ctl.elapsed)
 	prov := converge(t, m, client, "provisioned", ratelimiter.NewProvisioned(ceilingRU*centi), items, ctl.elapsed)
 	for _, r := range []convergence{ctl, adaptive, prov} {
@@ -238,5 +228,10 @@ func TestConvergenceOnCosmosModel(t *testing.T) {
 	}
 	if share := float64(ctl.th429) / float64(ctl.requests); share > 0.05 {
 		t.Errorf("controller: 429s %.1f%% of requests, want at most 5%%", 100*share)
+	}
+	if t.Failed() { // what the Controller did, to see why
+		for _, e := range ctl.events[:min(len(ctl.events), 300)] {
+			t.Log(e)
+		}
 	}
 }
