@@ -109,7 +109,7 @@ const (
 //   - Hold. After a cut, L does not grow for a window, nor until the
 //     longest retry-after the datastore gave with the throttles has passed
 //     (at most MaxControllerHold): a retry-after says when the datastore's
-//     own window starts again.
+//     own window starts again. A retry-after of zero or less is none.
 //   - Recover. At each later tick with no throttle pending, the Batcher's
 //     demand (what it gave GiveMe) at least L, and at least
 //     ControllerUsedShare (80%) of L served in the last window (by the
@@ -180,10 +180,10 @@ type Controller struct {
 		holdTo   time.Time // no growth before it
 		pending  bool      // a throttle came that is not an echo, within the window of the last cut
 		after    time.Duration
-		settle   float64         // L before a cut made between ticks, which the next tick settles; 0 if none
+		settle   float64         // L before a cut made between ticks, which the ticks that follow settle; 0 if none
 		events   []batcher.Event // changes for the goroutine to emit, in order
 		wake     chan struct{}   // tells the goroutine of events; capacity 1
-		good     bool            // a batch released since changedAt succeeded, since the last tick
+		good     bool            // a batch released since changed succeeded, since the last tick
 		changed  time.Time       // when L last grew while starting
 		served   []bucket        // served, by the moment of release; a ring of two windows
 		answered []bucket        // the same by the moment of the answer
@@ -209,8 +209,7 @@ type Controller struct {
 // cost units per second, the throughput configured for the datastore. Its
 // defaults: an initial capacity of 1/32 of the ceiling, a floor of 1% of
 // the ceiling (at least 1), an observation window of 1s and a backoff of
-// 5%. Start reports a ceiling
-// under 1 and bad settings.
+// 5%. Start reports a ceiling under 1 and bad settings.
 func NewController(ceiling int) *Controller {
 	return &Controller{
 		ceiling: ceiling,
@@ -403,8 +402,8 @@ func (c *Controller) ObserveBatch(o batcher.BatchOutcome) {
 		m.pending, m.pendFrom = true, from // the window's end cuts (see decide)
 		return
 	}
-	// Cut at once, on what was served so far; the next tick settles it on
-	// what the window served, with the answers that were still on their way.
+	// Cut at once, on what was served so far; the ticks that follow settle
+	// it on what the window served, with the answers still on their way.
 	before := m.limit
 	c.cutLocked(now, from, c.servedLocked(m.served, from, now))
 	m.settle, m.from = before, from

@@ -211,6 +211,20 @@ func TestControllerTakesTheRetryAfterAsTheDatastoresWindow(t *testing.T) {
 	})
 }
 
+// A retry-after of zero or less says nothing: the window is the last one,
+// and the hold a window.
+func TestControllerIgnoresANegativeRetryAfter(t *testing.T) {
+	c := ratelimiter.NewController(1000).WithInitial(1000)
+	events := runCtl(t, c, []ctlStep{
+		{at: 10 * msec, demand: 1 << 20},
+		{at: 450 * msec, o: ok(400*msec, 10, 400)},
+		{at: 1200 * msec, o: thr(1100*msec, 10, 10, 0, -5*time.Second), want: 380},
+	})
+	if want := []string{"380 throttled 1s"}; !slices.Equal(events, want) {
+		t.Errorf("events %q, want %q", events, want)
+	}
+}
+
 // Throttles of many batches and operations within a window are one cut;
 // a throttle from a batch released after the cut, within its window, cuts
 // again only once the window has passed, on what went out after the cut. A
