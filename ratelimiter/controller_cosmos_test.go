@@ -217,6 +217,11 @@ func TestConvergenceOnCosmosModel(t *testing.T) {
 
 	// Loose bounds, for a loaded machine: all written within 1.5 times the
 	// ideal, most of the model's throughput used from 5s on, few 429s.
+	// Quiet, the Controller finishes within 1.05 times the ideal with 1-3%
+	// of its requests throttled, most of them in the first second; under
+	// -race on a loaded 2-core machine the answers take up to a second,
+	// the slow start overshoots for that long before the first 429 comes
+	// back, and up to about 8% were throttled (each retried).
 	if ctl.written != items {
 		t.Errorf("controller: %d of %d items written in %v", ctl.written, items, ctl.elapsed)
 	}
@@ -226,8 +231,8 @@ func TestConvergenceOnCosmosModel(t *testing.T) {
 	if ctl.utilFrom5s < 0.75 {
 		t.Errorf("controller: utilization from 5s on %.2f, want at least 0.75", ctl.utilFrom5s)
 	}
-	if share := float64(ctl.th429) / float64(ctl.requests); share > 0.05 {
-		t.Errorf("controller: 429s %.1f%% of requests, want at most 5%%", 100*share)
+	if share := float64(ctl.th429) / float64(ctl.requests); share > 0.12 {
+		t.Errorf("controller: 429s %.1f%% of requests, want at most 12%%", 100*share)
 	}
 	if t.Failed() { // what the Controller did, to see why
 		for _, e := range ctl.events[:min(len(ctl.events), 300)] {
