@@ -38,7 +38,12 @@ func String(s string) string {
 
 // userinfo masks the password of each URL in s: in scheme://user:pass@host,
 // everything between the first ':' of the userinfo and the authority's last
-// '@'.
+// '@'. A password with an unescaped '/', '?' or '#' (which ends the
+// authority as a URL parser reads it) is masked too: when the authority has
+// no '@', the text up to the next space or quote is searched for one, so
+// that "redis://:pa/ss@host" loses "pa/ss". That may also mask the port and
+// path of a URL with an '@' in its path, such as "https://h:1/a@b" (it
+// becomes "https://h:REDACTED@b"): more than needed, never less.
 func userinfo(s string) string {
 	locs := scheme.FindAllStringIndex(s, -1)
 	if locs == nil {
@@ -58,7 +63,13 @@ func userinfo(s string) string {
 		auth := s[start:end]
 		at := strings.LastIndexByte(auth, '@')
 		if at < 0 {
-			continue
+			for end < len(s) && !strings.ContainsRune("\t\n\r \"'<>", rune(s[end])) {
+				end++
+			}
+			auth = s[start:end]
+			if at = strings.LastIndexByte(auth, '@'); at < 0 {
+				continue
+			}
 		}
 		colon := strings.IndexByte(auth[:at], ':')
 		if colon < 0 {
