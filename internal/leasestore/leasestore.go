@@ -239,6 +239,10 @@ func (s *Store) Open(ctx context.Context, prefix string) (ratelimiter.LeaseManag
 		}
 		if _, err := c.Get(cctx, prefix+"/", clientv3.WithCountOnly(), clientv3.WithPrefix()); err != nil {
 			c.Close()
+			if terr := s.tlsError(ctx); terr != nil {
+				// gRPC only says it had no connection: say why.
+				return nil, nil, s.errorf("TLS: %w", terr)
+			}
 			return nil, nil, s.checkError(cctx, err)
 		}
 		m, err := leaseetcd.New(c, prefix)
@@ -300,6 +304,29 @@ func (s *Store) blobClient() (*container.Client, error) {
 		return nil, err
 	}
 	return container.NewClient(s.blob.url, cred, opts)
+}
+
+// tlsError returns the error of a TLS handshake with the etcd endpoint,
+// if it uses TLS and the handshake fails (a certificate the CA did not
+// sign, say); nil otherwise.
+func (s *Store) tlsError(ctx context.Context) error {
+	if s.etcd.TLS == nil {
+		return nil
+	}
+	d := tls.Dialer{NetDialer: &net.Dialer{Timeout: time.Second}, Config: s.etcd.TLS.Clone()}
+	d.Config.NextProtos = []string{"h2"}
+	hctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	c, err := d.DialContext(hctx, "tcp", strings.TrimPrefix(s.etcd.Endpoints[0], "https://"))
+	if err != nil {
+		var cv *tls.CertificateVerificationError
+		if errors.As(err, &cv) || strings.Contains(err.Error(), "tls:") || strings.Contains(err.Error(), "x509:") {
+			return err
+		}
+		return nil
+	}
+	c.Close()
+	return nil
 }
 
 // checkError says why the check failed: refused credentials, no answer in

@@ -1,8 +1,21 @@
 package leasestore_test
 
 import (
+	"bytes"
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
 	"errors"
+	"math/big"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -245,4 +258,129 @@ func startEtcd(t *testing.T) *sharedsim.Server {
 		}
 	})
 	return srv
+}
+
+// testCA writes a CA certificate, and a server certificate for 127.0.0.1
+// that it signed, into dir: ca.pem, server.pem and server-key.pem.
+func testCA(t *testing.T) (dir string) {
+	t.Helper()
+	dir = t.TempDir()
+	caKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ca := &x509.Certificate{
+		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "leasestore test CA"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour),
+		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign,
+	}
+	caDER, err := x509.CreateCertificate(rand.Reader, ca, ca, &caKey.PublicKey, caKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srvKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &x509.Certificate{
+		SerialNumber: big.NewInt(2), Subject: pkix.Name{CommonName: "127.0.0.1"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour),
+		IPAddresses: []net.IP{net.ParseIP("127.0.0.1")}, KeyUsage: x509.KeyUsageDigitalSignature,
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+	}
+	srvDER, err := x509.CreateCertificate(rand.Reader, srv, ca, &srvKey.PublicKey, caKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	keyDER, err := x509.MarshalECPrivateKey(srvKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, b := range map[string]*pem.Block{
+		"ca.pem":         {Type: "CERTIFICATE", Bytes: caDER},
+		"server.pem":     {Type: "CERTIFICATE", Bytes: srvDER},
+		"server-key.pem": {Type: "EC PRIVATE KEY", Bytes: keyDER},
+	} {
+		if err := os.WriteFile(filepath.Join(dir, name), pem.EncodeToMemory(b), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return dir
+}
+
+func freePort(t *testing.T) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return strconv.Itoa(l.Addr().(*net.TCPAddr).Port)
+}
+
+// TestRedisTLS runs a private redis-server that serves TLS with a
+// certificate of a private CA (and plain TCP beside it, for the test
+// helper's readiness check): rediss:// with ?ca= and the password works;
+// without the CA the certificate is refused, at Open.
+func TestRedisTLS(t *testing.T) {
+	certs := testCA(t)
+	port := freePort(t)
+	servicetest.StartRedis(t, "--requirepass", secret, "--tls-port", port,
+		"--tls-cert-file", filepath.Join(certs, "server.pem"), "--tls-key-file", filepath.Join(certs, "server-key.pem"),
+		"--tls-ca-cert-file", filepath.Join(certs, "ca.pem"), "--tls-auth-clients", "no")
+	m, err := open(t, "rediss://:"+secret+"@127.0.0.1:"+port+"/2?ca="+filepath.Join(certs, "ca.pem"))
+	if err != nil {
+		t.Fatalf("rediss with the CA: %v", err)
+	}
+	checkWorks(t, m)
+	_, err = open(t, "rediss://:"+secret+"@127.0.0.1:"+port)
+	if err == nil || !strings.Contains(err.Error(), "certificate") {
+		t.Errorf("rediss without the CA: %v, want a certificate error", err)
+	} else {
+		noSecret(t, "Open's error", err.Error())
+	}
+}
+
+// TestEtcdTLS runs a private etcd that serves TLS with a certificate of a
+// private CA: etcds:// with ?ca= works; without the CA the certificate is
+// refused, at Open, within the check's time.
+func TestEtcdTLS(t *testing.T) {
+	bin, err := exec.LookPath("etcd")
+	if err != nil {
+		if servicetest.Required() {
+			t.Fatal(err)
+		}
+		t.Skip(err)
+	}
+	certs := testCA(t)
+	client, peer := "https://127.0.0.1:"+freePort(t), "http://127.0.0.1:"+freePort(t)
+	cmd := exec.Command(bin, "--name", "tls", "--data-dir", filepath.Join(t.TempDir(), "etcd"), "--log-level", "error",
+		"--listen-client-urls", client, "--advertise-client-urls", client,
+		"--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer, "--initial-cluster", "tls="+peer,
+		"--cert-file", filepath.Join(certs, "server.pem"), "--key-file", filepath.Join(certs, "server-key.pem"))
+	var log bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &log, &log
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		cmd.Process.Kill()
+		cmd.Wait()
+	})
+	spec := "etcds://" + strings.TrimPrefix(client, "https://") + "?ca=" + filepath.Join(certs, "ca.pem")
+	var m ratelimiter.LeaseManager
+	for deadline := time.Now().Add(30 * time.Second); ; {
+		if m, err = open(t, spec); err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("etcd over TLS did not answer within 30s: %v\n%s", err, log.String())
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	checkWorks(t, m)
+	_, err = open(t, "etcds://"+strings.TrimPrefix(client, "https://"))
+	if err == nil || !strings.Contains(err.Error(), "TLS: tls: failed to verify certificate") {
+		t.Errorf("etcds without the CA: %v, want the certificate's error", err)
+	}
 }
