@@ -84,6 +84,7 @@ func TestRunEmbedded(t *testing.T) {
 		t.Errorf("other workload %d RU/s, capacity %d; want 1,000 and 4,000 by default", rep.cfg.otherRU, rep.cfg.capacity)
 	}
 	checkSVG(t, chart, 2)
+	checkSummary(t, rep, out.String())
 	for _, want := range []string{"items written", "429 answers", "completion time", "RU wasted", "chart of RU/s over time: " + chart} {
 		if !strings.Contains(out.String(), want) {
 			t.Errorf("summary lacks %q:\n%s", want, out.String())
@@ -119,6 +120,7 @@ func TestRunSaturated(t *testing.T) {
 	if p.elapsed < 2*time.Second {
 		t.Errorf("2,284 RU at 1,000 RU/s in %v", p.elapsed)
 	}
+	checkSummary(t, rep, out.String())
 	t.Logf("429s: %d (the model: %d); %v", p.throttle, p.server.Throttled, p.elapsed)
 }
 
@@ -140,6 +142,7 @@ func TestInputFile(t *testing.T) {
 	if p := rep.phases[0]; p.written != 50 || p.verified != "all 50 items stored, each once" {
 		t.Errorf("written %d, verified %q", p.written, p.verified)
 	}
+	checkSummary(t, rep, out.String())
 }
 
 func TestReadLinesErrors(t *testing.T) {
@@ -194,7 +197,7 @@ func TestFlagErrors(t *testing.T) {
 		{[]string{"-nosuchflag"}, []string{"flag provided but not defined: -nosuchflag"}},
 		{[]string{"-items", "many"}, []string{`invalid value "many" for flag -items`}},
 		{[]string{"extra"}, []string{`unexpected arguments ["extra"]`}},
-		{[]string{"-lease-store", "mongo://x:1"}, []string{`-lease-store mongo://x:1: lease store "mongo://x:1": unknown scheme "mongo"`}},
+		{[]string{"-lease-store", "mongo://x:1"}, []string{`-lease-store: lease store mongo://x:1: unknown scheme "mongo"`}},
 		{[]string{"-lease-store", "https://acct.blob.core.windows.net/"}, []string{"must name the container"}},
 		{[]string{"-lease-store", "redis://127.0.0.1:6379", "-capacity", "1500", "-reserved", "-1"}, []string{"-reserved -1", "-capacity 1500: must be a multiple of -factor (1000)"}},
 		{[]string{"-lease-store", "redis://127.0.0.1:6379", "-factor", "0", "-lease-prefix", ""}, []string{"-factor 0", `-lease-prefix "": must not be empty`}},
@@ -248,6 +251,7 @@ func TestRealCosmos(t *testing.T) {
 			t.Errorf("%s: written %d, verified %q", p.name, p.written, p.verified)
 		}
 	}
+	checkSummary(t, rep, out.String())
 }
 
 // TestSharedThroughRedis loads with the limit shared through the real Redis
@@ -269,6 +273,7 @@ func TestSharedThroughRedis(t *testing.T) {
 	if !strings.Contains(out.String(), "shared through the lease store redis://"+addr) {
 		t.Errorf("the headline does not say the limit is shared:\n%s", out.String())
 	}
+	checkSummary(t, rep, out.String())
 }
 
 func TestRealClickHouse(t *testing.T) {
@@ -289,21 +294,22 @@ func TestRealClickHouse(t *testing.T) {
 		}
 	}
 	checkSVG(t, chart, 1)
+	checkSummary(t, rep, out.String())
 }
 
 func TestChartSVG(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "c.svg")
-	svg := chartSVG(`a <title> & "quotes"`, "RU", 10000, []line{
-		{name: "a & b", color: "#123456", values: []float64{100, 20000, 0}},
+	svg := chartSVG(chartSpec{title: `a <title> & "quotes"`, unit: "RU", capacity: 10000, capName: "provisioned", limit: 9000, lines: []line{
+		{name: "a & b", color: "#123456", values: []float64{100, 20000, 0}, throttles: []int64{0, 5, 0}, end: 2.5},
 		{name: "empty", color: "#654321"},
-	})
+	}})
 	if err := os.WriteFile(path, svg, 0o644); err != nil {
 		t.Fatal(err)
 	}
 	checkSVG(t, path, 2)
-	for _, v := range []float64{0, 0.3, 1, 7, 11, 99, 101, 9999} {
-		if n := niceCeil(v); n < v {
-			t.Errorf("niceCeil(%v) = %v", v, n)
+	for _, v := range []float64{0.3, 1, 7, 11, 99, 101, 9999, 10400} {
+		if s := tickStep(v, 8); v/s > 8 || v/s < 2 {
+			t.Errorf("tickStep(%v) = %v: %v steps", v, s, v/s)
 		}
 	}
 	if got := commas(-1234567); got != "-1,234,567" {
