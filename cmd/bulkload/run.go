@@ -224,7 +224,13 @@ func summary(w io.Writer, rep *report) {
 		fmt.Fprintln(w, "item writes sent: each row's first insert and its retries; an insert carries many rows.")
 	} else {
 		fmt.Fprintln(w, "item writes sent: each item's first write and its retries (429s and failed requests); a request is one write, or a transactional batch of several.")
-		fmt.Fprintln(w, "RU charged to the loader: what its requests' responses said; \"the model served\" below also counts the other workload's, and is what the container spent.")
+		served := "\"the model served\" below is what the container spent"
+		if others {
+			served += ", the other workload's writes included"
+		}
+		if cfg.target() == "embedded" {
+			fmt.Fprintf(w, "RU charged to the loader: what its requests' responses said; %s.\n", served)
+		}
 	}
 	fmt.Fprintf(w, "seconds: the service's one-second windows the run touched, each counted whole (the mean, the capacity used and the %s are per window).\n", wastedWord(ch))
 	if others {
