@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"math"
 	"os"
+	"strconv"
 )
 
 // line is one loader on the chart: its units and its 429s in each
@@ -60,7 +61,7 @@ func chartSVG(c chartSpec) []byte {
 	thrTop := top + mainH + gap
 	h := thrTop + thrH + foot
 
-	end := 1.0
+	end := 0.0
 	ymax := max(c.capacity, c.limit)
 	var tmax int64
 	for _, l := range c.lines {
@@ -75,6 +76,9 @@ func chartSVG(c chartSpec) []byte {
 				tmax = max(tmax, n)
 			}
 		}
+	}
+	if end <= 0 {
+		end = 1
 	}
 	ystep := tickStep(ymax*1.04, 7)
 	ymax = math.Ceil(ymax*1.04/ystep) * ystep
@@ -103,8 +107,9 @@ func chartSVG(c chartSpec) []byte {
 	}
 
 	// Time axis, shared: ticks on both panels, labels under the lower one.
-	xstep := max(1, tickStep(end, 12))
-	for t := 0.0; t <= end+1e-9; t += xstep {
+	xstep := tickStep(end, 10)
+	for k := 0; float64(k)*xstep <= end+1e-9; k++ {
+		t := float64(k) * xstep
 		fmt.Fprintf(&b, `<line x1="%.1f" y1="%d" x2="%.1f" y2="%d" stroke="#f0f0f0"/>`+"\n", x(t), top, x(t), top+mainH)
 		fmt.Fprintf(&b, `<line x1="%.1f" y1="%d" x2="%.1f" y2="%d" stroke="#999"/>`+"\n", x(t), thrTop+thrH, x(t), thrTop+thrH+5)
 		fmt.Fprintf(&b, `<text x="%.1f" y="%d" text-anchor="middle">%s</text>`+"\n", x(t), thrTop+thrH+18, trimFloat(t))
@@ -193,7 +198,7 @@ func trimFloat(v float64) string {
 	if v == math.Trunc(v) {
 		return commas(int64(v))
 	}
-	return fmt.Sprintf("%g", v)
+	return strconv.FormatFloat(math.Round(v*1e6)/1e6, 'f', -1, 64)
 }
 
 func writeChart(path string, svg []byte) error {

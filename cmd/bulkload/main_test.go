@@ -85,7 +85,15 @@ func TestRunEmbedded(t *testing.T) {
 	}
 	checkSVG(t, chart, 2)
 	checkSummary(t, rep, out.String())
-	for _, want := range []string{"items written", "429 answers", "completion time", "RU wasted", "chart of RU/s over time: " + chart} {
+	for _, want := range []string{"items written", "429 answers", "completion time", "RU wasted", "chart of RU/s over time: " + chart,
+		// The rows that count both workloads say so, and a line says
+		// what "both workloads" means.
+		"capacity used, both workloads", `"both workloads": the loader's and the other workload's (1,000 RU/s) together`,
+		// What the loader was charged, beside what the model served.
+		`RU charged to the loader: what its requests' responses said; "the model served" below is what the container spent, the other workload's writes included.`,
+		// Which way the ratio goes.
+		"x the batcher's time) with",
+	} {
 		if !strings.Contains(out.String(), want) {
 			t.Errorf("summary lacks %q:\n%s", want, out.String())
 		}
@@ -307,6 +315,17 @@ func TestChartSVG(t *testing.T) {
 		t.Fatal(err)
 	}
 	checkSVG(t, path, 2)
+	// Ticks are round numbers, the time axis's included for a run under a
+	// second.
+	short := string(chartSVG(chartSpec{title: "t", unit: "RU", capacity: 5000, lines: []line{{values: []float64{100}, end: 0.7}}}))
+	for _, want := range []string{">0.6<", ">0.7<", ">6,000<"} {
+		if !strings.Contains(short, want) {
+			t.Errorf("the chart of a 0.7 s run has no tick %s", want)
+		}
+	}
+	if strings.Contains(short, "00000") {
+		t.Error("a tick label with a float's noise")
+	}
 	for _, v := range []float64{0.3, 1, 7, 11, 99, 101, 9999, 10400} {
 		if s := tickStep(v, 8); v/s > 8 || v/s < 2 {
 			t.Errorf("tickStep(%v) = %v: %v steps", v, s, v/s)
@@ -314,5 +333,109 @@ func TestChartSVG(t *testing.T) {
 	}
 	if got := commas(-1234567); got != "-1,234,567" {
 		t.Errorf("commas: %s", got)
+	}
+}
+
+// svgElements returns the start elements of an SVG document, in order,
+// with the text each <text> holds.
+func svgElements(t *testing.T, svg []byte) (els []xml.StartElement, texts []string) {
+	t.Helper()
+	d := xml.NewDecoder(bytes.NewReader(svg))
+	inText := false
+	for {
+		tok, err := d.Token()
+		if err == io.EOF {
+			return els, texts
+		}
+		if err != nil {
+			t.Fatalf("not well-formed: %v", err)
+		}
+		switch tok := tok.(type) {
+		case xml.StartElement:
+			els = append(els, tok)
+			inText = tok.Name.Local == "text"
+		case xml.CharData:
+			if inText {
+				texts = append(texts, string(tok))
+			}
+		case xml.EndElement:
+			inText = false
+		}
+	}
+}
+
+func attr(e xml.StartElement, name string) string {
+	for _, a := range e.Attr {
+		if a.Name.Local == name {
+			return a.Value
+		}
+	}
+	return ""
+}
+
+// polylineXs returns the least and the greatest x of a polyline's points.
+func polylineXs(t *testing.T, e xml.StartElement) (lo, hi float64) {
+	t.Helper()
+	lo, hi = math.Inf(1), math.Inf(-1)
+	for _, pt := range strings.Fields(attr(e, "points")) {
+		var x, y float64
+		if _, err := fmt.Sscanf(pt, "%f,%f", &x, &y); err != nil {
+			t.Fatalf("point %q: %v", pt, err)
+		}
+		lo, hi = min(lo, x), max(hi, x)
+	}
+	return lo, hi
+}
+
+// TestChartDrawsWhatTheSummarySays draws the chart of a made-up run with
+// the issue's figures: 6,691 429s in one second of the naive loader, the
+// batcher ending 0.5 s into its third second, the naive loader 0.3 s into
+// its second. The 429s get an axis of their own (a tick above 6,691); the
+// RU axis ends near the capacity, not 5,000 RU/s above it; the capacity
+// and the Batcher's limit are drawn over the lines; and each line ends
+// where its loader did, the last partial second not drawn whole.
+func TestChartDrawsWhatTheSummarySays(t *testing.T) {
+	rep := &report{
+		cfg: config{ru: 10000, capacity: 9000, otherRU: 1000},
+		phases: []phase{
+			{name: "batcher", items: 100, written: 100, elapsed: 2500 * time.Millisecond, perSec: []float64{9000, 9100, 4000}, thrSec: []int64{0, 0, 0}},
+			{name: "naive", items: 100, written: 100, elapsed: 1300 * time.Millisecond, perSec: []float64{10000, 3000}, thrSec: []int64{6691, 50}},
+		},
+	}
+	svg := chartFor(rep)
+	els, texts := svgElements(t, svg)
+	all := strings.Join(texts, "|")
+	if !strings.Contains(all, "|7,000|") && !strings.Contains(all, "|7,500|") && !strings.Contains(all, "|8,000|") {
+		t.Errorf("no axis for the 429s (a tick at 7,500 or so): %q", texts)
+	}
+	if strings.Contains(all, "|15,000|") || strings.Contains(all, "|14,000|") {
+		t.Errorf("the RU axis goes far over the 10,000 provisioned: %q", texts)
+	}
+	if !strings.Contains(all, "the Batcher's limit 9,000 RU/s") {
+		t.Errorf("the Batcher's limit is not drawn: %q", texts)
+	}
+	var xs [][2]float64
+	lastPolyline, capacityLine := -1, -1
+	for i, e := range els {
+		switch {
+		case e.Name.Local == "polyline":
+			lo, hi := polylineXs(t, e)
+			xs = append(xs, [2]float64{lo, hi})
+			lastPolyline = i
+		case e.Name.Local == "line" && attr(e, "stroke") == "#d62728" && capacityLine < 0:
+			capacityLine = i
+		}
+	}
+	if capacityLine < lastPolyline {
+		t.Errorf("the capacity line (element %d) is drawn before the last loader's line (element %d), which may hide it", capacityLine, lastPolyline)
+	}
+	if len(xs) != 2 {
+		t.Fatalf("%d polylines, want 2", len(xs))
+	}
+	// Both start at 0; the batcher's ends at the right edge (2.5 s), the
+	// naive loader's at 1.3/2.5 of the width.
+	left, width := xs[0][0], xs[0][1]-xs[0][0]
+	if got := (xs[1][1] - left) / width; math.Abs(got-1.3/2.5) > 0.01 {
+		t.Errorf("the naive loader's line ends at %.3f of the time axis, want %.3f (1.3 s of 2.5 s)", got, 1.3/2.5)
 	}
 }
