@@ -88,9 +88,9 @@ func TestThrottleWindows(t *testing.T) {
 		}
 		time.Sleep(1500 * time.Millisecond)
 		want := []cosmosmodel.Second{
-			{At: 0, RU: 99.07, Requests: 23, Throttled: 4},
-			{At: time.Second, RU: 5.71, Requests: 1},
-			{At: 2 * time.Second},
+			{At: 0, RU: 99.07, Requests: 23, Throttled: 4, BudgetRU: 100},
+			{At: time.Second, RU: 5.71, Requests: 1, BudgetRU: 100},
+			{At: 2 * time.Second, BudgetRU: 100},
 		}
 		if got := m.History(); !slices.Equal(got, want) {
 			t.Errorf("history:\n got %+v\nwant %+v", got, want)
@@ -276,4 +276,22 @@ func TestNewAndLifecycle(t *testing.T) {
 		t.Errorf("Items in proxy mode: no error")
 	}
 	p.Close()
+}
+
+// TestNoSecretInErrors checks that a backend URL's password and SAS
+// signature reach neither New's error nor the answer to a request the
+// backend did not answer.
+func TestNoSecretInErrors(t *testing.T) {
+	_, err := cosmosmodel.New(cosmosmodel.Options{Backend: &url.URL{Scheme: "ftp", User: url.UserPassword("u", "SECRETPW"), Host: "x", RawQuery: "sig=SECRETSIG"}})
+	if err == nil || strings.Contains(err.Error(), "SECRET") {
+		t.Errorf("New: %v; want an error without the secrets", err)
+	}
+	m, err := cosmosmodel.New(cosmosmodel.Options{Backend: &url.URL{Scheme: "https", User: url.UserPassword("u", "SECRETPW"), Host: "127.0.0.1:1", RawQuery: "sig=SECRETSIG"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rec := do(t, m.Handler(), "GET", "/dbs/db", "", nil)
+	if rec.Code != 503 || strings.Contains(rec.Body.String(), "SECRET") {
+		t.Errorf("unreachable backend: %d %s; want 503 without the secrets", rec.Code, rec.Body)
+	}
 }

@@ -51,6 +51,8 @@ const (
 	routeColl
 	routeDocs
 	routeDoc
+	routeOffers // /offers
+	routeOffer  // /offers/{id}
 )
 
 type route struct {
@@ -70,6 +72,15 @@ func parseRoute(r *http.Request) route {
 		if u, err := url.PathUnescape(s); err == nil {
 			seg[i] = u
 		}
+	}
+	if seg[0] == "offers" {
+		switch len(seg) {
+		case 1:
+			return route{kind: routeOffers}
+		case 2:
+			return route{kind: routeOffer, id: seg[1]}
+		}
+		return route{}
 	}
 	want := []string{"dbs", "", "colls", "", "docs", ""}
 	kinds := []routeKind{routeDBs, routeDB, routeColls, routeColl, routeDocs, routeDoc}
@@ -93,6 +104,9 @@ func parseRoute(r *http.Request) route {
 	rt.kind = kinds[len(seg)-1]
 	return rt
 }
+
+// isOffer reports whether the route is on throughput offers.
+func (rt route) isOffer() bool { return rt.kind == routeOffers || rt.kind == routeOffer }
 
 // isDocument reports whether the route draws on the throughput budget.
 func (rt route) isDocument() bool { return rt.kind == routeDocs || rt.kind == routeDoc }

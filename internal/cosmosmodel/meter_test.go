@@ -43,7 +43,7 @@ func TestCharges(t *testing.T) {
 func TestMeterSteps(t *testing.T) {
 	t0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
 	ms := time.Millisecond
-	m := newMeter(t0, 20)
+	m := newMeter(t0, 1, 20, 0)
 	steps := []struct {
 		at     time.Duration
 		charge float64
@@ -64,23 +64,23 @@ func TestMeterSteps(t *testing.T) {
 		{5250 * ms, 0.01, false, 750 * ms}, // the boundary holds to the hundredth
 	}
 	for i, s := range steps {
-		sec, ok, after := m.admit(t0.Add(s.at), s.charge)
+		sec, ok, after := m.admit(t0.Add(s.at), 0, s.charge)
 		if ok != s.ok || after != s.after || sec != int(s.at/time.Second) {
 			t.Errorf("step %d (at %v, %v RU): second %d, ok %v, retry after %v; want second %d, %v, %v",
 				i, s.at, s.charge, sec, ok, after, s.at/time.Second, s.ok, s.after)
 		}
 	}
-	m.adjust(1, -0.71) // the first write of second 1 cost 5.00 after all
+	m.adjust(1, 0, -0.71) // the first write of second 1 cost 5.00 after all
 	want := []Second{
-		{0, 20, 6, 2},
-		{1 * time.Second, 5, 2, 1},
-		{2 * time.Second, 30, 2, 1},
-		{3 * time.Second, 0, 0, 0},
-		{4 * time.Second, 0, 0, 0},
-		{5 * time.Second, 20, 2, 1},
-		{6 * time.Second, 0, 0, 0},
+		{At: 0, RU: 20, Requests: 6, Throttled: 2, BudgetRU: 20},
+		{At: 1 * time.Second, RU: 5, Requests: 2, Throttled: 1, BudgetRU: 20},
+		{At: 2 * time.Second, RU: 30, Requests: 2, Throttled: 1, BudgetRU: 20},
+		{At: 3 * time.Second, BudgetRU: 20},
+		{At: 4 * time.Second, BudgetRU: 20},
+		{At: 5 * time.Second, RU: 20, Requests: 2, Throttled: 1, BudgetRU: 20},
+		{At: 6 * time.Second, BudgetRU: 20},
 	}
-	if got := m.history(t0.Add(6500 * ms)); !slices.Equal(got, want) {
+	if got := m.history(t0.Add(6500*ms), -1); !slices.Equal(got, want) {
 		t.Errorf("history:\n got %v\nwant %v", got, want)
 	}
 	st := m.stats(t0.Add(6500 * ms))
@@ -91,9 +91,9 @@ func TestMeterSteps(t *testing.T) {
 
 func TestMeterUnlimited(t *testing.T) {
 	t0 := time.Now()
-	m := newMeter(t0, 0)
+	m := newMeter(t0, 1, 0, 0)
 	for i := range 1000 {
-		if _, ok, _ := m.admit(t0.Add(time.Duration(i)*time.Microsecond), 1000); !ok {
+		if _, ok, _ := m.admit(t0.Add(time.Duration(i)*time.Microsecond), 0, 1000); !ok {
 			t.Fatalf("request %d refused without a limit", i)
 		}
 	}
@@ -104,14 +104,14 @@ func TestMeterUnlimited(t *testing.T) {
 
 func TestMeterHistoryBounded(t *testing.T) {
 	t0 := time.Now()
-	m := newMeter(t0, 10)
-	m.admit(t0.Add(3*maxHistory*time.Second), 1)
-	h := m.history(t0.Add(3 * maxHistory * time.Second))
+	m := newMeter(t0, 1, 10, 0)
+	m.admit(t0.Add(3*maxHistory*time.Second), 0, 1)
+	h := m.history(t0.Add(3*maxHistory*time.Second), -1)
 	if len(h) > maxHistory || h[len(h)-1].At != 3*maxHistory*time.Second || h[len(h)-1].RU != 1 {
 		t.Errorf("history of %d seconds, last %+v", len(h), h[len(h)-1])
 	}
 	// A request timed before the oldest second kept is charged to it.
-	m.admit(t0, 1)
+	m.admit(t0, 0, 1)
 	if st := m.stats(t0); st.RU != 2 {
 		t.Errorf("RU %v, want 2", st.RU)
 	}

@@ -21,14 +21,19 @@
 //	h := m.History()      // RU, requests and 429s of each second since New
 //	items, _ := m.Items("db", "container") // in-memory mode: what is stored
 //
-// The exported API: [Options] (ProvisionedRU, Backend, BackendTransport,
-// Addr), [New], [Model.Start], [Model.Close], [Model.URL], [Model.Client]
-// (an *http.Client trusting the model's self-signed certificate),
-// [Model.NewHTTPClient] (one with connections of its own), [Model.NewClient],
-// [Model.ClientOptions], [Model.Handler] (serve without a
-// listener), [Model.Stats], [Model.History], [Model.Items],
-// [Model.SetProvisionedRU]; the charge functions [ReadCharge],
-// [WriteCharge], [QueryCharge] and their constants; [Stats] and [Second].
+// The exported API: [Options] (ProvisionedRU or AutoscaleMaxRU,
+// Partitions, DatabaseThroughput, Serverless, OffersForbidden, Backend,
+// BackendTransport, Addr, Observe), [New], [Model.Start], [Model.Close],
+// [Model.URL], [Model.Client] (an *http.Client trusting the model's
+// self-signed certificate), [Model.NewHTTPClient] (one with connections of
+// its own), [Model.NewClient], [Model.ClientOptions], [Model.Handler]
+// (serve without a listener), [Model.Stats], [Model.History],
+// [Model.PartitionStats], [Model.PartitionHistory], [Model.Items]; the
+// throughput's controls [Model.SetProvisionedRU], [Model.SetAutoscaleMaxRU],
+// [Model.Throughput], [Model.SetOtherWorkload], [Model.Partitions],
+// [Model.PartitionOf]; the charge functions [ReadCharge], [WriteCharge],
+// [QueryCharge] and their constants; [Stats], [PartitionStats] and
+// [Second].
 //
 // # Two modes
 //
@@ -49,18 +54,80 @@
 //
 // # Throughput
 //
-// The budget is ProvisionedRU per second in fixed one-second windows counted
-// from [New]. A document request is answered 429 (code TooManyRequests,
-// headers x-ms-substatus: 3200, x-ms-retry-after-ms: the milliseconds until
-// the next window, x-ms-request-charge: 0) when the RU already served in the
-// current window plus its charge would exceed ProvisionedRU. A request that
-// costs more than ProvisionedRU on its own is admitted into a window that has
-// served nothing yet, as it could never run otherwise. Azure's budget is per
-// physical partition per second and lets a request overdraw it a little; the
-// model has one partition and a hard bound, which is simpler to reason about
-// in tests. Requests on the account, databases and containers draw on no
-// budget. In proxy mode a read is admitted on the charge of a 1 KB read and
-// charged what the document really costs once the backend has answered.
+// The budget is the provisioned RU per second (Options.ProvisionedRU, or
+// the maximum of an autoscale throughput, Options.AutoscaleMaxRU) in fixed
+// one-second windows counted from [New], split evenly between the physical
+// partitions (Options.Partitions, 1 by default). A document request draws
+// on the partition its partition key (the x-ms-documentdb-partitionkey
+// header) is hashed to ([Model.PartitionOf]); one without (a cross-partition
+// query) on partition 0. It is answered 429 (code TooManyRequests, headers
+// x-ms-substatus: 3200, x-ms-retry-after-ms: the milliseconds until the
+// next window, x-ms-request-charge: 0) when the RU its partition already
+// served in the current window plus its charge would exceed the
+// partition's budget; the other partitions go on serving. A request that
+// costs more than the partition's budget on its own is admitted into a
+// window in which its partition has served nothing yet, as it could never
+// run otherwise. Azure lets a request overdraw a partition's budget a
+// little; the model has a hard bound, which is simpler to reason about in
+// tests. Requests on the account, databases, containers and offers draw on
+// no budget. In proxy mode a read is admitted on the charge of a 1 KB read
+// and charged what the document really costs once the backend has
+// answered.
+//
+// Autoscale, as in Azure, scales at once: requests are throttled only
+// beyond the maximum, and the throughput it is scaled to
+// ([Stats].CurrentRU, and the offer's offerThroughput) follows the load
+// between 10% and 100% of the maximum.
+//
+// The throughput can change mid-run ([Model.SetProvisionedRU],
+// [Model.SetAutoscaleMaxRU], or the SDK's ReplaceThroughput): the next
+// request sees the new budget. [Model.SetOtherWorkload] runs another
+// workload that takes its rate from a partition's budget (or all of
+// theirs), request by request, and is throttled like anyone.
+//
+// # Reading the throughput
+//
+// The SDK's ContainerClient.ReadThroughput and DatabaseClient.ReadThroughput
+// work against the model, in both modes: they read the resource's _rid,
+// query /offers for the offer naming it, and read that offer. The model
+// answers with its own budget: a manual offer (content.offerThroughput), or
+// an autoscale one (content.offerAutopilotSettings.maxThroughput, and the
+// throughput scaled to now in offerThroughput). The offer is on every
+// container, or with Options.DatabaseThroughput on every database (a
+// container's read then finds none: the SDK returns a 404). An unlimited
+// model has no offer (404). ReplaceThroughput (a PUT of the offer) changes
+// the model's throughput. Options.Serverless answers offer requests 400
+// ("not supported for serverless accounts") and Options.OffersForbidden 403,
+// as Azure does.
+//
+// # Driving the scenarios
+//
+// The issue-14 scenarios run on an in-memory model started in the
+// benchmark's process; per-second figures come from [Model.History] (RU,
+// 429s, the other workload's RU, and each second's BudgetRU), per
+// partition from [Model.PartitionHistory] and [Model.PartitionStats].
+// Utilization of a second is RU / (BudgetRU − OtherRU).
+//
+//   - S1 (limiter = provisioned): New(Options{ProvisionedRU: 10000}).
+//   - S2, S3 (limiter 2x, 20x): the same model; only the limiter differs.
+//     The bad-input check: ProvisionedRU 500, limiter 10,000.
+//   - S4 (10,000 → 4,000 at 20 s → 10,000 at 40 s): ProvisionedRU 10000,
+//     and m.SetProvisionedRU(4000), m.SetProvisionedRU(10000) from
+//     time.AfterFunc; History's BudgetRU shows each second's figure.
+//   - S5 (4 partitions, half the writes to one key): Options{ProvisionedRU:
+//     10000, Partitions: 4}; [Model.PartitionOf] says where a key goes; the
+//     ideal is the larger of the hot partition's RU / 2,500 and the total
+//     RU / 10,000.
+//   - S6 (another workload takes 30% from 10 s to 30 s):
+//     m.SetOtherWorkload(-1, 3000) at 10 s and m.SetOtherWorkload(-1, 0) at
+//     30 s; its 429s are Stats.OtherThrottled (of OtherRequests). It is
+//     simulated inside the model, so it has no latency of its own: for the
+//     other workload's p99, run a real client beside the loader instead
+//     (as cmd/bulkload does) and leave SetOtherWorkload off.
+//   - S7 (discovery: manual 10,000, then autoscale up to 20,000):
+//     ProvisionedRU 10000, then m.SetAutoscaleMaxRU(20000) (or the SDK's
+//     ReplaceThroughput); cosmosbulk.ThroughputLimiter reads it through the
+//     SDK and emits a CapacityChanged event when it sees the change.
 //
 // # Charges
 //
@@ -78,6 +145,7 @@ package cosmosmodel
 import (
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
@@ -88,7 +156,12 @@ import (
 
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore/policy"
 	"github.com/Azure/azure-sdk-for-go/sdk/data/azcosmos"
+
+	"github.com/ratebatch/batcher/internal/redact"
 )
+
+// maxPartitions is the most physical partitions a Model has.
+const maxPartitions = 1024
 
 // Key is a valid account key for clients of the model, which checks no
 // authorization: the Cosmos DB emulator's well-known key.
@@ -96,10 +169,43 @@ const Key = "C2y6yDjf5/R+ob0N8A7Cgv30VRDJIWEHLM+4QDU5DE2nQ9nDuVTqobD4b8mGGyPMbIZ
 
 // Options configure a Model.
 type Options struct {
-	// ProvisionedRU is the provisioned throughput in RU per second. 0 means
-	// unlimited: no request is throttled, but charges are still reported and
-	// counted. Negative values are invalid.
+	// ProvisionedRU is the provisioned (manual) throughput in RU per
+	// second. 0 means unlimited: no request is throttled, but charges are
+	// still reported and counted. Negative values are invalid.
 	ProvisionedRU float64
+
+	// AutoscaleMaxRU, if more than 0, makes the throughput autoscale with
+	// this maximum, in RU per second, instead of ProvisionedRU (set one or
+	// the other). As in Azure, the account scales at once between 10% and
+	// 100% of the maximum with the load: requests are throttled only
+	// beyond the maximum, and the throughput it is scaled to
+	// ([Stats].CurrentRU) is the RU served in the last second, at least
+	// 10% of the maximum. Negative values are invalid.
+	AutoscaleMaxRU float64
+
+	// Partitions is the number of physical partitions, at least 1 (the
+	// default, 0, means 1). The budget is split evenly between them, and
+	// each partition key is hashed to one ([Model.PartitionOf]): a
+	// partition whose second is spent answers 429 while the others still
+	// serve. At most 1024.
+	Partitions int
+
+	// DatabaseThroughput puts the throughput on the databases (shared
+	// throughput) rather than on the containers: reading a container's
+	// throughput then finds no offer (the SDK returns a 404), and reading
+	// its database's finds it. The budget is the model's either way.
+	DatabaseThroughput bool
+
+	// Serverless makes the account serverless: reading or replacing a
+	// throughput is answered 400 ("not supported for serverless
+	// accounts"), as Azure does. Requests are still throttled beyond the
+	// model's budget, if it has one.
+	Serverless bool
+
+	// OffersForbidden answers every request on offers (throughput reads
+	// and replaces) 403 Forbidden, as Azure does for an identity that may
+	// not read them.
+	OffersForbidden bool
 
 	// Backend is the URL of a Cosmos DB API server to forward to, such as
 	// https://127.0.0.1:8081/. nil keeps documents in memory.
@@ -134,6 +240,7 @@ type Model struct {
 	store   *store  // in-memory mode
 	backend *client // proxy mode
 	handler http.Handler
+	offers  offers
 
 	mu struct {
 		sync.Mutex
@@ -155,8 +262,17 @@ func New(opts Options) (*Model, error) {
 	if opts.ProvisionedRU < 0 || opts.ProvisionedRU != opts.ProvisionedRU {
 		errs = append(errs, fmt.Errorf("cosmosmodel: ProvisionedRU is %v; want 0 (unlimited) or more", opts.ProvisionedRU))
 	}
+	if opts.AutoscaleMaxRU < 0 || opts.AutoscaleMaxRU != opts.AutoscaleMaxRU {
+		errs = append(errs, fmt.Errorf("cosmosmodel: AutoscaleMaxRU is %v; want 0 (manual throughput) or more", opts.AutoscaleMaxRU))
+	}
+	if opts.AutoscaleMaxRU > 0 && opts.ProvisionedRU > 0 {
+		errs = append(errs, fmt.Errorf("cosmosmodel: ProvisionedRU is %v and AutoscaleMaxRU is %v; set one or the other", opts.ProvisionedRU, opts.AutoscaleMaxRU))
+	}
+	if opts.Partitions < 0 || opts.Partitions > maxPartitions {
+		errs = append(errs, fmt.Errorf("cosmosmodel: Partitions is %d; want 1 to %d (0 means 1)", opts.Partitions, maxPartitions))
+	}
 	if b := opts.Backend; b != nil && (b.Scheme != "https" && b.Scheme != "http" || b.Host == "") {
-		errs = append(errs, fmt.Errorf("cosmosmodel: Backend %q is not an http(s) URL with a host", b.String()))
+		errs = append(errs, fmt.Errorf("cosmosmodel: Backend %q is not an http(s) URL with a host", redact.String(b.String())))
 	}
 	if err := errors.Join(errs...); err != nil {
 		return nil, err
@@ -164,7 +280,8 @@ func New(opts Options) (*Model, error) {
 	if opts.Addr == "" {
 		opts.Addr = "127.0.0.1:0"
 	}
-	m := &Model{opts: opts, meter: newMeter(time.Now(), opts.ProvisionedRU)}
+	m := &Model{opts: opts, meter: newMeter(time.Now(), opts.Partitions, opts.ProvisionedRU, opts.AutoscaleMaxRU)}
+	m.offers.rids = map[string]resource{}
 	if opts.Backend == nil {
 		m.store = newStore()
 		m.handler = http.HandlerFunc(m.serveMemory)
@@ -338,12 +455,74 @@ func (m *Model) Stats() Stats { return m.meter.stats(time.Now()) }
 
 // History returns the model's seconds, from its creation (or the oldest
 // kept: a day's worth) to the current one, which is still counting.
-func (m *Model) History() []Second { return m.meter.history(time.Now()) }
+func (m *Model) History() []Second { return m.meter.history(time.Now(), -1) }
 
-// SetProvisionedRU changes the provisioned throughput from now on
-// (0: unlimited). Negative values are treated as 0.
+// SetProvisionedRU makes the throughput manual, ru RU per second, from now
+// on (0: unlimited), split evenly between the partitions; the current
+// second keeps what it served. Negative values are treated as 0. Reads of
+// the throughput through the SDK see the change at once.
 func (m *Model) SetProvisionedRU(ru float64) {
-	m.meter.setProvisioned(max(ru, 0))
+	m.meter.setThroughput(time.Now(), max(ru, 0), 0)
+}
+
+// SetAutoscaleMaxRU makes the throughput autoscale with a maximum of ru RU
+// per second from now on (see Options.AutoscaleMaxRU); ru <= 0 makes it
+// unlimited.
+func (m *Model) SetAutoscaleMaxRU(ru float64) {
+	if ru <= 0 {
+		m.meter.setThroughput(time.Now(), 0, 0)
+		return
+	}
+	m.meter.setThroughput(time.Now(), 0, ru)
+}
+
+// Throughput returns the throughput configured now: the manual RU per
+// second (0 if autoscale or unlimited) and the autoscale maximum (0 if
+// manual).
+func (m *Model) Throughput() (manualRU, autoscaleMaxRU float64) {
+	return m.meter.throughput()
+}
+
+// SetOtherWorkload runs (ru > 0) or stops (ru <= 0) another workload, from
+// now on, on physical partition p, or on all of them if p < 0 (ru split
+// evenly): requests of 1 KB writes (WriteCharge(1024) RU each) spaced
+// evenly at ru RU per second, each admitted or throttled against the
+// partition's budget like any request, at its own moment. It stands for
+// another service writing to the same container: what it is served is
+// taken from the budget the model's clients see. A throttled request is
+// counted (Stats.OtherThrottled) and not retried. It is simulated when the
+// model is next asked (a request, Stats, History), with no goroutine of
+// its own. p beyond the last partition means the last.
+func (m *Model) SetOtherWorkload(p int, ru float64) {
+	m.meter.setOther(time.Now(), p, max(ru, 0), WriteCharge(1024))
+}
+
+// Partitions returns the number of physical partitions.
+func (m *Model) Partitions() int { return m.meter.parts }
+
+// PartitionOf returns the physical partition (0 to Partitions()-1) that a
+// partition key with these values is hashed to, such as
+// PartitionOf("customer-1") for a container partitioned on one string
+// property. Requests that name no partition key (cross-partition queries)
+// draw on partition 0.
+func (m *Model) PartitionOf(values ...any) int {
+	b, err := json.Marshal(values)
+	if err != nil {
+		return 0
+	}
+	return partitionOf(string(b), m.meter.parts)
+}
+
+// PartitionStats returns what each physical partition served so far.
+func (m *Model) PartitionStats() []PartitionStats { return m.meter.partitionStats(time.Now()) }
+
+// PartitionHistory returns physical partition p's seconds, as History
+// does for the whole model; nil if p is not a partition.
+func (m *Model) PartitionHistory(p int) []Second {
+	if p < 0 || p >= m.meter.parts {
+		return nil
+	}
+	return m.meter.history(time.Now(), p)
 }
 
 // Items returns the documents of a container in the in-memory store, as

@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"net/http"
 	"time"
+
+	"github.com/ratebatch/batcher/internal/redact"
 )
 
 // serveMemory answers a request from the in-memory store.
@@ -18,14 +20,21 @@ func (m *Model) serveMemory(w http.ResponseWriter, r *http.Request) {
 	}
 	if !rt.isDocument() {
 		m.meter.metadata()
-		m.metadataReply(r, rt, body).write(w)
+		if rt.isOffer() {
+			m.offerReply(r, rt, body).write(w)
+			return
+		}
+		rp := m.metadataReply(r, rt, body)
+		m.offers.record(rt, rp)
+		rp.write(w)
 		return
 	}
+	part := m.partitionOfRequest(r)
 	s := m.store
 	s.mu.Lock()
 	p := s.planLocked(r, rt, body)
 	now := time.Now()
-	_, ok, after := m.meter.admit(now, p.reply.charge)
+	_, ok, after := m.meter.admit(now, part, p.reply.charge)
 	if ok && p.commit != nil {
 		p.commit()
 	}
@@ -46,9 +55,23 @@ func (m *Model) observe(r *http.Request, at time.Time, charge float64, admitted 
 }
 
 // reject answers a request whose body could not be read.
+// partitionOfRequest is the physical partition a document request draws
+// on: its partition key header's, or 0 without one.
+func (m *Model) partitionOfRequest(r *http.Request) int {
+	raw := r.Header.Get(hdrPartitionKey)
+	if raw == "" || m.meter.parts == 1 {
+		return 0
+	}
+	pk, err := canonicalPK(raw)
+	if err != nil {
+		return 0
+	}
+	return partitionOf(pk, m.meter.parts)
+}
+
 func (m *Model) reject(w http.ResponseWriter, rt route, err error) {
 	if rt.isDocument() {
-		m.meter.admit(time.Now(), 0)
+		m.meter.admit(time.Now(), 0, 0)
 	} else {
 		m.meter.metadata()
 	}
@@ -92,6 +115,10 @@ func (m *Model) serveProxy(w http.ResponseWriter, r *http.Request) {
 	}
 	if !rt.isDocument() {
 		m.meter.metadata()
+		if rt.isOffer() {
+			m.offerReply(r, rt, body).write(w)
+			return
+		}
 		resp, err := m.backend.forward(r, body)
 		if err != nil {
 			unavailable(m.backend, err).write(w)
@@ -101,12 +128,14 @@ func (m *Model) serveProxy(w http.ResponseWriter, r *http.Request) {
 		if rt.kind == routeAccount && resp.status == http.StatusOK {
 			resp.body = rewriteAccount(resp.body, selfEndpoint(r))
 		}
+		m.offers.record(rt, resp)
 		resp.write(w)
 		return
 	}
 	est := estimate(r, rt, body)
+	part := m.partitionOfRequest(r)
 	now := time.Now()
-	sec, ok, after := m.meter.admit(now, est)
+	sec, ok, after := m.meter.admit(now, part, est)
 	m.observe(r, now, est, ok)
 	if !ok {
 		throttleReply(after).write(w)
@@ -114,25 +143,25 @@ func (m *Model) serveProxy(w http.ResponseWriter, r *http.Request) {
 	}
 	resp, err := m.backend.forward(r, body)
 	if err != nil {
-		m.meter.adjust(sec, -est)
+		m.meter.adjust(sec, part, -est)
 		unavailable(m.backend, err).write(w)
 		return
 	}
 	if resp.status == http.StatusTooManyRequests { // the backend's own throttle
-		m.meter.adjust(sec, -est)
+		m.meter.adjust(sec, part, -est)
 		resp.charge = 0
 		resp.write(w)
 		return
 	}
 	actual := actualCharge(r, rt, body, &resp)
-	m.meter.adjust(sec, actual-est)
+	m.meter.adjust(sec, part, actual-est)
 	resp.charge = actual
 	resp.write(w)
 }
 
 func unavailable(b *client, err error) reply {
 	return errorReply(http.StatusServiceUnavailable, "ServiceUnavailable",
-		fmt.Sprintf("cosmosmodel: the backend %s did not answer: %v", b.base, err), 0)
+		redact.String(fmt.Sprintf("cosmosmodel: the backend %s did not answer: %v", b.base, err)), 0)
 }
 
 // estimate is the charge a request is admitted on in proxy mode: exact for

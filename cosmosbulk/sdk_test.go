@@ -1,4 +1,4 @@
-package cosmos_test
+package cosmosbulk_test
 
 // Tests of the Loader on the real azcosmos SDK against the throttling model
 // in its in-memory mode: no service needed, so they always run. They check
@@ -8,6 +8,7 @@ package cosmos_test
 
 import (
 	"encoding/json"
+	"fmt"
 	"slices"
 	"strings"
 	"sync"
@@ -17,9 +18,9 @@ import (
 	"github.com/Azure/azure-sdk-for-go/sdk/data/azcosmos"
 
 	"github.com/ratebatch/batcher"
+	"github.com/ratebatch/batcher/cosmosbulk"
 	"github.com/ratebatch/batcher/internal/cosmosmodel"
 	"github.com/ratebatch/batcher/ratelimiter"
-	"github.com/ratebatch/batcher/samples/cosmos"
 )
 
 // memoryModel starts an in-memory model and returns it with a container
@@ -38,7 +39,7 @@ func memoryModel(t *testing.T, provisioned float64) (*cosmosmodel.Model, *azcosm
 	if err != nil {
 		t.Fatal(err)
 	}
-	c, err := cosmos.CreateContainer(t.Context(), client, "db", "c", "/pk")
+	c, err := cosmosbulk.CreateContainer(t.Context(), client, "db", "c", "/pk")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -69,7 +70,7 @@ func TestSDKLoadsAndReportsBadItems(t *testing.T) {
 	// written), one whose partition key differs from its document's.
 	m, c := memoryModel(t, 0)
 	good := items(1000, 5)
-	bad := []cosmos.Item{
+	bad := []cosmosbulk.Item{
 		{ID: "bad/1", PartitionKey: "tenant-000", Body: []byte(`{"id":"bad/1","pk":"tenant-000"}`)},
 		{ID: "bad-2", PartitionKey: "tenant-001", Body: []byte(`{"id":"bad-2","pk":"elsewhere"}`)},
 	}
@@ -82,7 +83,7 @@ func TestSDKLoadsAndReportsBadItems(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer b.Close()
-	l := cosmos.NewLoader(c, b)
+	l := cosmosbulk.NewLoader(c, b)
 	err := l.LoadAll(t.Context(), slices.Values(all))
 	for _, id := range []string{`item "bad/1"`, `item "bad-2"`, "400 Bad Request"} {
 		if err == nil || !strings.Contains(err.Error(), id) {
@@ -140,7 +141,7 @@ func TestSDKThrottlesAreRetriedAfterTheirRetryAfter(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer b.Close()
-	l := cosmos.NewLoader(c, b).WithMargin(0)
+	l := cosmosbulk.NewLoader(c, b).WithMargin(0)
 	t0 := time.Now()
 	if err := l.LoadAll(t.Context(), slices.Values(its)); err != nil {
 		t.Fatal(err)
@@ -179,4 +180,15 @@ func TestSDKThrottlesAreRetriedAfterTheirRetryAfter(t *testing.T) {
 	if ms.PeakRU > provisioned {
 		t.Errorf("the model served %.2f RU in one second, over %d", ms.PeakRU, provisioned)
 	}
+}
+
+// items returns n small documents over keys partition keys.
+func items(n, keys int) []cosmosbulk.Item {
+	out := make([]cosmosbulk.Item, n)
+	for i := range out {
+		id, pk := fmt.Sprintf("doc-%06d", i), fmt.Sprintf("tenant-%03d", i%keys)
+		body := fmt.Sprintf(`{"id":%q,"pk":%q,"n":%d,"text":%q}`, id, pk, i, strings.Repeat("lorem ipsum ", 20))
+		out[i] = cosmosbulk.Item{ID: id, PartitionKey: pk, Body: []byte(body)}
+	}
+	return out
 }

@@ -1,88 +1,16 @@
-// Package cosmos loads documents into an Azure Cosmos DB container through a
-// [batcher.Batcher], on the azcosmos SDK: as fast as the container's
-// throughput allows, and no faster.
-//
-// Each [Item] becomes a [batcher.Operation] whose cost is its estimated
-// request charge ([EstimateRU]) plus a margin ([Loader.Cost]). The [Loader] is the watcher's processor: for
-// each batch the Batcher releases, it writes the items of one partition key
-// together in a transactional batch (when there are two or more and they fit
-// its limits), and the rest with concurrent upserts. It reports what each
-// write really cost (the x-ms-request-charge of its response), and a 429 as
-// a throttle with the retry-after the service asked for, so the Batcher
-// pauses and retries.
-//
-// # Setting up
-//
-// Turn the SDK's own retries off ([ClientOptions] does), or it retries 429s
-// itself and the Batcher never hears of them. Give the Batcher a limiter of
-// the container's provisioned throughput; if anything else writes to the
-// container, wrap it in a [ratelimiter.Adaptive] and let it observe the
-// Batcher's throttles:
-//
-//	client, _ := azcosmos.NewClientWithKey(endpoint, cred, cosmos.ClientOptions(false))
-//	container, _ := client.NewContainer("shop", "orders")
-//	lim := ratelimiter.NewAdaptive(ratelimiter.NewProvisioned(10000)) // RU/s
-//	b := batcher.NewBatcher().WithRateLimiter(lim)
-//	b.AddListener(lim.Observe)
-//	if err := b.Start(ctx); err != nil { ... }
-//	loader := cosmos.NewLoader(container, b)
-//	err := loader.LoadAll(ctx, slices.Values(items))
-//	b.Shutdown(ctx)
-//
-// # Costs and the margin
-//
-// Costs are in request units. Once a write is answered, the Loader reports
-// its actual charge (plus the margin) to the Batcher, which accounts for it
-// instead of the estimate; fractions of a unit are carried from write to
-// write. The margin (10% by default, [Loader.WithMargin]) is there because
-// the Batcher keeps within its capacity by the moments it releases batches,
-// and the service counts by the moments requests reach it: a request held
-// up on the way (a slow goroutine start, a stalled process) lands in the
-// service's next second, next to the requests released then. With a margin
-// m, the Batcher uses about 1/(1+m) of the provisioned throughput, and m of
-// a second's worth of requests can land in the wrong second without a 429.
-// The Batcher releases a flush interval's share of each second at each
-// flush (a tenth, by default), so the default margin absorbs one flush's
-// requests held up, however long; requests of two flushes held up into
-// the same second draw a 429 (the Loader retries it).
-//
-// Items declare their estimate plus the margin in whole units, the
-// fractions carried over from item to item, so that what the Batcher
-// counts at release is what the answers report: capacity it counted too
-// much until the answer would be idle meanwhile.
-//
-// # Errors
-//
-// A 429 is a throttle (the Batcher pauses for the retry-after, then retries;
-// throttles do not use up attempts). Timeouts, 408, 410, 449 and 5xx answers
-// and transport errors are retried after the watcher's back-off, up to
-// MaxAttempts. Any other answer (400 bad request, 413 too large, 403, 409
-// ...) fails the item for good.
-//
-// # What it does not do
-//
-// Items are upserted: loading an item twice leaves one document. A
-// transactional batch here is only a way to save requests, not a promise
-// that its items are written together: when one of its items fails, the
-// others are upserted one by one at once. Partition keys are single
-// strings. Documents are not validated: the service's 400 fails them.
-package cosmos
+package cosmosbulk
 
 import (
 	"context"
-	"crypto/tls"
 	"errors"
 	"fmt"
+	"hash/fnv"
 	"iter"
 	"math"
 	"net/http"
-	"strconv"
 	"sync"
 	"sync/atomic"
-	"time"
 
-	"github.com/Azure/azure-sdk-for-go/sdk/azcore"
-	"github.com/Azure/azure-sdk-for-go/sdk/azcore/policy"
 	"github.com/Azure/azure-sdk-for-go/sdk/data/azcosmos"
 
 	"github.com/ratebatch/batcher"
@@ -99,7 +27,8 @@ const (
 	DefaultMaxBatchSize = MaxTransactionalBatchOps
 	DefaultConcurrency  = 16
 	DefaultMaxAttempts  = 5
-	DefaultMargin       = 0.1
+	DefaultMargin       = 0.05
+	DefaultLanes        = 16
 )
 
 // An Item is a document to write.
@@ -119,74 +48,40 @@ type Item struct {
 // KB (7 RU for 4 KB, 49 RU for 100 KB). Documents with many indexed
 // properties cost more; the Loader reports the actual charge of each write
 // to the Batcher anyway, so the estimate only has to be close.
-func EstimateRU(size int) int { return ceilRU(writeCharge(size)) }
+func EstimateRU(size int) int { return ceilRU(EstimateCharge(size)) }
 
-func writeCharge(size int) float64 {
+// EstimateCharge is [EstimateRU] before rounding: 5.71 + 0.44 × (KB − 1),
+// with documents under 1 KB charged as 1 KB.
+func EstimateCharge(size int) float64 {
 	kb := math.Max(1, float64(size)/1024)
 	return 5.71 + 0.44*(kb-1)
 }
 
+func writeCharge(size int) float64 { return EstimateCharge(size) }
+
 // ceilRU rounds a charge up to whole request units, forgiving float noise.
 func ceilRU(ru float64) int { return int(math.Ceil(ru - 1e-3)) }
 
-// ClientOptions returns azcosmos client options for a Loader: the SDK's own
-// retries turned off (MaxRetries -1), so that 429s reach the Batcher, which
-// retries every write itself. insecureTLS skips the verification of the
-// server's certificate; use it only for a local server with a self-signed
-// one.
-func ClientOptions(insecureTLS bool) *azcosmos.ClientOptions {
-	o := &azcosmos.ClientOptions{}
-	o.Retry = policy.RetryOptions{MaxRetries: -1}
-	if insecureTLS {
-		o.Transport = &http.Client{Transport: &http.Transport{
-			TLSClientConfig:     &tls.Config{InsecureSkipVerify: true}, // a local server's self-signed certificate
-			MaxIdleConnsPerHost: 64,
-		}}
-	}
-	return o
-}
-
-// CreateContainer creates the database and the container, with a
-// partition key path such as "/pk", unless they exist, and returns a client
-// for the container.
-func CreateContainer(ctx context.Context, client *azcosmos.Client, database, container, partitionKeyPath string) (*azcosmos.ContainerClient, error) {
-	if _, err := client.CreateDatabase(ctx, azcosmos.DatabaseProperties{ID: database}, nil); err != nil && !isStatus(err, http.StatusConflict) {
-		return nil, fmt.Errorf("cosmos: creating database %q: %w", database, err)
-	}
-	db, err := client.NewDatabase(database)
-	if err != nil {
-		return nil, fmt.Errorf("cosmos: database %q: %w", database, err)
-	}
-	props := azcosmos.ContainerProperties{
-		ID:                     container,
-		PartitionKeyDefinition: azcosmos.PartitionKeyDefinition{Paths: []string{partitionKeyPath}},
-	}
-	if _, err := db.CreateContainer(ctx, props, nil); err != nil && !isStatus(err, http.StatusConflict) {
-		return nil, fmt.Errorf("cosmos: creating container %q: %w", container, err)
-	}
-	return db.NewContainer(container)
-}
-
-func isStatus(err error, code int) bool {
-	var re *azcore.ResponseError
-	return errors.As(err, &re) && re.StatusCode == code
-}
-
 // Stats counts what a Loader did.
 type Stats struct {
-	Written   int64   // items written
-	Requests  int64   // document requests sent: upserts and transactional batches
-	Batches   int64   // transactional batches among them
-	Throttled int64   // requests answered 429
-	Retried   int64   // requests that failed in a way worth retrying (not 429)
-	Failed    int64   // items the service refused for good (those whose retries ran out are in the Batcher's Stats)
-	RU        float64 // request units charged, as the responses said
+	Written   int64 // items written
+	Requests  int64 // document requests sent: upserts and transactional batches
+	Batches   int64 // transactional batches among them
+	Throttled int64 // requests answered 429
+	// Sent counts item writes sent (each item of each request, retries
+	// included), and SentThrottled those in requests answered 429: with
+	// transactional batches, a few requests carry many items, and
+	// SentThrottled/Sent is the share of the work throttled.
+	Sent, SentThrottled int64
+	Retried             int64   // requests that failed in a way worth retrying (not 429)
+	Failed              int64   // items the service refused for good (those whose retries ran out are in the Batcher's Stats)
+	RU                  float64 // request units charged, as the responses said
 }
 
 // A Loader writes items to a container through a Batcher. Create it with
 // [NewLoader], configure it with the With* methods, then call Load or
 // LoadAll from any number of goroutines. It is the [batcher.Processor] of
-// its own watcher.
+// its lanes' watchers (see the package doc's Lanes).
 //
 // The With* methods must be called before the first Load; after it they
 // panic. All other methods are safe for concurrent use.
@@ -198,12 +93,14 @@ type Loader struct {
 	concurrency  int
 	maxAttempts  int
 	margin       float64
+	lanes        int
 
 	once    sync.Once
-	w       *batcher.Watcher
+	w       []*batcher.Watcher // one per lane
 	started atomic.Bool
 
 	written, requests, batches, throttled, retried, failed atomic.Int64
+	sent, sentThrottled                                    atomic.Int64
 	centiRU                                                atomic.Int64
 	milliCost                                              atomic.Int64 // cost reported so far, in thousandths
 	milliDeclared                                          atomic.Int64 // cost declared so far, in thousandths
@@ -211,7 +108,10 @@ type Loader struct {
 
 // NewLoader returns a Loader that writes to container through b. b must be
 // started before the first Load; its rate limiter should grant the
-// container's throughput in RU per second.
+// container's throughput in RU per second (a [ThroughputLimiter] reads it
+// from the container). container's client should leave 429s to the Loader
+// ([ClientOptions] does), or the SDK retries them itself and no lane hears
+// of them.
 func NewLoader(container *azcosmos.ContainerClient, b *batcher.Batcher) *Loader {
 	return newLoader(containerStore{container}, b)
 }
@@ -224,18 +124,19 @@ func newLoader(s store, b *batcher.Batcher) *Loader {
 		concurrency:  DefaultConcurrency,
 		maxAttempts:  DefaultMaxAttempts,
 		margin:       DefaultMargin,
+		lanes:        DefaultLanes,
 	}
 }
 
 func (l *Loader) checkNotStarted(method string) {
 	if l.started.Load() {
-		panic("cosmos: Loader." + method + " called after the first Load")
+		panic("cosmosbulk: Loader." + method + " called after the first Load")
 	}
 }
 
-// WithMaxBatchSize sets the most items the Batcher hands over at once. The
-// default, and the most, is 100, a transactional batch's limit; n must be at
-// least 1.
+// WithMaxBatchSize sets the most items the Batcher hands over at once, per
+// lane. The default, and the most, is 100, a transactional batch's limit; n
+// must be at least 1.
 func (l *Loader) WithMaxBatchSize(n int) *Loader {
 	l.checkNotStarted("WithMaxBatchSize")
 	l.maxBatchSize = n
@@ -259,8 +160,19 @@ func (l *Loader) WithMaxAttempts(n int) *Loader {
 	return l
 }
 
+// WithLanes sets the number of lanes: items are spread over n watchers by
+// a hash of their partition key, so that a throttle, which pauses one
+// watcher, holds up only the keys of its lane (see the package doc). The
+// default is 16; n must be 1 to 4096 (1: one watcher for all, so any
+// throttle pauses every write).
+func (l *Loader) WithLanes(n int) *Loader {
+	l.checkNotStarted("WithLanes")
+	l.lanes = n
+	return l
+}
+
 // WithMargin sets how much more than its request charge each write counts
-// for against the Batcher's capacity: 0.1 (the default) counts 10% more.
+// for against the Batcher's capacity: 0.05 (the default) counts 5% more.
 // The Batcher keeps within its capacity by the moments it releases batches;
 // the service counts request units by the moments requests reach it, which
 // come a little later, and not all equally late. A margin leaves room for
@@ -275,30 +187,58 @@ func (l *Loader) WithMargin(margin float64) *Loader {
 	return l
 }
 
-// watcher returns the Loader's watcher, creating it with the settings at
-// the first call; it returns an error naming every bad setting.
-func (l *Loader) watcher() (*batcher.Watcher, error) {
+// maxLanes bounds WithLanes.
+const maxLanes = 4096
+
+// watchers returns the Loader's watchers, one per lane, creating them with
+// the settings at the first call; it returns an error naming every bad
+// setting.
+func (l *Loader) watchers() ([]*batcher.Watcher, error) {
+	if l.started.Load() {
+		return l.w, nil
+	}
 	var errs []error
 	if l.maxBatchSize < 1 || l.maxBatchSize > MaxTransactionalBatchOps {
-		errs = append(errs, fmt.Errorf("%w: Loader MaxBatchSize is %d; it must be 1 to %d", batcher.ErrInvalidSetting, l.maxBatchSize, MaxTransactionalBatchOps))
+		errs = append(errs, fmt.Errorf("%w: cosmosbulk Loader MaxBatchSize is %d; it must be 1 to %d", batcher.ErrInvalidSetting, l.maxBatchSize, MaxTransactionalBatchOps))
 	}
 	if l.concurrency < 1 {
-		errs = append(errs, fmt.Errorf("%w: Loader Concurrency is %d; it must be at least 1", batcher.ErrInvalidSetting, l.concurrency))
+		errs = append(errs, fmt.Errorf("%w: cosmosbulk Loader Concurrency is %d; it must be at least 1", batcher.ErrInvalidSetting, l.concurrency))
 	}
 	if l.maxAttempts < 1 {
-		errs = append(errs, fmt.Errorf("%w: Loader MaxAttempts is %d; it must be at least 1", batcher.ErrInvalidSetting, l.maxAttempts))
+		errs = append(errs, fmt.Errorf("%w: cosmosbulk Loader MaxAttempts is %d; it must be at least 1", batcher.ErrInvalidSetting, l.maxAttempts))
 	}
 	if !(l.margin >= 0 && l.margin < 1) {
-		errs = append(errs, fmt.Errorf("%w: Loader Margin is %v; it must be 0 or more and less than 1", batcher.ErrInvalidSetting, l.margin))
+		errs = append(errs, fmt.Errorf("%w: cosmosbulk Loader Margin is %v; it must be 0 or more and less than 1", batcher.ErrInvalidSetting, l.margin))
+	}
+	if l.lanes < 1 || l.lanes > maxLanes {
+		errs = append(errs, fmt.Errorf("%w: cosmosbulk Loader Lanes is %d; it must be 1 to %d", batcher.ErrInvalidSetting, l.lanes, maxLanes))
 	}
 	if err := errors.Join(errs...); err != nil {
 		return nil, err
 	}
 	l.once.Do(func() {
+		l.w = make([]*batcher.Watcher, l.lanes)
+		for i := range l.w {
+			l.w[i] = batcher.NewWatcherFor(l).WithMaxBatchSize(l.maxBatchSize).WithMaxAttempts(l.maxAttempts)
+		}
 		l.started.Store(true)
-		l.w = batcher.NewWatcherFor(l).WithMaxBatchSize(l.maxBatchSize).WithMaxAttempts(l.maxAttempts)
 	})
 	return l.w, nil
+}
+
+// Lane returns the lane (0 to the number of lanes − 1) of a partition key:
+// a hash of it, so that all items of one key go to one lane.
+func (l *Loader) Lane(partitionKey string) int {
+	return laneOf(partitionKey, l.lanes)
+}
+
+func laneOf(pk string, lanes int) int {
+	if lanes <= 1 {
+		return 0
+	}
+	h := fnv.New32a()
+	h.Write([]byte(pk))
+	return int(h.Sum32() % uint32(lanes))
 }
 
 // Load enqueues item and returns its operation, whose Wait says how the
@@ -307,22 +247,23 @@ func (l *Loader) watcher() (*batcher.Watcher, error) {
 // refuses the item (not started, shut down, costlier than the limiter's
 // maximum), or an error naming a bad setting of the Loader.
 func (l *Loader) Load(ctx context.Context, item Item) (*batcher.Operation, error) {
-	w, err := l.watcher()
+	ws, err := l.watchers()
 	if err != nil {
 		return nil, err
 	}
-	op := batcher.NewOperation(w, l.declare(item), item, true)
+	op := batcher.NewOperation(ws[laneOf(item.PartitionKey, len(ws))], l.declare(item), item, true)
 	if err := l.b.EnqueueContext(ctx, op); err != nil {
-		return nil, fmt.Errorf("cosmos: item %q: %w", item.ID, err)
+		return nil, fmt.Errorf("cosmosbulk: item %q: %w", item.ID, err)
 	}
 	return op, nil
 }
 
 // LoadAll loads every item and waits until each has been written or has
 // failed. It returns nil if all were written; otherwise the errors.Join of
-// each failure, naming its item. If ctx ends, it stops enqueueing and
-// waiting and returns ctx.Err() with the failures seen so far; items already
-// enqueued are still written unless the Batcher is closed.
+// each failure, naming its item (an [*ItemError], or the Batcher's error
+// wrapping one when the retries ran out). If ctx ends, it stops enqueueing
+// and waiting and returns ctx.Err() with the failures seen so far; items
+// already enqueued are still written unless the Batcher is closed.
 func (l *Loader) LoadAll(ctx context.Context, items iter.Seq[Item]) error {
 	var (
 		ops  []*batcher.Operation
@@ -345,7 +286,11 @@ func (l *Loader) LoadAll(ctx context.Context, items iter.Seq[Item]) error {
 				errs = append(errs, ctx.Err())
 				break
 			}
-			errs = append(errs, fmt.Errorf("cosmos: item %q: %w", op.Payload().(Item).ID, err))
+			var ie *ItemError
+			if !errors.As(err, &ie) {
+				err = fmt.Errorf("cosmosbulk: item %q: %w", op.Payload().(Item).ID, err)
+			}
+			errs = append(errs, err)
 		}
 	}
 	return errors.Join(errs...)
@@ -391,13 +336,15 @@ func (l *Loader) carry(total *atomic.Int64, charge float64) int {
 // Stats returns the Loader's counts.
 func (l *Loader) Stats() Stats {
 	return Stats{
-		Written:   l.written.Load(),
-		Requests:  l.requests.Load(),
-		Batches:   l.batches.Load(),
-		Throttled: l.throttled.Load(),
-		Retried:   l.retried.Load(),
-		Failed:    l.failed.Load(),
-		RU:        float64(l.centiRU.Load()) / 100,
+		Written:       l.written.Load(),
+		Requests:      l.requests.Load(),
+		Batches:       l.batches.Load(),
+		Throttled:     l.throttled.Load(),
+		Sent:          l.sent.Load(),
+		SentThrottled: l.sentThrottled.Load(),
+		Retried:       l.retried.Load(),
+		Failed:        l.failed.Load(),
+		RU:            float64(l.centiRU.Load()) / 100,
 	}
 }
 
@@ -461,7 +408,7 @@ func fitBatch(ops []*batcher.Operation) int {
 func (l *Loader) upsert(ctx context.Context, op *batcher.Operation) {
 	it := op.Payload().(Item)
 	charge, err := l.store.upsert(ctx, it.PartitionKey, it.Body)
-	l.countRequest(charge, err)
+	l.countRequest(1, charge, err)
 	l.setCost(op, charge)
 	if err != nil {
 		l.report(op, err)
@@ -477,7 +424,7 @@ func (l *Loader) writeBatch(ctx context.Context, pk string, ops []*batcher.Opera
 	}
 	res, err := l.store.batch(ctx, pk, bodies)
 	l.batches.Add(1)
-	l.countRequest(res.charge, err)
+	l.countRequest(len(ops), res.charge, err)
 	if err != nil {
 		// The request failed as a whole (a 429, say): so did every item.
 		for _, op := range ops {
@@ -520,105 +467,40 @@ func (l *Loader) writeBatch(ctx context.Context, pk string, ops []*batcher.Opera
 	}
 }
 
-// countRequest counts a request, its charge and, if it failed, how.
-func (l *Loader) countRequest(charge float64, err error) {
+// countRequest counts a request of n items, its charge and, if it failed,
+// how.
+func (l *Loader) countRequest(n int, charge float64, err error) {
 	l.requests.Add(1)
+	l.sent.Add(int64(n))
 	l.centiRU.Add(int64(math.Round(charge * 100)))
-	switch classify(err) {
-	case verdictThrottle:
+	switch Classify(err) {
+	case Throttle:
 		l.throttled.Add(1)
-	case verdictRetry:
+		l.sentThrottled.Add(int64(n))
+	case Transient:
 		l.retried.Add(1)
 	}
 }
 
-type verdict int
-
-const (
-	verdictOK verdict = iota
-	verdictThrottle
-	verdictRetry
-	verdictFail
-)
-
-// classify says what to do about a write's error.
-func classify(err error) verdict {
-	if err == nil {
-		return verdictOK
-	}
-	var status int
-	var re *azcore.ResponseError
-	var be *BatchOperationError
-	switch {
-	case errors.As(err, &re):
-		status = re.StatusCode
-	case errors.As(err, &be):
-		status = be.StatusCode
-	default:
-		// Transport errors, timeouts, a cancelled context: worth another try.
-		return verdictRetry
-	}
-	switch status {
-	case http.StatusTooManyRequests:
-		return verdictThrottle
-	case http.StatusRequestTimeout, http.StatusGone, 449, // retry with
-		http.StatusInternalServerError, http.StatusBadGateway,
-		http.StatusServiceUnavailable, http.StatusGatewayTimeout:
-		return verdictRetry
-	}
-	return verdictFail
-}
-
-// A BatchOperationError is the failure of one item of a transactional batch
-// whose response said StatusCode for it. (A request that fails as a whole
-// fails with the SDK's *azcore.ResponseError.)
-type BatchOperationError struct {
-	PartitionKey string
-	Index        int // the item's place in the transactional batch
-	StatusCode   int
-}
-
-func (e *BatchOperationError) Error() string {
-	return fmt.Sprintf("cosmos: item %d of a transactional batch of partition key %q: %d %s",
-		e.Index, e.PartitionKey, e.StatusCode, http.StatusText(e.StatusCode))
-}
-
-// report tells the Batcher how a failed write went.
+// report tells the Batcher how a failed write of op went: a throttle
+// pauses its lane for the retry-after the service asked for (or, without
+// one, a back-off that grows while throttles repeat) and retries it; a
+// transient failure retries it after the watcher's back-off; a permanent
+// one fails it at once with an [*ItemError].
 func (l *Loader) report(op *batcher.Operation, err error) {
-	switch classify(err) {
-	case verdictThrottle:
-		var re *azcore.ResponseError
-		errors.As(err, &re)
-		op.Throttle(retryAfter(re), err)
-	case verdictRetry:
-		op.Retry(err)
+	it := op.Payload().(Item)
+	class := Classify(err)
+	ie := &ItemError{ID: it.ID, PartitionKey: it.PartitionKey, StatusCode: StatusCode(err), Class: class, Err: err}
+	switch class {
+	case Throttle:
+		after, _ := RetryAfter(err)
+		op.Throttle(after, ie)
+	case Transient:
+		op.Retry(ie)
 	default:
 		l.failed.Add(1)
-		op.Fail(err)
+		op.Fail(ie)
 	}
-}
-
-// retryAfter returns the wait a 429 asked for in x-ms-retry-after-ms, or 0
-// (re may be nil).
-func retryAfter(re *azcore.ResponseError) time.Duration {
-	if re == nil || re.RawResponse == nil {
-		return 0
-	}
-	ms, err := strconv.ParseFloat(re.RawResponse.Header.Get("x-ms-retry-after-ms"), 64)
-	if err != nil || ms < 0 {
-		return 0
-	}
-	return time.Duration(ms * float64(time.Millisecond))
-}
-
-// requestCharge returns the x-ms-request-charge of an error's response, or 0.
-func requestCharge(err error) float64 {
-	var re *azcore.ResponseError
-	if !errors.As(err, &re) || re.RawResponse == nil {
-		return 0
-	}
-	c, _ := strconv.ParseFloat(re.RawResponse.Header.Get("x-ms-request-charge"), 64)
-	return c
 }
 
 // store is what a Loader needs of a container: containerStore on the SDK,
@@ -648,7 +530,7 @@ type containerStore struct{ c *azcosmos.ContainerClient }
 func (s containerStore) upsert(ctx context.Context, pk string, body []byte) (float64, error) {
 	resp, err := s.c.UpsertItem(ctx, azcosmos.NewPartitionKeyString(pk), body, nil)
 	if err != nil {
-		return requestCharge(err), err
+		return RequestCharge(err), err
 	}
 	return float64(resp.RequestCharge), nil
 }
@@ -660,7 +542,7 @@ func (s containerStore) batch(ctx context.Context, pk string, bodies [][]byte) (
 	}
 	resp, err := s.c.ExecuteTransactionalBatch(ctx, b, nil)
 	if err != nil {
-		return batchResult{charge: requestCharge(err)}, err
+		return batchResult{charge: RequestCharge(err)}, err
 	}
 	r := batchResult{charge: float64(resp.RequestCharge), success: resp.Success, ops: make([]opResult, len(resp.OperationResults))}
 	for i, o := range resp.OperationResults {

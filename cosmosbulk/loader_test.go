@@ -1,4 +1,4 @@
-package cosmos
+package cosmosbulk
 
 import (
 	"context"
@@ -148,8 +148,8 @@ func (s *fakeStore) batch(ctx context.Context, pk string, bodies [][]byte) (batc
 		if s.fail != nil && failedAt < 0 {
 			if err := s.fail(id, s.tries[id]); err != nil {
 				var re *azcore.ResponseError
-				if !errors.As(err, &re) {
-					return batchResult{}, err // the request as a whole
+				if !errors.As(err, &re) || re.StatusCode == http.StatusTooManyRequests {
+					return batchResult{}, err // the request as a whole, as the service throttles a batch
 				}
 				failedAt = i
 				r.ops[i] = opResult{status: int32(re.StatusCode), charge: 1}
@@ -358,35 +358,6 @@ func TestLoaderFeedback(t *testing.T) {
 	}
 }
 
-func TestClassify(t *testing.T) {
-	for _, c := range []struct {
-		err  error
-		want verdict
-	}{
-		{nil, verdictOK},
-		{errors.New("connection reset"), verdictRetry},
-		{context.DeadlineExceeded, verdictRetry},
-		{throttleErr(time.Second), verdictThrottle},
-		{fmt.Errorf("wrapped: %w", throttleErr(time.Second)), verdictThrottle},
-		{statusErr(http.StatusServiceUnavailable), verdictRetry},
-		{statusErr(449), verdictRetry},
-		{statusErr(http.StatusGone), verdictRetry},
-		{statusErr(http.StatusBadRequest), verdictFail},
-		{statusErr(http.StatusConflict), verdictFail},
-		{statusErr(http.StatusRequestEntityTooLarge), verdictFail},
-		{&BatchOperationError{StatusCode: http.StatusBadRequest}, verdictFail},
-		{&BatchOperationError{StatusCode: http.StatusTooManyRequests}, verdictThrottle},
-		{&BatchOperationError{StatusCode: http.StatusServiceUnavailable}, verdictRetry},
-	} {
-		if got := classify(c.err); got != c.want {
-			t.Errorf("classify(%v) = %d, want %d", c.err, got, c.want)
-		}
-	}
-	if d := retryAfter(nil); d != 0 {
-		t.Errorf("retryAfter(nil) = %v", d)
-	}
-}
-
 func TestLoaderThrottleHonoursRetryAfter(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		s := newFakeStore(0)
@@ -514,7 +485,7 @@ func TestLoaderAdaptsToAForeignWriter(t *testing.T) {
 }
 
 func TestLoaderCost(t *testing.T) {
-	l := newLoader(newFakeStore(0), nil)
+	l := newLoader(newFakeStore(0), nil).WithMargin(0.1)
 	if got := l.Cost(item(1, "a", 10)); got != 7 { // 5.71 * 1.1 = 6.281
 		t.Errorf("Cost of a small item = %d, want 7", got)
 	}
@@ -523,7 +494,7 @@ func TestLoaderCost(t *testing.T) {
 	}
 	// Actual costs carry their fractions over: 100 writes of 5.71 RU with
 	// a margin of 10% report 628 in all (628.1), as 6s and 7s.
-	l = newLoader(newFakeStore(0), nil)
+	l = newLoader(newFakeStore(0), nil).WithMargin(0.1)
 	w := batcher.NewWatcher(func(context.Context, []*batcher.Operation) error { return nil })
 	for range 100 {
 		l.setCost(batcher.NewOperation(w, 7, nil, true), 5.71)
@@ -533,7 +504,7 @@ func TestLoaderCost(t *testing.T) {
 	}
 	// So do declared costs: 100 small items declare 628 in all, each 6 or
 	// 7, where rounding each up would declare 700.
-	l = newLoader(newFakeStore(0), nil)
+	l = newLoader(newFakeStore(0), nil).WithMargin(0.1)
 	total := 0
 	for i := range 100 {
 		c := l.declare(item(i, "a", 10))
@@ -548,9 +519,9 @@ func TestLoaderCost(t *testing.T) {
 }
 
 func TestLoaderSettings(t *testing.T) {
-	l := newLoader(newFakeStore(0), batcher.NewBatcher()).WithMaxBatchSize(101).WithConcurrency(0).WithMaxAttempts(-1).WithMargin(1)
+	l := newLoader(newFakeStore(0), batcher.NewBatcher()).WithMaxBatchSize(101).WithConcurrency(0).WithMaxAttempts(-1).WithMargin(1).WithLanes(0)
 	_, err := l.Load(t.Context(), item(1, "a", 1))
-	for _, s := range []string{"MaxBatchSize is 101", "Concurrency is 0", "MaxAttempts is -1", "Margin is 1"} {
+	for _, s := range []string{"MaxBatchSize is 101", "Concurrency is 0", "MaxAttempts is -1", "Margin is 1", "Lanes is 0"} {
 		if !errors.Is(err, batcher.ErrInvalidSetting) || !strings.Contains(err.Error(), s) {
 			t.Errorf("Load = %v, want it to say %q", err, s)
 		}
@@ -566,4 +537,176 @@ func TestLoaderSettings(t *testing.T) {
 		}
 	}()
 	l.WithConcurrency(2)
+}
+
+// TestLoaderThrottlesOnlyTheHotLane checks that the items of a partition
+// key go to its lane's watcher, and that a 429 on a hot key is reported as
+// a throttle of its own lane's operations only, with the retry-after the
+// service asked for.
+func TestLoaderThrottlesOnlyTheHotLane(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		s := newFakeStore(0)
+		s.fail = func(id string, n int) error {
+			if strings.HasPrefix(id, "hot") && n == 1 {
+				return throttleErr(500 * time.Millisecond)
+			}
+			return nil
+		}
+		b := start(t, ratelimiter.NewProvisioned(100000))
+		l := newLoader(s, b)
+		hot, cold := "hot-key", ""
+		for i := 0; cold == ""; i++ {
+			if k := fmt.Sprint("cold-", i); l.Lane(k) != l.Lane(hot) {
+				cold = k
+			}
+		}
+		var mu sync.Mutex
+		var throttled []*batcher.Operation
+		var pauses []time.Duration
+		b.AddListener(func(e batcher.Event) {
+			if e.Kind == batcher.Throttled {
+				mu.Lock()
+				throttled = append(throttled, e.Batch...)
+				pauses = append(pauses, e.Duration)
+				mu.Unlock()
+			}
+		})
+		var items []Item
+		for i := range 20 {
+			pk, prefix := hot, "hot"
+			if i%2 == 1 {
+				pk, prefix = cold, "cold"
+			}
+			it := item(i, pk, 10)
+			it.ID = fmt.Sprint(prefix, "-", i)
+			it.Body = []byte(fmt.Sprintf(`{"id":%q,"pk":%q}`, it.ID, pk))
+			items = append(items, it)
+		}
+		var ops []*batcher.Operation
+		for _, it := range items {
+			op, err := l.Load(t.Context(), it)
+			if err != nil {
+				t.Fatal(err)
+			}
+			ops = append(ops, op)
+		}
+		for _, op := range ops {
+			if err := op.Wait(t.Context()); err != nil {
+				t.Fatal(err)
+			}
+			want := l.w[l.Lane(op.Payload().(Item).PartitionKey)]
+			if op.Watcher() != want {
+				t.Errorf("item %s is not on its lane's watcher", op.Payload().(Item).ID)
+			}
+		}
+		if len(l.w) != DefaultLanes {
+			t.Errorf("%d lanes, want %d", len(l.w), DefaultLanes)
+		}
+		s.checkOnce(t, ids(items))
+		mu.Lock()
+		defer mu.Unlock()
+		if len(throttled) < 10 {
+			t.Errorf("%d operations throttled, want each of the 10 hot ones at least once", len(throttled))
+		}
+		if st := l.Stats(); st.SentThrottled != int64(len(throttled)) || st.Sent != 20+st.SentThrottled {
+			t.Errorf("Stats() = %+v; want %d item writes throttled, of %d sent", st, len(throttled), 20+len(throttled))
+		}
+		for _, op := range throttled {
+			if it := op.Payload().(Item); it.PartitionKey != hot || op.Watcher() != l.w[l.Lane(hot)] {
+				t.Errorf("item %s of key %s throttled: only the hot lane should be", it.ID, it.PartitionKey)
+			}
+		}
+		for _, d := range pauses {
+			if d < 500*time.Millisecond {
+				t.Errorf("a throttle paused for %v, less than the 500ms asked for", d)
+			}
+		}
+	})
+}
+
+// TestLoaderOddRetryAfters checks, on fake time, what a 429 with a
+// retry-after that is absurdly large, malformed, zero or negative does: the
+// item is tried again within MaxRetryAfter (a minute), not after hours,
+// and then written.
+func TestLoaderOddRetryAfters(t *testing.T) {
+	for _, header := range []string{"7200000", "1e300", "soon", "NaN", "0", "-5", ""} {
+		t.Run(header, func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				s := newFakeStore(0)
+				var mu sync.Mutex
+				var times []time.Time
+				s.fail = func(id string, n int) error {
+					mu.Lock()
+					defer mu.Unlock()
+					times = append(times, time.Now())
+					if n == 1 {
+						h := http.Header{}
+						h.Set("x-ms-retry-after-ms", header)
+						return &azcore.ResponseError{StatusCode: 429, RawResponse: &http.Response{StatusCode: 429, Header: h}}
+					}
+					return nil
+				}
+				b := start(t, ratelimiter.NewProvisioned(10000))
+				l := newLoader(s, b)
+				if err := l.LoadAll(t.Context(), slices.Values([]Item{item(1, "a", 10)})); err != nil {
+					t.Fatal(err)
+				}
+				mu.Lock()
+				defer mu.Unlock()
+				if len(times) != 2 || times[1].Sub(times[0]) > MaxRetryAfter+time.Second {
+					t.Errorf("tries at %v; want two, the second within %v of the first", times, MaxRetryAfter)
+				}
+			})
+		})
+	}
+}
+
+// TestLoaderFollowsAThroughputChange checks, on fake time, a Loader under
+// a ThroughputLimiter while the provisioned throughput drops from 1,000 to
+// 400 RU/s: the 429s come only between the drop and the limiter's next
+// read, and none once it has read the new figure.
+func TestLoaderFollowsAThroughputChange(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		s := newFakeStore(1000)
+		s.latency = 3 * time.Millisecond
+		lim := NewThroughputLimiter(func(context.Context) (Throughput, error) {
+			s.mu.Lock()
+			defer s.mu.Unlock()
+			return Throughput{ManualRU: int(s.provisioned)}, nil
+		}).WithCeiling(5000).WithRefreshInterval(time.Second)
+		b := start(t, lim)
+		l := newLoader(s, b)
+		var items []Item
+		for i := range 2000 { // about 12,600 RU: 3 s at 1,000 then 24 s at 400
+			items = append(items, item(i, "pk"+strconv.Itoa(i%50), 300))
+		}
+		var refusedAt []int
+		var wg sync.WaitGroup
+		wg.Go(func() {
+			time.Sleep(3500 * time.Millisecond)
+			s.mu.Lock()
+			s.provisioned = 400
+			s.mu.Unlock()
+			for range 2 { // the limiter reads at 4 s; its old releases leave the window by 5 s
+				time.Sleep(time.Second)
+				s.mu.Lock()
+				refusedAt = append(refusedAt, s.refused)
+				s.mu.Unlock()
+			}
+		})
+		if err := l.LoadAll(t.Context(), slices.Values(items)); err != nil {
+			t.Fatal(err)
+		}
+		wg.Wait()
+		s.checkOnce(t, ids(items))
+		if c := lim.Capacity(); c != 400 {
+			t.Errorf("capacity %d at the end, want 400", c)
+		}
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		t.Logf("429s: %d by 4.5 s, %d by 5.5 s, %d at the end", refusedAt[0], refusedAt[1], s.refused)
+		if s.refused != refusedAt[1] {
+			t.Errorf("%d 429s after the limiter followed the drop (%d by 5.5 s), want none", s.refused-refusedAt[1], refusedAt[1])
+		}
+	})
 }
