@@ -74,31 +74,28 @@ func errorLines(stderr string) []string {
 
 func b64(s string) string { return base64.StdEncoding.EncodeToString([]byte(s)) }
 
+// secretCase is one run of bulkload with a secret in its flags or its
+// environment.
+type secretCase struct {
+	name   string
+	secret string // what must never appear; base64-encoded too, where a key is
+	args   []string
+	env    []string
+	exit   int    // the exit status wanted
+	line   string // what main's one error line must say, if exit != 0
+}
+
 // TestNoSecretInOutput runs bulkload as a real process with a distinctive
 // fake secret in every flag, environment variable and address form that
-// takes one, against stores that are unreachable, that refuse, that accept,
-// and with values that do not parse, and checks that no secret appears in
-// anything it writes. Each run that fails does so within seconds, with one
-// error line that names the store.
+// takes one, against stores that are unreachable and with values that do
+// not parse, and checks that no secret appears in anything it writes. Each
+// run fails within seconds, with one error line that names the store.
+// TestNoSecretInOutputServices does the same against real stores that
+// refuse and that accept.
 func TestNoSecretInOutput(t *testing.T) {
-	redisAuth := servicetest.StartRedis(t, "--requirepass", "S3cretRedisRight")
-	azurite := servicetest.Need(t, servicetest.Azurite)
-	cosmosURL := servicetest.Need(t, servicetest.Cosmos)
-	ch := servicetest.Need(t, servicetest.ClickHouse)
-	tcs := []struct {
-		name   string
-		secret string // what must never appear; base64-encoded too, where a key is
-		args   []string
-		env    []string
-		exit   int    // the exit status wanted
-		line   string // what main's one error line must say, if exit != 0
-	}{
+	runSecretCases(t, []secretCase{
 		{"redis unreachable", "S3cretRedis1", []string{"-lease-store", "redis://:S3cretRedis1@127.0.0.1:1"}, nil,
 			1, "lease store redis://:REDACTED@127.0.0.1:1: unreachable"},
-		{"redis wrong password", "S3cretRedis2", []string{"-lease-store", "redis://default:S3cretRedis2@" + redisAuth.Addr()}, nil,
-			1, "lease store redis://default:REDACTED@" + redisAuth.Addr() + ": refused the credentials"},
-		{"redis right password", "S3cretRedisRight", []string{"-lease-store", "redis://:S3cretRedisRight@" + redisAuth.Addr(), "-items", "50", "-naive=false"}, nil,
-			0, ""},
 		{"rediss unreachable", "S3cretRedis3", []string{"-lease-store", "rediss://u:S3cretRedis3@127.0.0.1:1/2"}, nil,
 			1, "lease store rediss://u:REDACTED@127.0.0.1:1/2: unreachable"},
 		{"redis bad port", "S3cretRedis4", []string{"-lease-store", "redis://:S3cretRedis4@127.0.0.1:port"}, nil,
@@ -115,8 +112,6 @@ func TestNoSecretInOutput(t *testing.T) {
 			2, "-lease-store: lease store etcd://root:REDACTED@127.0.0.1:x"},
 		{"blob SAS unreachable", "S3cretSig1", []string{"-lease-store", "http://127.0.0.1:1/acct/leases?sv=2023-11-03&sr=c&sp=rwdl&sig=S3cretSig1"}, nil,
 			1, "lease store http://127.0.0.1:1/acct/leases?sv=REDACTED&sr=REDACTED&sp=REDACTED&sig=REDACTED: unreachable"},
-		{"blob SAS refused", "S3cretSig2", []string{"-lease-store", strings.TrimSuffix(azurite, "/") + "/leases?sv=2023-11-03&se=2030-01-01T00%3A00%3A00Z&sr=c&sp=rwdl&sig=S3cretSig2"}, nil,
-			1, "refused the credentials"},
 		{"storage key unreachable", "S3cretStorageKey", []string{"-lease-store", "http://127.0.0.1:1/leases"}, []string{"AZURE_STORAGE_KEY=" + b64("S3cretStorageKey")},
 			1, "lease store http://127.0.0.1:1/leases: unreachable"},
 		{"storage key not base64", "S3cretStorageKey!", []string{"-lease-store", "http://127.0.0.1:1/leases"}, []string{"AZURE_STORAGE_KEY=S3cretStorageKey!"},
@@ -129,19 +124,42 @@ func TestNoSecretInOutput(t *testing.T) {
 			2, "-cosmos-key (hidden): is not a base64 account key"},
 		{"cosmos key env unreachable", "S3cretCosmos4", []string{"-cosmos-endpoint", "https://127.0.0.1:1/"}, []string{"COSMOS_KEY=" + b64("S3cretCosmos4")},
 			1, "cosmos endpoint https://127.0.0.1:1/ is unreachable"},
-		{"cosmos key env served", "S3cretCosmos5", []string{"-cosmos-endpoint", cosmosURL, "-database", fmt.Sprintf("secret-test-%d", time.Now().UnixNano()), "-items", "20", "-ru", "2000"},
-			[]string{"COSMOS_KEY=" + b64("S3cretCosmos5")}, 0, ""},
 		{"cosmos endpoint bad port", "S3cretCosmos6", []string{"-cosmos-endpoint", "https://u:S3cretCosmos6@127.0.0.1:x/"}, nil,
 			2, "-cosmos-endpoint https://u:REDACTED@127.0.0.1:x/"},
 		{"clickhouse unreachable", "S3cretCH1", []string{"-clickhouse", "clickhouse://default:S3cretCH1@127.0.0.1:1/default"}, nil,
 			1, "clickhouse [127.0.0.1:1] is unreachable"},
-		{"clickhouse wrong password", "S3cretCH2", []string{"-clickhouse", "clickhouse://default:S3cretCH2@" + ch + "/default"}, nil,
-			1, "clickhouse [" + ch + "] refused"},
 		{"clickhouse bad dsn", "S3cretCH3", []string{"-clickhouse", "clickhouse://default:S3cretCH3@127.0.0.1:9000/default?dial_timeout=xyz"}, nil,
 			2, "-clickhouse clickhouse://default:REDACTED@127.0.0.1:9000/default?dial_timeout=xyz: is not a ClickHouse DSN"},
 		{"clickhouse query password", "S3cretCH4", []string{"-clickhouse", "tcp://127.0.0.1:1?username=default&password=S3cretCH4"}, nil,
 			1, "clickhouse [127.0.0.1:1] is unreachable"},
-	}
+	})
+}
+
+// TestNoSecretInOutputServices runs bulkload with secrets against a
+// private Redis with a password, Azurite, the Cosmos DB API server and
+// ClickHouse: stores that refuse the credentials, and ones that accept
+// them.
+func TestNoSecretInOutputServices(t *testing.T) {
+	redisAuth := servicetest.StartRedis(t, "--requirepass", "S3cretRedisRight")
+	azurite := servicetest.Need(t, servicetest.Azurite)
+	cosmosURL := servicetest.Need(t, servicetest.Cosmos)
+	ch := servicetest.Need(t, servicetest.ClickHouse)
+	runSecretCases(t, []secretCase{
+		{"redis wrong password", "S3cretRedis2", []string{"-lease-store", "redis://default:S3cretRedis2@" + redisAuth.Addr()}, nil,
+			1, "lease store redis://default:REDACTED@" + redisAuth.Addr() + ": refused the credentials"},
+		{"redis right password", "S3cretRedisRight", []string{"-lease-store", "redis://:S3cretRedisRight@" + redisAuth.Addr(), "-items", "50", "-naive=false"}, nil,
+			0, ""},
+		{"blob SAS refused", "S3cretSig2", []string{"-lease-store", strings.TrimSuffix(azurite, "/") + "/leases?sv=2023-11-03&se=2030-01-01T00%3A00%3A00Z&sr=c&sp=rwdl&sig=S3cretSig2"}, nil,
+			1, "refused the credentials"},
+		{"cosmos key env served", "S3cretCosmos5", []string{"-cosmos-endpoint", cosmosURL, "-database", fmt.Sprintf("secret-test-%d", time.Now().UnixNano()), "-items", "20", "-ru", "2000"},
+			[]string{"COSMOS_KEY=" + b64("S3cretCosmos5")}, 0, ""},
+		{"clickhouse wrong password", "S3cretCH2", []string{"-clickhouse", "clickhouse://default:S3cretCH2@" + ch + "/default"}, nil,
+			1, "clickhouse [" + ch + "] refused"},
+	})
+}
+
+func runSecretCases(t *testing.T, tcs []secretCase) {
+	t.Helper()
 	// A few at a time: most wait on the network, not the CPU.
 	sem := make(chan struct{}, 4)
 	for _, tc := range tcs {
