@@ -25,13 +25,14 @@ type line struct {
 
 // chartSpec is what the chart shows.
 type chartSpec struct {
-	title    string
-	unit     string
-	capacity float64 // what the service allows, in units per second
-	capName  string  // its label, such as "provisioned"
-	limit    float64 // the Batcher's own limit; 0 for none
-	thrTitle string  // the 429 panel's title
-	lines    []line
+	title     string
+	unit      string
+	capacity  float64 // what the service allows, in units per second
+	capName   string  // its label, such as "provisioned"
+	limit     float64 // the Batcher's own limit; 0 for none
+	thrTitle  string  // the 429 panel's title
+	limitNote string  // more about the Batcher's limit, after its label
+	lines     []line
 }
 
 // span returns where window i of l starts and ends on the time axis, and
@@ -148,7 +149,7 @@ func chartSVG(c chartSpec) []byte {
 	}
 	limitLine(c.capacity, "#d62728", "8 4", fmt.Sprintf("%s %s %s/s", c.capName, commas(int64(c.capacity)), c.unit), true)
 	if c.limit > 0 && c.limit != c.capacity {
-		limitLine(c.limit, "#2ca02c", "3 3", fmt.Sprintf("the Batcher's limit %s %s/s", commas(int64(c.limit)), c.unit), false)
+		limitLine(c.limit, "#2ca02c", "3 3", fmt.Sprintf("the Batcher's limit %s %s/s%s", commas(int64(c.limit)), c.unit, c.limitNote), false)
 	}
 
 	// Lower panel: 429s per second, the lines' bars side by side.

@@ -70,9 +70,14 @@ func TestRunEmbedded(t *testing.T) {
 		if p.written != 300 || p.failed != 0 || p.verified != "all 300 items stored, each once" {
 			t.Errorf("%s: written %d, failed %d, verified %q", p.name, p.written, p.failed, p.verified)
 		}
+		// The model served the loader's RU and the other workload's: at
+		// least what their responses said, more if the other workload's
+		// last writes were cut short (finish cancels those still under
+		// way after 10 s, which a stalled machine can reach) after the
+		// model had charged them.
 		if math.Abs(p.units-300*5.71) > 0.01 || p.other == nil || p.server == nil ||
-			math.Abs(p.server.RU-p.units-p.other.units) > 0.01 {
-			t.Errorf("%s: loader %v RU, other workload %+v, the model %+v; want %v RU for the loader and the sum served",
+			p.server.RU < p.units+p.other.units-0.01 {
+			t.Errorf("%s: loader %v RU, other workload %+v, the model %+v; want %v RU for the loader and at least the sum served",
 				p.name, p.units, p.other, p.server, 300*5.71)
 		}
 	}

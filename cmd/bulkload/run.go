@@ -232,7 +232,7 @@ func summary(w io.Writer, rep *report) {
 			fmt.Fprintf(w, "RU charged to the loader: what its requests' responses said; %s.\n", served)
 		}
 	}
-	fmt.Fprintf(w, "seconds: the service's one-second windows the run touched, each counted whole (the mean, the capacity used and the %s are per window).\n", wastedWord(ch))
+	fmt.Fprintf(w, "seconds: the one-second windows the run touched, each counted whole (the mean, the capacity used and the %s are per window).\n", wastedWord(ch))
 	if others {
 		fmt.Fprintf(w, "\"both workloads\": the loader's and the other workload's (%s RU/s) together, against the %s RU/s provisioned.\n", commas(int64(cfg.otherRU)), commas(int64(cfg.ru)))
 	}
@@ -299,6 +299,7 @@ func chartFor(rep *report) []byte {
 		c.title = fmt.Sprintf("bulkload: RU/s the container served, %s documents plus another workload at %s RU/s",
 			commas(int64(rep.phases[0].items)), commas(int64(cfg.otherRU)))
 		c.thrTitle = "429 answers per second, the other workload's included"
+		c.limitNote = ", for its own writes"
 	}
 	if cfg.target() == "clickhouse" {
 		c.title = fmt.Sprintf("bulkload: rows/s of %s documents into ClickHouse", commas(int64(rep.phases[0].items)))
