@@ -134,6 +134,11 @@ type Log struct {
 	syncMu     sync.Mutex // held while a file is fsynced or sealed
 
 	nRecords, nWrites, nSyncs atomic.Int64
+
+	// Hooks of the package's own tests; nil otherwise.
+	testBeforeRoundSync func() // in the syncer, between taking a group and its fsync
+	testBeforeTickSync  func() // in the syncer, between taking the dirty flag and the tick's fsync
+	testSynced          func(path string)
 }
 
 type segment struct {
