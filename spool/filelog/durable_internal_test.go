@@ -38,25 +38,21 @@ func TestSealBetweenRoundAndFsyncStillFsyncs(t *testing.T) {
 					close(rolled)
 				})
 			}
-			l.testBeforeRoundSync = roll
+			if p == SyncEveryAppend {
+				l.testBeforeRoundSync = roll
+			} else {
+				// The tick path: roll where the tick has taken the
+				// dirty flag the Append set.
+				l.testBeforeTickSync = roll
+			}
 			if err := l.Open(); err != nil {
 				t.Fatal(err)
 			}
 			defer l.Close()
-			if p == SyncEveryAppend {
-				if err := l.Append(t.Context(), [][]byte{[]byte("acknowledged")}); err != nil {
-					t.Fatal(err)
-				}
-			} else {
-				// The tick path: mark the log dirty as an Append does,
-				// and roll where the tick has taken the dirty flag.
-				l.testBeforeRoundSync = nil
-				l.testBeforeTickSync = roll
-				if err := l.Append(t.Context(), [][]byte{[]byte("acknowledged")}); err != nil {
-					t.Fatal(err)
-				}
-				<-rolled
+			if err := l.Append(t.Context(), [][]byte{[]byte("acknowledged")}); err != nil {
+				t.Fatal(err)
 			}
+			<-rolled
 			mu.Lock()
 			defer mu.Unlock()
 			if !slices.Contains(synced, first) {
