@@ -13,7 +13,8 @@ import (
 // its fsync: the seal then has to fsync the segment itself, even though the
 // round had already marked the log clean.
 func TestSealBetweenRoundAndFsyncStillFsyncs(t *testing.T) {
-	for _, p := range []SyncPolicy{SyncEveryAppend, SyncEvery(time.Millisecond)} {
+	// SyncNever: Replay's append, which fsyncs whatever the policy.
+	for _, p := range []SyncPolicy{SyncEveryAppend, SyncEvery(time.Millisecond), SyncNever} {
 		t.Run(p.String(), func(t *testing.T) {
 			l := New(t.TempDir()).WithSync(p).WithMaxBytes(1 << 20).WithSegmentSize(4096).WithMaxRecordSize(100)
 			var mu sync.Mutex
@@ -38,7 +39,7 @@ func TestSealBetweenRoundAndFsyncStillFsyncs(t *testing.T) {
 					close(rolled)
 				})
 			}
-			if p == SyncEveryAppend {
+			if p == SyncEveryAppend || p == SyncNever {
 				l.testBeforeRoundSync = roll
 			} else {
 				// The tick path: roll where the tick has taken the
@@ -49,7 +50,7 @@ func TestSealBetweenRoundAndFsyncStillFsyncs(t *testing.T) {
 				t.Fatal(err)
 			}
 			defer l.Close()
-			if err := l.Append(t.Context(), [][]byte{[]byte("acknowledged")}); err != nil {
+			if err := l.append(t.Context(), [][]byte{[]byte("acknowledged")}, p == SyncNever); err != nil {
 				t.Fatal(err)
 			}
 			<-rolled

@@ -415,6 +415,9 @@ func (l *Log) append(ctx context.Context, recs [][]byte, forceSync bool) error {
 	}
 	l.activeSize += n
 	l.segs[len(l.segs)-1].size = l.activeSize
+	if forceSync {
+		l.active.forced = true
+	}
 	l.dirty = true
 	l.nRecords.Add(int64(len(recs)))
 	l.nWrites.Add(1)

@@ -15,6 +15,10 @@ type mapped struct {
 	f      *os.File
 	data   []byte
 	closed bool
+	// forced is set once an Append that fsyncs whatever the policy
+	// (Replay's) copied into it: the seal then fsyncs it under SyncNever
+	// too.
+	forced bool
 	// sealErr is the seal's fsync error, for the Appends whose round was
 	// to fsync the segment when the seal did it instead.
 	sealErr error
@@ -61,7 +65,8 @@ func (l *Log) rollLocked(n int64) error {
 	return nil
 }
 
-// sealLocked fsyncs the active segment (unless the policy is SyncNever),
+// sealLocked fsyncs the active segment (unless the policy is SyncNever and
+// no Append that must be fsynced wrote to it),
 // unmaps it, cuts the file to its records and closes it.
 func (l *Log) sealLocked() error {
 	a := l.active
@@ -75,7 +80,7 @@ func (l *Log) sealLocked() error {
 	// dirty flag (and the Appends waiting on it) for this segment and not
 	// have fsynced it yet; it relies on this fsync once the segment is
 	// sealed.
-	if l.sync != SyncNever && l.activeSize > 0 {
+	if (l.sync != SyncNever || a.forced) && l.activeSize > 0 {
 		l.nSyncs.Add(1)
 		err = a.f.Sync()
 		if err != nil {
