@@ -47,10 +47,25 @@
 //
 // ProcessBatch says how a batch went: nil for done, [Retry] to try again
 // after a back-off, [Throttle] when the datastore answered "too many
-// requests" (the Batcher pauses, doubling the pause while throttles repeat),
-// any other error for a permanent failure; and per operation, with
-// [Operation.Retry], [Operation.Throttle], [Operation.Fail] and
+// requests", any other error for a permanent failure; and per operation,
+// with [Operation.Retry], [Operation.Throttle], [Operation.Fail] and
 // [Operation.SetActualCost].
+//
+// # Throttles and lanes
+//
+// A throttle pauses only the operations that share its cause: its lane,
+// which is the watcher whose batch was throttled. Other watchers' releases
+// go on meanwhile, at the same cost per release however many lanes are
+// paused. Give each independent budget of the datastore a watcher of its
+// own (for Azure Cosmos DB, one per partition key range): a hot partition's
+// 429s then never hold back the cold ones. A retry-after is waited exactly,
+// up to MaxPauseTime; a throttle without one (0 or negative) backs off from
+// PauseTime, doubling while the lane's throttles repeat, with ±20% jitter,
+// at most MaxPauseTime, and the lane's first success resets it. Throttled
+// operations are retried and count against the capacity again; whatever the
+// lanes do, no one-second window carries more than the capacity.
+// [Batcher.Pause] stays Batcher-wide. [Paused] and [Resumed] events name the
+// lane in Event.Watcher (nil for the Batcher-wide pause).
 //
 // # Panics
 //
@@ -69,6 +84,31 @@
 // event from the other listeners: the panic is recovered, and the
 // listener's first panic is reported to the others in a [ListenerPanicked]
 // event; its later ones are recovered without a report.
+//
+// # Scheduling between watchers
+//
+// Releasing, forming and completing a batch cost the same however many
+// watchers hold operations: the Batcher keeps the watchers with a full
+// batch in one ring and those with any in another, and never walks all of
+// them to find the next. Full batches go at once; a flush releases full
+// batches before partial ones, and then takes turns between the two, so a
+// watcher that keeps making full batches starves no one. Under load a flush
+// does not cut a batch short while its watcher's operations stream in fast
+// enough to fill it: the partial batch waits for a later flush, at most 4
+// flush intervals after its oldest operation came (at light load, or after
+// a burst, every operation goes at the next flush, as before). A buffer
+// full of partial batches, with none running to free room, is flushed at
+// once rather than at the next interval. At most MaxConcurrentBatches
+// batches run at once, each on a worker goroutine (1024 by default, see
+// [DefaultMaxConcurrentBatches]); idle workers leave after a flush interval.
+//
+// Watchers may share one capacity unevenly: [Watcher.WithPriority] puts a
+// watcher in a class released before lower ones while capacity or slots
+// are short (lower classes leave room for a higher class's next batch);
+// [Watcher.WithWeight] shares a class's capacity in proportion, by cost;
+// [Watcher.WithGuaranteedShare] keeps a lower class from starving. The
+// defaults (priority 0, weight 1, no share) give every watcher with work an
+// equal turn.
 //
 // # What it does not do
 //

@@ -19,7 +19,8 @@ import (
 //   - an error made by [Retry]: try the operations again after the watcher's
 //     back-off, up to its MaxAttempts;
 //   - an error made by [Throttle]: the datastore throttled the batch; the
-//     Batcher pauses releases and retries the operations;
+//     Batcher pauses this watcher's releases (its lane; other watchers go
+//     on) and retries the operations;
 //   - any other error: the operations failed for good with that error.
 //
 // Before returning, it may override that answer for single operations with
@@ -72,6 +73,10 @@ type Watcher struct {
 	maxConcurrent    int
 	retryBackoff     time.Duration
 	maxRetryBackoff  time.Duration
+	lane             *Lane
+	priority         int
+	weight           int
+	share            float64
 
 	sealed  atomic.Bool
 	sealMu  sync.Mutex
@@ -99,6 +104,7 @@ func NewWatcherFor(p Processor) *Watcher {
 	return &Watcher{
 		p:               p,
 		maxAttempts:     DefaultMaxAttempts,
+		weight:          1,
 		retryBackoff:    DefaultRetryBackoff,
 		maxRetryBackoff: DefaultMaxRetryBackoff,
 	}
@@ -157,6 +163,67 @@ func (w *Watcher) WithRetryBackoff(base, max time.Duration) *Watcher {
 	return w
 }
 
+// WithLane puts the watcher in a lane shared with the other watchers given
+// l: a throttle of any of them pauses them all, and their run of throttles
+// is one (see [Throttle]). Use it when several watchers write to one
+// budget of the datastore, such as one physical partition. The default,
+// nil, makes the watcher a lane of its own.
+func (w *Watcher) WithLane(l *Lane) *Watcher {
+	w.mustNotBeSealed("WithLane")
+	w.lane = l
+	return w
+}
+
+// WithPriority sets the watcher's priority class. While capacity or
+// concurrency slots are short, a Batcher releases the batches of a higher
+// class before any of a lower one (a full batch, or a partial one a flush
+// owes); within a class, watchers share by weight (see WithWeight). A lower
+// class gets only what the higher ones leave, unless it has a guaranteed
+// share (see WithGuaranteedShare). The default is 0; any int is valid, and
+// watchers of equal priority are one class. Each distinct priority a
+// Batcher has seen costs it a little memory for its life, and each release
+// a look at every class: use a few.
+func (w *Watcher) WithPriority(p int) *Watcher {
+	w.mustNotBeSealed("WithPriority")
+	w.priority = p
+	return w
+}
+
+// WithWeight sets the watcher's weight within its priority class:
+// backlogged watchers of one class share the released capacity in
+// proportion to their weights, counted by cost (deficit round robin). The
+// default is 1, which, with batches of one cost, gives each watcher with
+// work one batch a turn, as a Batcher has always done; weight must be at
+// least 1.
+func (w *Watcher) WithWeight(n int) *Watcher {
+	w.mustNotBeSealed("WithWeight")
+	w.weight = n
+	return w
+}
+
+// WithGuaranteedShare sets a share of the released cost that the watcher's
+// priority class gets, while it has work, even when higher classes want
+// all the capacity: whenever the class has had less than f of the cost
+// released over the last second (counting the previous second in part), it
+// goes first. f is a fraction in [0, 1); the default, 0, means none; a
+// class takes the largest share any of its watchers asks for. Shares are
+// counted over all the classes' releases, so guaranteed shares that add up
+// to more than 1 cannot all be met.
+func (w *Watcher) WithGuaranteedShare(f float64) *Watcher {
+	w.mustNotBeSealed("WithGuaranteedShare")
+	w.share = f
+	return w
+}
+
+// Priority returns the watcher's priority class.
+func (w *Watcher) Priority() int { return w.priority }
+
+// Weight returns the watcher's weight within its class.
+func (w *Watcher) Weight() int { return w.weight }
+
+// GuaranteedShare returns the watcher's guaranteed share.
+func (w *Watcher) GuaranteedShare() float64 { return w.share }
+
 // MaxAttempts returns the watcher's MaxAttempts setting.
 func (w *Watcher) MaxAttempts() int { return w.maxAttempts }
 
@@ -204,6 +271,12 @@ func (w *Watcher) validate() error {
 	if w.maxConcurrent < 0 {
 		bad("MaxConcurrentBatches is %d; it must be 0 (no limit) or more", w.maxConcurrent)
 	}
+	if w.weight < 1 {
+		bad("Weight is %d; it must be at least 1", w.weight)
+	}
+	if !(w.share >= 0 && w.share < 1) { // NaN too
+		bad("GuaranteedShare is %v; it must be at least 0 and less than 1", w.share)
+	}
 	if w.retryBackoff <= 0 {
 		bad("RetryBackoff base is %v; it must be more than 0", w.retryBackoff)
 	}
@@ -233,8 +306,20 @@ func Retry(err error) error {
 
 // Throttle returns an error that tells the Batcher, as ProcessBatch's
 // result, that the datastore throttled the batch and asked for a wait of
-// after (0 if it did not say). The Batcher pauses releases for at least
-// after and retries the operations.
+// after. The Batcher pauses the releases of the batch's watcher, its lane,
+// and retries the operations once the pause ends; other watchers' releases
+// go on (a datastore that throttles per partition should be given a watcher
+// per partition). Throttles do not count towards MaxAttempts.
+//
+// The pause: an after above 0 is waited exactly, not doubled, up to the
+// Batcher's MaxPauseTime (a retry-after of hours waits MaxPauseTime). An
+// after of 0 or less means the datastore did not say: the lane waits
+// PauseTime, doubled for each further throttle in a row, times a random
+// factor in [0.8, 1.2) so that lanes throttled together do not come back
+// together, at most MaxPauseTime; a batch of the lane that succeeds ends the
+// run. Throttles of batches that were already running when the lane's pause
+// began count as one. The Batcher's capacity is not affected: whatever the
+// lanes do, no one-second window carries more than the capacity.
 func Throttle(after time.Duration, err error) error {
 	return &feedback{verdict: verdictThrottle, err: err, after: after}
 }
