@@ -24,6 +24,7 @@ type batch struct {
 	err       error        // what ProcessBatch returned
 	abandoned atomic.Bool  // Close or a failed Shutdown ended its operations; set under mu
 	skipped   bool         // abandoned before ProcessBatch was called; set by its worker
+	released  time.Time    // when ProcessBatch was called; set by its worker
 }
 
 // setCapacityLocked records the rate limiter's capacity.
@@ -450,6 +451,7 @@ func (b *Batcher) complete(bt *batch, w *worker) (next *batch, idle bool) {
 		b.emitEntered(failed)
 		return nil, false
 	}
+	nops := len(bt.ops) // for the Learner: bt.ops is reused below
 	b.removeRunningLocked(bt)
 	b.mu.inflight--
 	bt.q.inflight--
@@ -537,6 +539,10 @@ func (b *Batcher) complete(bt *batch, w *worker) (next *batch, idle bool) {
 		idle = b.idleLocked(w)
 	}
 	b.unlockNoSweep()
+	if l, ok := b.cfg.limiter.(Learner); ok {
+		l.ObserveBatch(BatchOutcome{Watcher: bt.q.w, Released: bt.released, Returned: now,
+			Operations: nops, Cost: bt.cost + delta, Succeeded: succeeded, Throttled: len(throttle), RetryAfter: after})
+	}
 	b.dispatch(out)
 	b.emitEntered(failed)
 	b.emitEntered(evs)

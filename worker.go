@@ -100,6 +100,7 @@ func (w *worker) process(bt *batch) {
 	}
 
 	ctx.released, ctx.deadline = now, now.Add(limit)
+	bt.released = now
 	w.mu.Lock()
 	w.cur, w.ctx = bt, ctx
 	// The timer stays set from one batch to the next and is moved only when

@@ -36,18 +36,24 @@ const (
 // throughput others use too, such as a Cosmos DB container written by
 // another service: the Batcher then settles just under what is left.
 //
+// [Controller] finds the throughput faster, cutting to what the datastore
+// served rather than by a fixed factor, and probing back up in seconds;
+// prefer it when the configured capacity may be far off.
+//
 // # Wiring
 //
-// The Batcher reports throttles as [batcher.Throttled] events, and Adaptive
-// learns of them through [Adaptive.Observe]. Add it as a listener of the
-// Batcher that uses it:
+// None: Adaptive is a [batcher.Learner], so a Batcher whose rate limiter it
+// is tells it of every batch's throttles itself:
 //
 //	lim := ratelimiter.NewAdaptive(ratelimiter.NewProvisioned(10000))
 //	b := batcher.NewBatcher().WithRateLimiter(lim)
-//	b.AddListener(lim.Observe)
 //
-// A program that sees throttles some other way calls Observe with an event
-// of kind Throttled itself.
+// A throttle of a batch released before the last cut is an echo of what
+// caused that cut (the batch went out at the capacity before it) and is
+// ignored. A program that sees throttles some other way calls
+// [Adaptive.Observe] with an event of kind Throttled; adding Observe as a
+// listener of the Batcher as well, as was needed before, is harmless (the
+// two reports of one throttle fall within the cooldown).
 //
 // # The rule
 //
@@ -115,6 +121,7 @@ type Adaptive struct {
 	limit atomic.Int64
 
 	running   atomic.Bool
+	lastCut   atomic.Int64  // when the loop last cut, in Unix nanoseconds; 0 before any
 	throttles chan struct{} // a throttle came; capacity 1, so bursts merge
 	innerChg  chan struct{} // the wrapped limiter's capacity changed
 
@@ -298,6 +305,23 @@ func (a *Adaptive) Observe(e batcher.Event) {
 	}
 }
 
+// ObserveBatch takes note of a batch's throttles, unless the batch was
+// released before the last cut (an echo); a Batcher calls it for each batch
+// (see [batcher.Learner]). It never blocks; the cut is made by Adaptive's
+// goroutine a moment later, as with Observe.
+func (a *Adaptive) ObserveBatch(o batcher.BatchOutcome) {
+	if o.Throttled <= 0 || !a.running.Load() {
+		return
+	}
+	if lc := a.lastCut.Load(); lc != 0 && o.Released.UnixNano() < lc {
+		return
+	}
+	select {
+	case a.throttles <- struct{}{}:
+	default: // one is pending already: the same burst
+	}
+}
+
 // innerEvent passes the wrapped limiter's events on, except its capacity
 // changes, which the loop turns into changes of Capacity.
 func (a *Adaptive) innerEvent(e batcher.Event) {
@@ -344,6 +368,7 @@ func (a *Adaptive) run(ctx context.Context) {
 			}
 			cut, lastCut = true, now
 			g = growth{from: a.cutLimit(), steps: 1}
+			a.lastCut.Store(now.UnixNano())
 			emit("throttled")
 		case <-a.innerChg:
 			emit("wrapped limiter")

@@ -570,3 +570,102 @@ func TestAdaptiveWithBatcherConvergesUnderTheDatastoresLimit(t *testing.T) {
 		}
 	})
 }
+
+// The Batcher tells Adaptive of throttles itself (it is a Learner); a
+// throttle of a batch released before the last cut is an echo and does not
+// cut again, even after the cooldown.
+func TestAdaptiveObservesBatches(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		p := ratelimiter.NewProvisioned(2000)
+		a := ratelimiter.NewAdaptive(p)
+		var ev eventLog
+		a.AddListener(ev.add)
+		ctx, cancel := context.WithCancel(t.Context())
+		defer cancel()
+		if err := a.Start(ctx); err != nil {
+			t.Fatal(err)
+		}
+		t0 := time.Now()
+		observe := func(at, released time.Duration, th int) {
+			time.Sleep(t0.Add(at).Sub(time.Now()))
+			a.ObserveBatch(batcher.BatchOutcome{Released: t0.Add(released), Returned: time.Now(),
+				Operations: 10, Cost: 100, Succeeded: 10 - th, Throttled: th})
+			synctest.Wait()
+		}
+		want := func(c int) {
+			t.Helper()
+			if got := a.Capacity(); got != c {
+				t.Errorf("at %v: Capacity() = %d, want %d", time.Since(t0), got, c)
+			}
+		}
+		observe(ms(100), 0, 0) // no throttle
+		want(2000)
+		observe(ms(500), ms(400), 3)
+		want(1600)
+		observe(ms(1600), ms(450), 10) // released before the cut at 500ms: an echo
+		want(1610)                     // grown at 1.5s, and not cut
+		observe(ms(1700), ms(1000), 1) // released after it
+		want(1288)
+		if n := len(ev.all()); n != 3 {
+			t.Errorf("%d events, want 3: %v", n, ev.all())
+		}
+	})
+}
+
+// A limiter in a Batcher learns of throttles with no wiring: a
+// ProcessBatch that throttles everything over 100 units a second brings the
+// capacity down from 1000.
+func TestLimitersLearnFromTheBatcher(t *testing.T) {
+	cases := []struct {
+		name   string
+		lim    func() batcher.RateLimiter
+		lo, hi int // the capacity wanted after 10s
+	}{
+		{"Controller", func() batcher.RateLimiter { return ratelimiter.NewController(1000) }, 90, 120},
+		{"Adaptive", func() batcher.RateLimiter { return ratelimiter.NewAdaptive(ratelimiter.NewProvisioned(1000)) }, 1, 800},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				lim := tc.lim()
+				var (
+					mu     sync.Mutex
+					window time.Time
+					used   int
+				)
+				w := batcher.NewWatcher(func(ctx context.Context, batch []*batcher.Operation) error {
+					mu.Lock()
+					defer mu.Unlock()
+					now := time.Now()
+					if now.Sub(window) >= time.Second {
+						window, used = now.Truncate(time.Second), 0
+					}
+					for _, op := range batch {
+						if used+op.Cost() > 100 {
+							op.Throttle(window.Add(time.Second).Sub(now), errors.New("429"))
+							continue
+						}
+						used += op.Cost()
+					}
+					return nil
+				})
+				b := batcher.NewBatcher().WithRateLimiter(lim)
+				if err := b.Start(t.Context()); err != nil {
+					t.Fatal(err)
+				}
+				for i := range 3000 {
+					if err := b.Enqueue(batcher.NewOperation(w, 1, i, true)); err != nil {
+						t.Fatal(err)
+					}
+				}
+				time.Sleep(10 * time.Second)
+				if got := lim.Capacity(); got < tc.lo || got > tc.hi {
+					t.Errorf("capacity after 10s: %d, want %d to %d", got, tc.lo, tc.hi)
+				}
+				if err := b.Close(); err != nil {
+					t.Fatal(err)
+				}
+			})
+		})
+	}
+}

@@ -15,8 +15,7 @@ func ExampleNewAdaptive() {
 	// A container provisioned for 1000 request units a second, which
 	// another service also writes to: grant less after each throttle.
 	lim := ratelimiter.NewAdaptive(ratelimiter.NewProvisioned(1000))
-	b := batcher.NewBatcher().WithRateLimiter(lim)
-	b.AddListener(lim.Observe) // how the limiter learns of throttles
+	b := batcher.NewBatcher().WithRateLimiter(lim) // the Batcher tells it of throttles
 
 	var (
 		mu      sync.Mutex
