@@ -88,8 +88,7 @@ type Batcher struct {
 		space       chan struct{} // closed when room frees, if someone waits
 		paused      bool
 		pausedUntil time.Time
-		pauses      uint64 // throttles that began or lengthened a run of pauses
-		streak      int    // throttles in a row
+		lanes       laneHeap // the queues whose lane a throttle paused, by the end of the pause
 		capacity    int
 		maxCapacity int  // the rate limiter's, as last read
 		unlimited   bool // no rate limiter
@@ -126,6 +125,15 @@ type queue struct {
 	burst       bool        // with eager release: its last two batches went within 2*eagerGap
 	flushOwed   bool        // a flush found no slot free: its part batch goes when one frees
 	inReady     bool
+	// The lane (see lanes.go): paused by a throttle until pausedUntil, at
+	// laneAt in Batcher.mu.lanes (-1 when not paused); streak counts its
+	// throttles in a row, pauses the throttles that began or lengthened a
+	// run of its pauses.
+	paused      bool
+	pausedUntil time.Time
+	laneAt      int
+	streak      int
+	pauses      uint64
 	inIdle      bool
 	touched     bool
 }
@@ -389,14 +397,16 @@ func (b *Batcher) check(op *Operation) error {
 func (b *Batcher) queueLocked(w *Watcher) *queue {
 	q := b.mu.queues[w]
 	if q == nil {
-		q = &queue{w: w}
+		q = &queue{w: w, laneAt: -1}
 		b.mu.queues[w] = q
 	}
 	return q
 }
 
-// Pause stops releases for the pause time (see WithPauseTime), or until the
-// current pause ends if that is later. Batches already running go on.
+// Pause stops all releases, of every watcher, for the pause time (see
+// WithPauseTime), or until the current pause ends if that is later.
+// Batches already running go on. Unlike a throttle, which pauses only its
+// watcher's lane (see [Throttle]), Pause is Batcher-wide.
 func (b *Batcher) Pause() {
 	now := time.Now()
 	b.mu.Lock()
@@ -639,6 +649,7 @@ func (b *Batcher) abort(cause error, fromOwner bool) {
 	idle := b.retireLocked(true)
 	b.mu.queues = map[*Watcher]*queue{}
 	b.mu.ready = ring[*queue]{}
+	b.mu.lanes.clear()
 	b.mu.idle = nil
 	b.mu.buffered, b.mu.outstanding, b.mu.target, b.mu.inflight = 0, 0, 0, 0
 	clear(b.mu.touched)

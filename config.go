@@ -138,18 +138,21 @@ func (b *Batcher) WithMaxOperationTime(d time.Duration) *Batcher {
 	return b
 }
 
-// WithPauseTime sets how long Pause stops releases, and the first pause
-// after a throttle whose datastore did not say how long to wait. The default
-// is 500ms; d must be more than 0.
+// WithPauseTime sets how long Pause stops releases, and the first pause of
+// a watcher's lane after a throttle whose datastore did not say how long to
+// wait (see [Throttle]; that pause has a jitter of ±20%). The default is
+// 500ms; d must be more than 0.
 func (b *Batcher) WithPauseTime(d time.Duration) *Batcher {
 	b.mustNotBeStarted("WithPauseTime")
 	b.cfg.pauseTime = d
 	return b
 }
 
-// WithMaxPauseTime caps the pause after throttles, which doubles while
-// throttles repeat. A datastore's retry-after is honoured even above the
-// cap. The default is 30s; d must be at least PauseTime.
+// WithMaxPauseTime caps a lane's pause after a throttle: the pause without
+// a retry-after, which doubles while throttles repeat, and a datastore's
+// retry-after, which is waited as given up to d (a retry-after of hours is
+// a fault, not a plan: the lane tries again after d). The default is 30s; d
+// must be at least PauseTime.
 func (b *Batcher) WithMaxPauseTime(d time.Duration) *Batcher {
 	b.mustNotBeStarted("WithMaxPauseTime")
 	b.cfg.maxPauseTime = d

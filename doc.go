@@ -34,10 +34,25 @@
 //
 // ProcessBatch says how a batch went: nil for done, [Retry] to try again
 // after a back-off, [Throttle] when the datastore answered "too many
-// requests" (the Batcher pauses, doubling the pause while throttles repeat),
-// any other error for a permanent failure; and per operation, with
-// [Operation.Retry], [Operation.Throttle], [Operation.Fail] and
+// requests", any other error for a permanent failure; and per operation,
+// with [Operation.Retry], [Operation.Throttle], [Operation.Fail] and
 // [Operation.SetActualCost].
+//
+// # Throttles and lanes
+//
+// A throttle pauses only the operations that share its cause: its lane,
+// which is the watcher whose batch was throttled. Other watchers' releases
+// go on meanwhile, at the same cost per release however many lanes are
+// paused. Give each independent budget of the datastore a watcher of its
+// own (for Azure Cosmos DB, one per partition key range): a hot partition's
+// 429s then never hold back the cold ones. A retry-after is waited exactly,
+// up to MaxPauseTime; a throttle without one (0 or negative) backs off from
+// PauseTime, doubling while the lane's throttles repeat, with ±20% jitter,
+// at most MaxPauseTime, and the lane's first success resets it. Throttled
+// operations are retried and count against the capacity again; whatever the
+// lanes do, no one-second window carries more than the capacity.
+// [Batcher.Pause] stays Batcher-wide. [Paused] and [Resumed] events name the
+// lane in Event.Watcher (nil for the Batcher-wide pause).
 //
 // # What it does not do
 //

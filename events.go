@@ -18,10 +18,12 @@ const (
 	// BatchReleased: a batch was handed to ProcessBatch. Batch holds its
 	// operations, Val its declared cost. Only with WithEmitBatch.
 	BatchReleased
-	// Paused: releases stopped for Duration from now, by Pause or, with Err
-	// set, by a throttle.
+	// Paused: releases stopped for Duration from now. With Watcher nil,
+	// every release, by Pause; with Watcher set (and Err, the throttle's
+	// reason), that watcher's lane only, by a throttle.
 	Paused
-	// Resumed: a pause ended.
+	// Resumed: a pause ended: the Batcher's (Watcher nil) or a lane's
+	// (Watcher set).
 	Resumed
 	// ShutdownDone: Shutdown or Close finished; the last event a Batcher
 	// emits. Err is the context's error if Shutdown gave up.
@@ -54,7 +56,8 @@ const (
 	// again.
 	Retrying
 	// Throttled: the datastore said "too many requests". Batch holds the
-	// operations to retry, Duration the pause that follows, Err the reason.
+	// operations to retry, Duration the pause of their lane that follows,
+	// Watcher the lane, Err the reason.
 	Throttled
 	// Failed: operations ended in failure. Batch holds them, Err the error
 	// each one's Wait returns.
@@ -132,6 +135,10 @@ type Event struct {
 	Msg      string        // a human-readable detail, per Kind
 	Batch    []*Operation  // the operations concerned, per Kind
 	Err      error         // the cause, per Kind
+	// Watcher is the lane a Throttled, Paused or Resumed event concerns:
+	// the watcher whose releases a throttle paused, or resumed. It is nil
+	// for a pause of the whole Batcher (Pause) and for other kinds.
+	Watcher *Watcher
 }
 
 // String returns a short description for logs.

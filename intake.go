@@ -247,10 +247,7 @@ func (b *Batcher) acceptLocked(op *Operation) {
 
 // markLocked notes that q has received operations.
 func (b *Batcher) markLocked(q *queue) {
-	if !q.inReady {
-		q.inReady = true
-		b.mu.ready.push(q)
-	}
+	b.readyLocked(q)
 	if !q.touched {
 		q.touched = true
 		b.mu.touched = append(b.mu.touched, q)

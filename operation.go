@@ -155,9 +155,11 @@ func (op *Operation) Retry(err error) {
 
 // Throttle says, during ProcessBatch, that the datastore refused the
 // operation for now ("too many requests") and asked for a wait of after (0
-// if it did not say). The Batcher pauses all releases (see
-// [Batcher.WithPauseTime]) and retries the operation; throttles do not count
-// towards MaxAttempts.
+// or less if it did not say). The Batcher pauses the releases of the
+// operation's watcher, its lane, as [Throttle] describes (other watchers go
+// on), and retries the operation; throttles do not count towards
+// MaxAttempts. A batch whose operations give different retry-afters pauses
+// its lane for the longest.
 func (op *Operation) Throttle(after time.Duration, err error) {
 	op.setVerdict(verdictThrottle)
 	e := op.extOrNew()

@@ -104,14 +104,12 @@ func (b *Batcher) step(timer *time.Timer, tick bool, out []*batch, evs []Event) 
 		b.mu.paused = false
 		evs = append(evs, Event{Kind: Resumed})
 	}
+	evs = b.resumeLanesLocked(now, evs)
 	for b.mu.retries.Len() > 0 && !now.Before(b.mu.retries.peek().due) {
 		r := heap.Pop(&b.mu.retries).(retryEntry)
 		r.q.retrying -= len(r.ops)
 		r.q.pushFront(r.ops)
-		if !r.q.inReady {
-			r.q.inReady = true
-			b.mu.ready.push(r.q)
-		}
+		b.readyLocked(r.q)
 	}
 	b.mu.roomWake = time.Time{}
 	b.sweepLocked()
@@ -162,6 +160,9 @@ func (b *Batcher) nextWakeLocked() time.Time {
 	}
 	if b.mu.retries.Len() > 0 {
 		earliest(b.mu.retries.peek().due)
+	}
+	if b.mu.lanes.len() > 0 {
+		earliest(b.mu.lanes.peek().pausedUntil)
 	}
 	if !b.mu.paused {
 		earliest(b.mu.roomWake)

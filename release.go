@@ -17,7 +17,7 @@ type batch struct {
 	q         *queue
 	ops       []*Operation // the Batcher's
 	cost      int          // declared
-	pauses    uint64       // Batcher.mu.pauses when it went out
+	pauses    uint64       // its queue's lane pauses when it went out
 	entry     uint64       // its ledger entry, 0 without a limiter
 	index     int          // in Batcher.mu.running
 	worker    *worker      // the idle worker chosen to run it, or nil for a new one
@@ -61,6 +61,13 @@ func (b *Batcher) releaseLocked(now time.Time, tick bool, out []*batch) []*batch
 	misses := 0
 	for b.mu.ready.len() > 0 && misses < b.mu.ready.len() && b.slotFreeLocked() {
 		q := b.mu.ready.front()
+		if q.paused {
+			// Its lane is paused: it waits in the lane heap, which puts it
+			// back when the pause ends.
+			q.inReady = false
+			b.mu.ready.popFront()
+			continue
+		}
 		if q.ops.len() == 0 {
 			q.inReady, q.flushOwed = false, false
 			b.mu.ready.popFront()
@@ -120,6 +127,9 @@ func (b *Batcher) advanceLocked(now time.Time) {
 // cannot share a batch.
 func (b *Batcher) formLocked(now time.Time, q *queue, tick bool) *batch {
 	w := q.w
+	if q.paused {
+		return nil // its lane is paused: resumeLanesLocked puts it back
+	}
 	if w.maxConcurrent > 0 && q.inflight >= w.maxConcurrent {
 		if tick && q.ops.len() > 0 {
 			// The flush is owed: the part batch goes when a slot frees,
@@ -312,7 +322,7 @@ func (b *Batcher) takeLocked(now time.Time, q *queue, n, cost int) *batch {
 	// it after it ends.)
 	ops := b.spareOpsLocked(n)
 	q.popInto(ops)
-	bt := &batch{q: q, ops: ops, cost: cost, pauses: b.mu.pauses, worker: b.popIdleLocked()}
+	bt := &batch{q: q, ops: ops, cost: cost, pauses: q.pauses, worker: b.popIdleLocked()}
 	if q.ops.len() == 0 {
 		q.flushOwed = false // what the flush owed has gone
 	}
@@ -507,14 +517,11 @@ func (b *Batcher) complete(bt *batch, w *worker) (next *batch, idle bool) {
 		d := b.throttledLocked(now, bt, after)
 		bt.q.pushFront(throttle)
 		b.bufferAgainLocked(throttle)
-		if !bt.q.inReady {
-			bt.q.inReady = true
-			b.mu.ready.push(bt.q)
-		}
-		evs = append(evs, Event{Kind: Throttled, Batch: throttle, Duration: d, Err: retryErr},
-			Event{Kind: Paused, Duration: d, Err: retryErr})
-	} else if bt.pauses == b.mu.pauses {
-		b.mu.streak = 0 // released after the last throttle, and not throttled
+		b.readyLocked(bt.q) // once its lane resumes
+		evs = append(evs, Event{Kind: Throttled, Batch: throttle, Duration: d, Err: retryErr, Watcher: bt.q.w},
+			Event{Kind: Paused, Duration: d, Err: retryErr, Watcher: bt.q.w})
+	} else if bt.pauses == bt.q.pauses {
+		bt.q.streak = 0 // released after the lane's last throttle, and not throttled
 	}
 	if ended > 0 && b.mu.space != nil && b.freeLocked() >= b.lowWater {
 		b.wakeSpaceLocked()
@@ -596,29 +603,6 @@ func (b *Batcher) bufferAgainLocked(ops []*Operation) {
 	b.mu.buffered += len(ops)
 }
 
-// throttledLocked pauses releases after a throttle and returns the pause.
-// The pause is the datastore's retry-after, or PauseTime if it gave none,
-// doubled for each throttle in a row, at most MaxPauseTime, and never less
-// than the retry-after. A throttle of a batch released before the current
-// run of pauses began does not count as a repeat.
-func (b *Batcher) throttledLocked(now time.Time, bt *batch, retryAfter time.Duration) time.Duration {
-	if b.mu.streak == 0 || bt.pauses == b.mu.pauses {
-		b.mu.streak++
-		b.mu.pauses++
-	}
-	base := retryAfter
-	if base <= 0 {
-		base = b.cfg.pauseTime
-	}
-	d := base
-	for i := 1; i < b.mu.streak && d < b.cfg.maxPauseTime; i++ {
-		d *= 2
-	}
-	d = max(min(d, b.cfg.maxPauseTime), retryAfter)
-	b.pauseLocked(now, d)
-	return d
-}
-
 // noteIdleLocked marks q to be forgotten at the next flush if it stays idle.
 func (b *Batcher) noteIdleLocked(q *queue) {
 	if q.isIdle() && !q.inIdle {
@@ -631,7 +615,7 @@ func (b *Batcher) noteIdleLocked(q *queue) {
 func (b *Batcher) sweepIdleLocked() {
 	for _, q := range b.mu.idle {
 		q.inIdle = false
-		if q.isIdle() && !q.inReady && b.mu.queues[q.w] == q {
+		if q.isIdle() && !q.inReady && !q.paused && b.mu.queues[q.w] == q {
 			delete(b.mu.queues, q.w)
 		}
 	}

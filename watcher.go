@@ -19,7 +19,8 @@ import (
 //   - an error made by [Retry]: try the operations again after the watcher's
 //     back-off, up to its MaxAttempts;
 //   - an error made by [Throttle]: the datastore throttled the batch; the
-//     Batcher pauses releases and retries the operations;
+//     Batcher pauses this watcher's releases (its lane; other watchers go
+//     on) and retries the operations;
 //   - any other error: the operations failed for good with that error.
 //
 // Before returning, it may override that answer for single operations with
@@ -229,8 +230,20 @@ func Retry(err error) error {
 
 // Throttle returns an error that tells the Batcher, as ProcessBatch's
 // result, that the datastore throttled the batch and asked for a wait of
-// after (0 if it did not say). The Batcher pauses releases for at least
-// after and retries the operations.
+// after. The Batcher pauses the releases of the batch's watcher, its lane,
+// and retries the operations once the pause ends; other watchers' releases
+// go on (a datastore that throttles per partition should be given a watcher
+// per partition). Throttles do not count towards MaxAttempts.
+//
+// The pause: an after above 0 is waited exactly, not doubled, up to the
+// Batcher's MaxPauseTime (a retry-after of hours waits MaxPauseTime). An
+// after of 0 or less means the datastore did not say: the lane waits
+// PauseTime, doubled for each further throttle in a row, times a random
+// factor in [0.8, 1.2) so that lanes throttled together do not come back
+// together, at most MaxPauseTime; a batch of the lane that succeeds ends the
+// run. Throttles of batches that were already running when the lane's pause
+// began count as one. The Batcher's capacity is not affected: whatever the
+// lanes do, no one-second window carries more than the capacity.
 func Throttle(after time.Duration, err error) error {
 	return &feedback{verdict: verdictThrottle, err: err, after: after}
 }
