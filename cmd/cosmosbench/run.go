@@ -605,4 +605,3 @@ func loadNaive(ctx context.Context, cfg config, sc scenario, m *cosmosmodel.Mode
 	}
 	return run, nil
 }
-
