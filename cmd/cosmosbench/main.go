@@ -53,6 +53,8 @@ import (
 	"slices"
 	"strings"
 	"time"
+
+	"github.com/ratebatch/batcher/cosmosbulk"
 )
 
 type config struct {
@@ -63,6 +65,7 @@ type config struct {
 	runs          int
 	keys          int
 	batch         int
+	margin        float64
 	naiveWorkers  int
 	refresh       time.Duration
 	timeoutFactor float64
@@ -81,6 +84,7 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	fs.IntVar(&cfg.runs, "runs", 1, "runs of each loader in each scenario, alternated")
 	fs.IntVar(&cfg.keys, "keys", 64, "partition keys the items are spread over (S5: besides the hot one)")
 	fs.IntVar(&cfg.batch, "batch", 100, "the Loader's MaxBatchSize (ours, seed): items per lane per batch, 1 to 100")
+	fs.Float64Var(&cfg.margin, "margin", cosmosbulk.DefaultMargin, "the Loader's margin (ours, seed, lanes): each write counts this much over its charge")
 	fs.IntVar(&cfg.naiveWorkers, "naive-workers", 1000, "the naive loader's writes in flight at once")
 	fs.DurationVar(&cfg.refresh, "refresh", 6*time.Second, "S7: how often ours reads the container's throughput")
 	fs.Float64Var(&cfg.timeoutFactor, "timeout", 3, "a run gives up after this many times the scenario's ideal, plus 10s")
@@ -125,6 +129,9 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	}
 	if cfg.batch < 1 || cfg.batch > 100 {
 		errs = append(errs, fmt.Errorf("-batch is %d; it must be 1 to 100", cfg.batch))
+	}
+	if !(cfg.margin >= 0 && cfg.margin < 1) {
+		errs = append(errs, fmt.Errorf("-margin is %v; it must be 0 or more and less than 1", cfg.margin))
 	}
 	if cfg.naiveWorkers < 1 {
 		errs = append(errs, fmt.Errorf("-naive-workers is %d; it must be at least 1", cfg.naiveWorkers))

@@ -209,6 +209,13 @@ func runOne(ctx context.Context, cfg config, sc scenario, loader string) (result
 		w.Share429 = share(thr, req)
 		return w
 	}
+	if cfg.trace != nil {
+		for i, s := range hist {
+			os := oc.second(i)
+			fmt.Fprintf(cfg.trace, "%s %s second %5.1fs: RU %7.0f of %7.0f, requests %5d, 429s %4d; other RU %5.0f, 429s %d\n", sc.Name, loader,
+				born.Add(s.At).Sub(run.start).Seconds(), s.RU-os.ru, s.BudgetRU, s.Requests-os.requests, s.Throttled-os.throttled, os.ru, os.throttled)
+		}
+	}
 	r.Utilization = measure("run", 0, 0).Utilization
 	for _, w := range sc.Windows {
 		r.Windows = append(r.Windows, measure(w.Name, w.From, w.To))
@@ -346,7 +353,7 @@ func loadBatcher(ctx context.Context, cfg config, sc scenario, loader string, m 
 			}
 		})
 	}
-	l := cosmosbulk.NewLoader(cc, b).WithMaxBatchSize(cfg.batch)
+	l := cosmosbulk.NewLoader(cc, b).WithMaxBatchSize(cfg.batch).WithMargin(cfg.margin)
 	if loader == seed {
 		l.WithLanes(1)
 	}
