@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -71,9 +72,9 @@ const (
 // The Controller keeps its capacity L and the knee K: the throughput the
 // datastore served in the window of the last cut, or L if that is less (0
 // before any cut). A batch serves its Cost times Succeeded/Operations, which
-// the Controller counts at the moment the batch was released (when its
-// requests reached the datastore, near enough), in buckets of 1/40 of the
-// observation window W (default 1s). It grows L at ticks, a quarter of W
+// the Controller counts twice, in buckets of 1/40 of the observation window
+// W (default 1s): at the moment the batch was released (when its requests
+// reached the datastore, near enough) and at the moment it returned. It grows L at ticks, a quarter of W
 // apart (250ms), and cuts it when throttles come.
 //
 //   - Start. L starts at the initial capacity (default 1/32 of the
@@ -88,14 +89,18 @@ const (
 //     capacity before the cut: it is an echo of the same signal), and a
 //     whole window has passed since the last cut, L is cut at once: K =
 //     min(L, served), with served what the datastore's window that
-//     throttled has served so far, and L = (1 - backoff) * K, at least the
-//     floor. A retry-after shorter than W says when that window ends, so
-//     where it began (a datastore such as Cosmos DB counts throughput in
-//     fixed windows, and answers a throttle with the time to the next);
-//     without one, the window is the last W. The next tick settles the
-//     cut on the window it closes, which holds the answers that were still
-//     on their way when the throttle came: if that window served more, K
-//     and L rise to match (a settled cut is never deeper than the first).
+//     throttled has served so far (the batches released in it, or the
+//     answers that came in it if they served more: answers slow to come,
+//     or requests held up on their way, skew the first), and L =
+//     (1 - backoff) * K, at least the floor. A retry-after shorter than W
+//     says when that window ends, so where it began (a datastore such as
+//     Cosmos DB counts throughput in fixed windows, and answers a throttle
+//     with the time to the next); without one, the window is the last W. The ticks that follow settle
+//     the cut on that window, with the answers that were still on their
+//     way when the throttle came, until they have all come (the window's
+//     end plus the longest a batch took in the last window, four windows
+//     at most): if the window served more, K and L rise to match (a
+//     settled cut is never deeper than the first).
 //     One cut per window, however many operations, batches or watchers
 //     throttled in it: one burst of throttles is one signal. A throttle
 //     within the window of a cut that is not an echo waits for the
@@ -104,10 +109,12 @@ const (
 //   - Hold. After a cut, L does not grow for a window, nor until the
 //     longest retry-after the datastore gave with the throttles has passed
 //     (at most MaxControllerHold): a retry-after says when the datastore's
-//     own window starts again.
+//     own window starts again. A retry-after of zero or less is none.
 //   - Recover. At each later tick with no throttle pending, the Batcher's
 //     demand (what it gave GiveMe) at least L, and at least
-//     ControllerUsedShare (80%) of L served in the last window, L grows:
+//     ControllerUsedShare (80%) of L served in the last window (by the
+//     batches released in it, or by the answers that came in it), L
+//     grows:
 //     below the knee, by half the way to it (at least
 //     ControllerProbeStep*K), up to K; from K on, by steps that start at
 //     ControllerProbeStep*K (of the floor if K is less) and grow
@@ -173,14 +180,19 @@ type Controller struct {
 		holdTo   time.Time // no growth before it
 		pending  bool      // a throttle came that is not an echo, within the window of the last cut
 		after    time.Duration
-		settle   float64         // L before a cut made between ticks, which the next tick settles; 0 if none
+		settle   float64         // L before a cut made between ticks, which the ticks that follow settle; 0 if none
 		events   []batcher.Event // changes for the goroutine to emit, in order
 		wake     chan struct{}   // tells the goroutine of events; capacity 1
-		good     bool            // a batch released since changedAt succeeded, since the last tick
+		good     bool            // a batch released since changed succeeded, since the last tick
 		changed  time.Time       // when L last grew while starting
 		served   []bucket        // served, by the moment of release; a ring of two windows
+		answered []bucket        // the same by the moment of the answer
+		byAnswer float64         // what the answers since the datastore's window began served, at the last cut
 		from     time.Time       // the start of the window a cut between ticks measured, for the tick to settle it on
 		pendFrom time.Time       // the same for a pending throttle
+		latNow   time.Duration   // the longest a batch took, since the last tick
+		lats     []time.Duration // the same for each of the last ticks of a window, a ring
+		latNext  int             // where the tick ending now goes in lats
 		throttle int64           // operations throttled, in all
 		ops      int64           // operations observed, in all
 	}
@@ -197,8 +209,7 @@ type Controller struct {
 // cost units per second, the throughput configured for the datastore. Its
 // defaults: an initial capacity of 1/32 of the ceiling, a floor of 1% of
 // the ceiling (at least 1), an observation window of 1s and a backoff of
-// 5%. Start reports a ceiling
-// under 1 and bad settings.
+// 5%. Start reports a ceiling under 1 and bad settings.
 func NewController(ceiling int) *Controller {
 	return &Controller{
 		ceiling: ceiling,
@@ -311,6 +322,8 @@ func (c *Controller) Start(ctx context.Context) error {
 		c.started.Store(true)
 	}
 	c.mu.served = make([]bucket, 2*controllerBuckets)
+	c.mu.answered = make([]bucket, 2*controllerBuckets)
+	c.mu.lats, c.mu.latNow, c.mu.latNext = make([]time.Duration, ControllerTicksPerWindow), 0, 0
 	c.mu.pending, c.mu.after, c.mu.settle = false, 0, 0
 	// Made here, not in NewController, so that it belongs to a synctest
 	// bubble the Controller is started in.
@@ -365,7 +378,9 @@ func (c *Controller) ObserveBatch(o batcher.BatchOutcome) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	m := &c.mu
-	c.addLocked(o.Released, served)
+	c.addLocked(m.served, o.Released, served)
+	c.addLocked(m.answered, o.Returned, served)
+	m.latNow = max(m.latNow, o.Returned.Sub(o.Released))
 	m.good = m.good || (o.Succeeded > 0 && !o.Released.Before(m.changed))
 	m.ops += int64(o.Operations)
 	if o.Throttled <= 0 {
@@ -387,10 +402,10 @@ func (c *Controller) ObserveBatch(o batcher.BatchOutcome) {
 		m.pending, m.pendFrom = true, from // the window's end cuts (see decide)
 		return
 	}
-	// Cut at once, on what was served so far; the next tick settles it on
-	// what the window served, with the answers that were still on their way.
+	// Cut at once, on what was served so far; the ticks that follow settle
+	// it on what the window served, with the answers still on their way.
 	before := m.limit
-	c.cutLocked(now, c.servedLocked(from, now))
+	c.cutLocked(now, from, c.servedLocked(m.served, from, now))
 	m.settle, m.from = before, from
 	select {
 	case m.wake <- struct{}{}:
@@ -417,10 +432,10 @@ type bucket struct {
 	served float64
 }
 
-// addLocked adds what a batch released at t served.
-func (c *Controller) addLocked(t time.Time, served float64) {
+// addLocked adds what a batch served to ring, at t.
+func (c *Controller) addLocked(ring []bucket, t time.Time, served float64) {
 	idx := t.UnixNano() / int64(c.window/controllerBuckets)
-	b := &c.mu.served[int(idx%int64(len(c.mu.served)))]
+	b := &ring[int(idx%int64(len(ring)))]
 	switch {
 	case b.idx == idx:
 		b.served += served
@@ -429,13 +444,12 @@ func (c *Controller) addLocked(t time.Time, served float64) {
 	} // else older than the ring: forgotten
 }
 
-// servedLocked returns what the batches released from from to to served,
-// to the bucket.
-func (c *Controller) servedLocked(from, to time.Time) float64 {
+// servedLocked returns what ring holds from from to to, to the bucket.
+func (c *Controller) servedLocked(ring []bucket, from, to time.Time) float64 {
 	g := int64(c.window / controllerBuckets)
 	lo, hi := from.UnixNano()/g, to.UnixNano()/g
 	served := 0.0
-	for _, b := range c.mu.served {
+	for _, b := range ring {
 		if b.idx >= lo && b.idx <= hi {
 			served += b.served
 		}
@@ -443,9 +457,15 @@ func (c *Controller) servedLocked(from, to time.Time) float64 {
 	return served
 }
 
-// cutLocked cuts L on what the window served, and notes the change.
-func (c *Controller) cutLocked(now time.Time, served float64) {
+// cutLocked cuts L on what the datastore's window, which began at from,
+// served (served, counted by the moments of release), or what the answers
+// that came since from served if that is more, and notes the change.
+// Taking the more of the two keeps a cut from going deep on a measure that
+// slow answers, or requests held up on their way, skew.
+func (c *Controller) cutLocked(now, from time.Time, served float64) {
 	m := &c.mu
+	m.byAnswer = c.servedLocked(m.answered, from, now)
+	served = max(served, m.byAnswer)
 	m.knee = min(m.limit, served)
 	m.limit = max((1-c.backoff)*m.knee, float64(c.floor))
 	m.cutAt = now
@@ -497,30 +517,41 @@ func (c *Controller) decide(now time.Time) {
 	m := &c.mu
 	good := m.good
 	m.good = false
-	switch {
-	case m.settle > 0:
-		// A cut made since the last tick, on what had been served then:
-		// settle it on what the window served, answers that came after
-		// the throttle included. It only ever raises the cut.
-		served := c.servedLocked(m.from, minTime(now, m.from.Add(c.window)))
-		k := min(m.settle, served)
-		m.settle = 0
-		if k > m.knee {
+	m.lats[m.latNext] = m.latNow
+	m.latNext = (m.latNext + 1) % len(m.lats)
+	m.latNow = 0
+	lat := slices.Max(m.lats) // the longest a batch took in the last window
+	if m.settle > 0 {
+		// A cut made on what had been served when the throttle came:
+		// settle it on what the datastore's window served, with the
+		// answers that came after, until they have all come (a window,
+		// and the longest a batch takes, after the window began; four
+		// windows at most). It only ever raises the cut.
+		served := max(c.servedLocked(m.served, m.from, minTime(now, m.from.Add(c.window))), m.byAnswer)
+		if k := min(m.settle, served); k > m.knee {
 			m.knee = k
-			m.limit = max((1-c.backoff)*k, m.limit)
-			c.noteLocked(batcher.Event{Kind: batcher.CapacityChanged, Msg: "throttled", Duration: m.holdTo.Sub(m.cutAt)})
+			if l := (1 - c.backoff) * k; l > m.limit {
+				m.limit = l
+				c.noteLocked(batcher.Event{Kind: batcher.CapacityChanged, Msg: "throttled", Duration: m.holdTo.Sub(m.cutAt)})
+			}
 		}
+		if now.After(m.from.Add(c.window+lat)) || now.After(m.cutAt.Add(4*c.window)) {
+			m.settle = 0
+		}
+	}
+	used := max(c.servedLocked(m.served, now.Add(-c.window), now), c.servedLocked(m.answered, now.Add(-c.window), now))
+	switch {
 	case m.pending && !now.Before(m.cutAt.Add(c.window)):
 		// On the datastore's window that throttled, but only what went out
 		// after the last cut, at the capacity being judged.
 		from := m.pendFrom
-		if from.Before(m.cutAt) {
-			from = m.cutAt
+		if echo := m.cutAt.Add(c.tick()); from.Before(echo) {
+			from = echo
 		}
-		c.cutLocked(now, c.servedLocked(from, minTime(now, m.pendFrom.Add(c.window))))
+		c.cutLocked(now, from, c.servedLocked(m.served, from, minTime(now, m.pendFrom.Add(c.window))))
 	case m.pending, now.Before(m.holdTo), c.demand.Load() < int64(m.limit), m.limit >= float64(c.ceiling):
 		// no growth
-	case !m.cutAt.IsZero() && c.servedLocked(now.Add(-c.window), now) < ControllerUsedShare*m.limit:
+	case !m.cutAt.IsZero() && used < ControllerUsedShare*m.limit:
 		// no growth: the capacity is not being used (a pause, a lane's
 		// wait, work that does not need it), so it proves nothing
 	case m.cutAt.IsZero():

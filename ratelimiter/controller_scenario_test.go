@@ -13,7 +13,7 @@ import (
 	"github.com/ratebatch/batcher/ratelimiter"
 )
 
-// The scenarios S2, S3, S4 and S6, on fake time: a Batcher with a
+// The scenarios S1, S2, S3, S4 and S6, on fake time: a Batcher with a
 // Controller writes to a simulated datastore that serves a budget per fixed
 // one-second window, answers each request over it with a throttle whose
 // retry-after is the time to the next window (as Cosmos DB does), and whose
@@ -118,6 +118,8 @@ func TestControllerScenarios(t *testing.T) {
 		seconds int
 		checks  []check
 	}{
+		{"S1 ceiling = what it serves", r, func(int) int { return r }, 30,
+			[]check{{0, 30, 0.95, 0.001}}},
 		{"S2 ceiling 2x", 2 * r, func(int) int { return r }, 30,
 			[]check{{5, 30, 0.90, 0.01}}},
 		{"S3 ceiling 20x", 20 * r, func(int) int { return r }, 30,

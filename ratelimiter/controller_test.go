@@ -165,30 +165,35 @@ func TestControllerStartsSlowly(t *testing.T) {
 		{at: 1300 * msec, o: ok(1010*msec, 10, 0)},          //
 		{at: 1510 * msec, want: 2496},                       //
 		{at: 1600 * msec, o: thr(1000*msec, 10, 5, 300, 0)}, // 150 served
-		{at: 1610 * msec, want: 332},                        // at once: 0.95 * 350, released in the second to 1.6s
-		{at: 1760 * msec, want: 332},                        // settled at the tick: the same
+		{at: 1610 * msec, want: 427},                        // at once: 0.95 * 450, answered in the second to 1.6s (released: 350)
+		{at: 1760 * msec, want: 427},                        // settled at the tick: the same
 	})
-	want := []string{"624 starting", "1248 starting", "2496 starting", "332 throttled 1s"}
+	want := []string{"624 starting", "1248 starting", "2496 starting", "427 throttled 1s"}
 	if !slices.Equal(events, want) {
 		t.Errorf("events\n got %q\nwant %q", events, want)
 	}
 }
 
-// A throttle cuts at once, on what was served so far; the next tick
-// settles the cut on what the window served, with the answers still on
-// their way when the throttle came, and only ever raises it.
+// A throttle cuts at once, on what was served so far; the ticks that
+// follow settle the cut on what the window served, with the answers still
+// on their way when the throttle came, until they have all come (a window
+// and the longest a batch took after the window began), and only ever
+// raise it.
 func TestControllerSettlesACutAtTheTick(t *testing.T) {
 	c := ratelimiter.NewController(1000).WithInitial(1000)
 	events := runCtl(t, c, []ctlStep{
 		{at: 10 * msec, demand: 1 << 20},
-		{at: 100 * msec, o: ok(0, 10, 200)},
-		{at: 150 * msec, o: thr(50*msec, 10, 10, 0, 0), want: 190}, // 0.95 * 200
-		{at: 200 * msec, o: ok(60*msec, 10, 300), want: 190},       // released before the throttle, answered after it
-		{at: 260 * msec, want: 475},                                // settled: 0.95 * 500
-		{at: 1240 * msec, want: 475, full: true},                   // held from the cut at 150ms (not from the tick)
-		{at: 1260 * msec, want: 487},                               // recovering toward 500
+		{at: 1000 * msec, o: ok(200*msec, 10, 200)},                   // answers take 800ms
+		{at: 1150 * msec, o: thr(1050*msec, 10, 10, 0, 0), want: 190}, // 0.95 * 200 (released from 150ms)
+		{at: 1200 * msec, o: ok(1060*msec, 10, 300), want: 190},       // released before the throttle, answered after it
+		{at: 1260 * msec, want: 475},                                  // settled: 0.95 * 500
+		{at: 1600 * msec, o: ok(1100*msec, 10, 300)},                  // another answer on its way
+		{at: 1760 * msec, want: 760},                                  // settled: 0.95 * 800
+		{at: 2100 * msec, o: ok(1140*msec, 10, 100)},                  // too late: 150ms + 1s + 800ms has passed
+		{at: 2240 * msec, want: 760, full: true},                      // held from the cut at 1.15s (not from the tick)
+		{at: 2260 * msec, want: 780},                                  // recovering toward 800
 	})
-	want := []string{"190 throttled 1s", "475 throttled 1s", "487 recovering"}
+	want := []string{"190 throttled 1s", "475 throttled 1s", "760 throttled 1s", "780 recovering"}
 	if !slices.Equal(events, want) {
 		t.Errorf("events\n got %q\nwant %q", events, want)
 	}
@@ -204,6 +209,20 @@ func TestControllerTakesTheRetryAfterAsTheDatastoresWindow(t *testing.T) {
 		{at: 750 * msec, o: ok(700*msec, 10, 300)},                           // its window from 700ms
 		{at: 1200 * msec, o: thr(1100*msec, 10, 10, 0, 500*msec), want: 285}, // it ends at 1.7s: K 300, not 700
 	})
+}
+
+// A retry-after of zero or less says nothing: the window is the last one,
+// and the hold a window.
+func TestControllerIgnoresANegativeRetryAfter(t *testing.T) {
+	c := ratelimiter.NewController(1000).WithInitial(1000)
+	events := runCtl(t, c, []ctlStep{
+		{at: 10 * msec, demand: 1 << 20},
+		{at: 450 * msec, o: ok(400*msec, 10, 400)},
+		{at: 1200 * msec, o: thr(1100*msec, 10, 10, 0, -5*time.Second), want: 380},
+	})
+	if want := []string{"380 throttled 1s"}; !slices.Equal(events, want) {
+		t.Errorf("events %q, want %q", events, want)
+	}
 }
 
 // Throttles of many batches and operations within a window are one cut;

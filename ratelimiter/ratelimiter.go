@@ -1,6 +1,10 @@
 // Package ratelimiter holds the rate limiters a [batcher.Batcher] can use:
-// a fixed provisioned capacity ([NewProvisioned]) and a token bucket
-// ([NewTokenBucket]).
+// a fixed provisioned capacity ([NewProvisioned]), a token bucket
+// ([NewTokenBucket]), a capacity shared among instances through leases
+// ([NewSharedResource]), and two that learn from the datastore's throttles: a
+// [Controller] that finds the throughput the datastore really gives, up to
+// a ceiling ([NewController]), and [Adaptive], which cuts a wrapped
+// limiter's capacity by a fixed factor ([NewAdaptive]).
 //
 // Whatever the limiter, the Batcher keeps the one-second bound on capacity
 // itself; a limiter only says how much capacity there is, and a token bucket
