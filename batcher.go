@@ -91,6 +91,7 @@ type Batcher struct {
 		lanes       laneHeap // the queues whose lane a throttle paused, by the end of the pause
 		capacity    int
 		maxCapacity int  // the rate limiter's, as last read
+		aboveMax    bool // an operation costing more than maxCapacity was buffered since the last drop
 		unlimited   bool // no rate limiter
 		ledger      ledger
 		pace        pace
@@ -222,6 +223,12 @@ func NewBatcher() *Batcher {
 // Batcher's goroutines, the one running the listener among them: call those
 // from another goroutine. No event is emitted after Shutdown or Close has
 // returned.
+//
+// A listener that panics neither takes the Batcher down nor keeps the event
+// from the listeners after it: the panic is recovered, and the listener's
+// first panic is reported to the other listeners in a [ListenerPanicked]
+// event (Val is its id, Err a [*PanicError] with the value and stack); its
+// later panics are recovered without a report.
 func (b *Batcher) AddListener(fn func(Event)) int { return b.listeners.AddListener(fn) }
 
 // RemoveListener removes the listener with the given id.

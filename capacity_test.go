@@ -3,6 +3,7 @@ package batcher_test
 import (
 	"context"
 	"errors"
+	"math"
 	"math/rand/v2"
 	"slices"
 	"sync"
@@ -99,8 +100,9 @@ func TestBacklogGoesOutAFlushIntervalsShareAtATime(t *testing.T) {
 		{"exact costs", func(int) int { return 6 }, 0, 0.99},
 		{"costs of 6 and 7", func(i int) int { return (i+1)*6281/1000 - i*6281/1000 }, 0, 0.99},
 		// The ledger counts what was declared until the batch ends: a
-		// sixth too much, for 40ms of every second's releases.
-		{"actual costs a seventh lower", func(int) int { return 7 }, 6, 0.98},
+		// sixth too much, for 40ms of every second's releases. Seen:
+		// 97.25% in the worst 1.001s, 98.7% on average.
+		{"actual costs a seventh lower", func(int) int { return 7 }, 6, 0.97},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			synctest.Test(t, func(t *testing.T) {
@@ -146,43 +148,91 @@ func TestBacklogGoesOutAFlushIntervalsShareAtATime(t *testing.T) {
 					t.Errorf("the 50ms from %v released %d, over one and a half shares of %d", at.Sub(t0), peak, share)
 				}
 				checkWindows(t, &log, capacity)
-				checkUseOf(t, rs, t0, 10*time.Second, capacity, c.use)
+				// A flush the ledger holds back waits up to half an interval
+				// for the room (see formLocked), and the pattern of releases
+				// with it: a period of 1.001s may miss a share (seen: 90%),
+				// one of 1.051s does not. A second of any clock misses up
+				// to a share and a few operations (seen: 2,134 with shares
+				// of up to 262).
+				f := checkUseLate(t, rs, t0, 10*time.Second, capacity, c.use, 50*time.Millisecond)
+				if least := int(c.use*capacity) - share - 6*7; f.second < least {
+					t.Errorf("a second of some clock released %d, under %d: %.0f%% of the capacity less a share and 6 operations", f.second, least, 100*c.use)
+				}
 			})
 		})
 	}
 }
 
-// checkUse fails t unless every whole second of [t0+3s, t0+run) released at
-// least 99% of capacity, and [t0+1s, t0+run) did on average. The first
-// seconds may fall short while the pacing (which shapes the first second)
-// hands over to the ledger (which repeats that shape): seen, 97.6% in the
-// third second with a 37 ms flush interval and 51-unit batches.
-func checkUse(t *testing.T, rs []releases.Release, t0 time.Time, run time.Duration, capacity int) {
+// checkUse fails t unless, from t0+3s to t0+run, every period of a window
+// and the ledger's slack (1.001 s) released at least 99% of capacity, and
+// the run did on average per second (see checkUseOf). The first seconds may
+// fall short while the pacing (which shapes the first second) hands over
+// to the ledger (which repeats that shape): seen, 97.6% in the third second
+// with a 37 ms flush interval and 51-unit batches.
+func checkUse(t *testing.T, rs []releases.Release, t0 time.Time, run time.Duration, capacity int) useFigures {
 	t.Helper()
-	checkUseOf(t, rs, t0, run, capacity, 0.99)
+	return checkUseOf(t, rs, t0, run, capacity, 0.99)
 }
 
-// checkUseOf is checkUse with another share of the capacity than 99%.
-func checkUseOf(t *testing.T, rs []releases.Release, t0 time.Time, run time.Duration, capacity int, want float64) {
+// useFigures are what checkUseOf measured, from t0+3s on, over windows
+// starting at every millisecond after t0.
+type useFigures struct {
+	period int // the least any 1.001 s released
+	second int // the least any second released
+	share  int // the most any millisecond released
+}
+
+// checkUseOf is checkUse with another share of the capacity than 99%. It
+// measures G2 as it holds: under a backlog the ledger lets out, a window
+// and its slack (1.001 s) after each release, what that release took, so
+// the pattern of releases repeats every 1.001 s and each such period
+// releases the capacity. It checks every period starting at a whole
+// millisecond after t0, so in the seconds of any clock (counted to the
+// millisecond), and the mean per second over [t0+1s, t0+run). It returns
+// the figures; a second of any clock releases at least period - share (it
+// misses a millisecond of a period).
+func checkUseOf(t *testing.T, rs []releases.Release, t0 time.Time, run time.Duration, capacity int, want float64) useFigures {
 	t.Helper()
-	total, n := 0, 0
-	for s := time.Second; s+time.Second <= run; s += time.Second {
-		from := t0.Add(s)
-		got := releases.Between(rs, from, from.Add(time.Second))
-		if s >= 3*time.Second && float64(got) < want*float64(capacity) {
-			t.Errorf("second %v..%v released %d, under %.0f%% of %d", s, s+time.Second, got, 100*want, capacity)
+	return checkUseLate(t, rs, t0, run, capacity, want, 0)
+}
+
+// checkUseLate is checkUseOf for batches that start up to late after the
+// Batcher released them: each share goes out again a window and the slack
+// after it started, so the pattern repeats every 1.001 s and up to late.
+func checkUseLate(t *testing.T, rs []releases.Release, t0 time.Time, run time.Duration, capacity int, want float64, late time.Duration) useFigures {
+	t.Helper()
+	const ms = time.Millisecond
+	n := int(run / ms)
+	sum := make([]int, n+1) // sum[i]: released in [t0, t0+i ms)
+	for _, r := range rs {
+		if i := r.At.Sub(t0) / ms; r.At.Compare(t0) >= 0 && i < time.Duration(n) {
+			sum[i+1] += r.Cost
 		}
-		total += got
-		n++
 	}
-	if n < 3 {
+	for i := range n {
+		sum[i+1] += sum[i]
+	}
+	between := func(from, to int) int { return sum[to] - sum[from] }
+	period := int((time.Second + ms + late + ms - 1) / ms)
+	f := useFigures{period: math.MaxInt, second: math.MaxInt}
+	for from := 3000; from+period <= n; from++ {
+		f.period = min(f.period, between(from, from+period))
+		f.second = min(f.second, between(from, from+1000))
+		f.share = max(f.share, between(from, from+1))
+	}
+	if f.period == math.MaxInt {
 		t.Fatal("the run is too short to measure use")
 	}
-	mean := float64(total) / float64(n) / float64(capacity)
+	if float64(f.period) < want*float64(capacity) {
+		t.Errorf("a period of %dms released %d, under %.0f%% of %d", period, f.period, 100*want, capacity)
+	}
+	mean := float64(between(1000, n)) / (float64(n-1000) / 1000) / float64(capacity)
 	if mean < want {
 		t.Errorf("released %.4f of capacity per second on average, under %.2f", mean, want)
 	}
-	t.Logf("released %.4f of capacity per second on average over %d seconds", mean, n)
+	t.Logf("every %dms released at least %d, every second of any clock %d, a millisecond at most %d; %.4f of capacity per second on average",
+		period, f.period, f.second, f.share, mean)
+	return f
 }
 
 func TestFlushInATightLoopStaysWithinCapacity(t *testing.T) {
@@ -461,7 +511,7 @@ func TestLateStartsStayWithinCapacity(t *testing.T) {
 		time.Sleep(20 * time.Second)
 		cancel()
 		checkWindows(t, &s.log, 1000)
-		checkUse(t, s.log.All(), t0, 20*time.Second, 1000)
+		checkUseLate(t, s.log.All(), t0, 20*time.Second, 1000, 0.99, 5*time.Millisecond)
 	})
 }
 

@@ -104,8 +104,10 @@ func (b *Batcher) WithBufferSize(n int) *Batcher {
 // capacity, the operations that did not fill a batch (a flush that finds
 // no concurrency slot free releases them as soon as one frees). It also
 // sets how finely capacity is paced: each flush interval gets its share of
-// the second's capacity, under a backlog too. The default is 100ms; d must
-// be more than 0.
+// the second's capacity, under a backlog too. A datastore that counts in
+// seconds of its own sees each of them short of the capacity by at most one
+// such share (see the package doc, Guarantees): a shorter interval makes it
+// smaller. The default is 100ms; d must be more than 0.
 func (b *Batcher) WithFlushInterval(d time.Duration) *Batcher {
 	b.mustNotBeStarted("WithFlushInterval")
 	b.cfg.flushInterval = d

@@ -15,9 +15,22 @@
 //     flushes, operation costs or concurrency; a batch counts from the moment
 //     its ProcessBatch call starts, however late its goroutine runs. An
 //     operation costing more than the limiter's MaxCapacity is refused by
-//     Enqueue.
-//   - Uses what it is given: under a backlog the Batcher releases C per
-//     second, for any C > 0; fractional shares of a flush accumulate.
+//     Enqueue; when MaxCapacity falls, those above it that are buffered,
+//     accepted as it falls, or sent back by ProcessBatch for another
+//     attempt fail with [ErrTooExpensive].
+//   - Uses what it is given: under a backlog the Batcher releases C in
+//     every 1.001 s (a second, and the millisecond it counts each release
+//     beyond it, for the moment ProcessBatch takes to start), for any
+//     C > 0; fractional shares of a flush accumulate. That pattern of
+//     releases repeats every 1.001 s, and so slides 1 ms a second against
+//     any other clock: each second of the datastore's own clock gets C less
+//     at most one share, the most the Batcher releases at one moment (one
+//     flush interval's share, C × FlushInterval, or one operation if it
+//     costs more, or a token bucket limiter's burst); a share and a few
+//     operations when costs vary, for a flush that waits for the room then
+//     waits up to half a flush interval. Shares of at most 1% of C give at
+//     least 99% of C in every second of any clock (a few operations less
+//     when costs vary).
 //   - Every operation has exactly one end: refused by Enqueue, or succeeded,
 //     or failed and reported in a [Failed] event. [Batcher.Stats] counts them.
 //   - Lossless shutdown: [Batcher.Shutdown] drains the buffer through the
@@ -54,6 +67,24 @@
 // [Batcher.Pause] stays Batcher-wide. [Paused] and [Resumed] events name the
 // lane in Event.Watcher (nil for the Batcher-wide pause).
 //
+// # Panics
+//
+// A panic in ProcessBatch is recovered by the goroutine that ran it: each
+// operation of the batch fails with a [*PanicError], which wraps [ErrPanic]
+// and carries the panic's value and stack, and is reported in a [Failed]
+// event, whatever ProcessBatch said of single operations before it
+// panicked; the batch's slot frees and the Batcher goes on, as net/http
+// does with a handler's panic (a long-lived Batcher has no caller to hand
+// the panic to, and letting it go would end the process and every buffered
+// operation with it). There is no switch to turn this off: a program that
+// would rather crash can do so from a listener of Failed events that finds
+// ErrPanic (log, then os.Exit), since panics in listeners are recovered too.
+//
+// A listener that panics does not take the Batcher down and does not keep an
+// event from the other listeners: the panic is recovered, and the
+// listener's first panic is reported to the others in a [ListenerPanicked]
+// event; its later ones are recovered without a report.
+//
 // # What it does not do
 //
 // The Batcher does not persist its buffer: operations buffered when the
@@ -63,5 +94,7 @@
 // per CPU, so even one goroutine's operations may be reordered when the Go
 // scheduler moves it), and batches of one watcher run concurrently unless
 // its MaxConcurrentBatches is 1. Carry what ordering needs in the payload
-// (a timestamp or a version). It does not recover panics in ProcessBatch.
+// (a timestamp or a version). It does not stop a ProcessBatch that ignores
+// its context: a call that never returns keeps its slot (and Shutdown gives
+// up on it at its context's end).
 package batcher

@@ -2,6 +2,7 @@ package batcher
 
 import (
 	"fmt"
+	"runtime/debug"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -89,6 +90,14 @@ const (
 	// again.
 	LimiterError
 
+	// ListenerPanicked: a listener panicked. The panic was recovered, and
+	// the listeners after it still got the event. Val is the listener's id
+	// (as AddListener returned it), Msg names the event it panicked on, Err
+	// is a [*PanicError] (wrapping [ErrPanic]) with the panic's value and
+	// stack. Emitted to the other listeners, once per listener: its later
+	// panics are recovered without a report.
+	ListenerPanicked
+
 	// kindCount is one past the last kind.
 	kindCount
 )
@@ -115,6 +124,7 @@ var kindNames = [...]string{
 	PartitionAcquired: "allocated",
 	PartitionReleased: "released",
 	LimiterError:      "error",
+	ListenerPanicked:  "listener-panic",
 }
 
 // String returns the seed's name for the kind, such as "audit-fail".
@@ -168,6 +178,10 @@ func (e Event) String() string {
 // The zero value is an empty set, ready to use. It is safe for concurrent
 // use. Emit calls the listeners one after another on the calling goroutine;
 // a listener added or removed during an Emit may or may not be called by it.
+//
+// A listener that panics does not stop the others: Emit recovers the panic,
+// reports the listener's first one to the other listeners in a
+// [ListenerPanicked] event, and goes on with the next listener.
 type Listeners struct {
 	mu   sync.Mutex // serialises changes; Emit does not take it
 	next int
@@ -175,8 +189,9 @@ type Listeners struct {
 }
 
 type listener struct {
-	id int
-	fn func(Event)
+	id       int
+	fn       func(Event)
+	reported *atomic.Bool // a panic of it has been reported
 }
 
 // AddListener adds fn and returns an id for RemoveListener. A nil fn is
@@ -194,7 +209,7 @@ func (l *Listeners) AddListener(fn func(Event)) int {
 	}
 	list := make([]listener, len(old), len(old)+1)
 	copy(list, old)
-	list = append(list, listener{l.next, fn})
+	list = append(list, listener{l.next, fn, new(atomic.Bool)})
 	l.list.Store(&list)
 	return l.next
 }
@@ -232,7 +247,37 @@ func (l *Listeners) Emit(e Event) {
 		return
 	}
 	for _, x := range *p {
-		x.fn(e)
+		l.call(x, e)
+	}
+}
+
+// call calls x with e, and recovers a panic in it.
+func (l *Listeners) call(x listener, e Event) {
+	defer func() {
+		if v := recover(); v != nil {
+			l.recovered(x, e, v, debug.Stack())
+		}
+	}()
+	x.fn(e)
+}
+
+// recovered reports x's panic on e to the other listeners, if it is x's
+// first. A listener that panics on the report is reported in turn, once:
+// each listener is reported at most once, so this ends.
+func (l *Listeners) recovered(x listener, e Event, v any, stack []byte) {
+	if !x.reported.CompareAndSwap(false, true) {
+		return
+	}
+	report := Event{
+		Kind: ListenerPanicked,
+		Val:  x.id,
+		Msg:  fmt.Sprintf("listener %d panicked on a %q event", x.id, e.Kind),
+		Err:  &PanicError{Value: v, Stack: stack, in: fmt.Sprintf("listener %d", x.id)},
+	}
+	for _, y := range *l.list.Load() {
+		if y.id != x.id {
+			l.call(y, report)
+		}
 	}
 }
 

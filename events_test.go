@@ -22,6 +22,7 @@ func TestEventKindNamesAreTheSeeds(t *testing.T) {
 		batcher.Retrying: "retry", batcher.Throttled: "throttled", batcher.Failed: "failed", batcher.TimedOut: "timeout",
 		batcher.ProvisionStarted: "provision-start", batcher.ProvisionDone: "provision-done",
 		batcher.PartitionAcquired: "allocated", batcher.PartitionReleased: "released", batcher.LimiterError: "error",
+		batcher.ListenerPanicked: "listener-panic",
 	}
 	for k, name := range want {
 		if k.String() != name {

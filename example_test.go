@@ -167,3 +167,36 @@ func ExampleReleasedAt() {
 	}
 	// Output: released: true waited less than a second: true
 }
+
+// A panic in ProcessBatch fails its batch's operations with a *PanicError,
+// which carries the panic's value and stack; the Batcher goes on.
+func ExamplePanicError() {
+	b := batcher.NewBatcher()
+	if err := b.Start(context.Background()); err != nil {
+		fmt.Println(err)
+		return
+	}
+	w := batcher.NewWatcher(func(ctx context.Context, batch []*batcher.Operation) error {
+		if batch[0].Payload() == "bug" {
+			var m map[string]int
+			//lint:ignore SA5000 the example panics on purpose
+			m["x"] = 1 // panics: assignment to entry in nil map
+		}
+		return nil
+	}).WithMaxBatchSize(1)
+	bug := batcher.NewOperation(w, 1, "bug", true)
+	fine := batcher.NewOperation(w, 1, "fine", true)
+	b.Enqueue(bug)
+	b.Enqueue(fine)
+	b.Shutdown(context.Background())
+
+	err := bug.Err()
+	var pe *batcher.PanicError
+	fmt.Println(errors.Is(err, batcher.ErrPanic), errors.As(err, &pe), len(pe.Stack) > 0)
+	fmt.Println(err)
+	fmt.Println("fine:", fine.Err())
+	// Output:
+	// true true true
+	// batcher: ProcessBatch panicked: assignment to entry in nil map
+	// fine: <nil>
+}

@@ -243,6 +243,19 @@ func (b *Batcher) acceptLocked(op *Operation) {
 	b.mu.target += int(op.cost)
 	b.mu.stats.Enqueued++
 	b.markLocked(q)
+	b.noteCostLocked(int(op.cost))
+}
+
+// noteCostLocked notes that an operation costing cost has been buffered.
+// Enqueue checked its cost against the rate limiter's maximum capacity, but
+// the maximum may have fallen since, after the Batcher failed what it held
+// above the new one: if cost is above the maximum as the Batcher last read
+// it, the next capacity interval looks at the buffer again (see
+// askCapacity).
+func (b *Batcher) noteCostLocked(cost int) {
+	if cost > b.mu.maxCapacity && !b.mu.unlimited {
+		b.mu.aboveMax = true
+	}
 }
 
 // markLocked notes that q has received operations.
@@ -325,6 +338,7 @@ func (b *Batcher) sweepShardLocked(sh *shard, now time.Time, own bool) {
 	epoch := b.mu.epochs.addN(len(ops))
 	var q *queue
 	cost := 0
+	var top int32 // the highest cost
 	for _, e := range ops {
 		if q == nil || e.w != q.w {
 			q = b.queueLocked(e.w)
@@ -337,7 +351,9 @@ func (b *Batcher) sweepShardLocked(sh *shard, now time.Time, own bool) {
 			e.op.epoch = epoch
 		}
 		cost += int(e.cost)
+		top = max(top, e.cost)
 	}
+	b.noteCostLocked(int(top))
 	clear(ops)
 	n := len(ops)
 	b.mu.reserved -= n

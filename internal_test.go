@@ -2,6 +2,8 @@ package batcher
 
 import (
 	"context"
+	"fmt"
+	"math"
 	"math/rand/v2"
 	"slices"
 	"strconv"
@@ -200,8 +202,11 @@ func TestPaceSteps(t *testing.T) {
 func TestPaceFitsAndWait(t *testing.T) {
 	var p pace
 	p.set(at(0), 5, 100*time.Millisecond) // 5/s: the bucket holds 0.5
-	if !p.fits(1, true) || p.fits(1, false) {
-		t.Fatal("a full bucket of 0.5 lets one op of 1 go as the first of a batch only")
+	if !p.fits(2, true) || p.fits(2, false) {
+		t.Fatal("a full bucket of 0.5 lets one op of 2 go as the first of a batch only")
+	}
+	if !p.fits(1, false) {
+		t.Fatal("a full bucket of 0.5 lets a batch of one unit go, as it lets a first op of 1 go")
 	}
 	p.take(1)
 	if d, ok := p.wait(1); !ok || d != 200*time.Millisecond {
@@ -607,4 +612,117 @@ func TestStreamingShardsLingerAtMostIntakeLinger(t *testing.T) {
 		check("a full batch enqueued into shards streaming long ago",
 			intakeLinger, 1500*time.Microsecond, 2500*time.Microsecond)
 	})
+}
+
+// formBatcher returns a running Batcher, not started, with capacity c
+// and the given flush interval, for calling formLocked directly.
+func formBatcher(c int, flush time.Duration, now time.Time) *Batcher {
+	b := NewBatcher().WithFlushInterval(flush)
+	b.mu.state = stateRunning
+	b.mu.queues = map[*Watcher]*queue{}
+	b.mu.epochs.init()
+	b.setCapacityLocked(now, c)
+	b.mu.maxCapacity = c
+	return b
+}
+
+// Whenever a batch cannot go yet, the Batcher notes a wake after now: the
+// owner goroutine then blocks until it. A wake at now would make it loop
+// without blocking (a whole CPU; under synctest a bubble whose time never
+// moves). Seen with capacity × FlushInterval under one unit, a full batch
+// whose first operation costs 1 and the rest 0: the pacing let the first
+// go into debt but not the others, while its wait said there was room.
+func TestARefusedBatchWaitsForAMomentAfterNow(t *testing.T) {
+	for _, c := range []int{1, 5, 9, 10, 1000} {
+		for _, flush := range []time.Duration{time.Millisecond, 100 * time.Millisecond, time.Second} {
+			for _, costs := range [][]int32{{1, 0, 0}, {0, 1}, {0, 0, 1}, {1, 1}, {2, 0, 0}, {1}} {
+				if int(slices.Max(costs)) > c {
+					continue // refused at Enqueue: MaxCapacity is c
+				}
+				for _, warm := range []bool{false, true} {
+					name := fmt.Sprintf("C=%d flush=%v costs=%v warm=%v", c, flush, costs, warm)
+					now := at(0)
+					b := formBatcher(c, flush, now)
+					if warm { // a batch of cost 1 has just gone
+						b.mu.pace.take(1)
+						b.mu.ledger.started(b.mu.ledger.add(now, 1), now)
+					}
+					w := NewWatcher(func(context.Context, []*Operation) error { return nil }).WithMaxBatchSize(len(costs))
+					q := b.queueLocked(w)
+					for _, cost := range costs {
+						q.push(entry{op: &Operation{watcher: w, cost: cost}, w: w, cost: cost, batchable: true})
+						b.mu.buffered++
+					}
+					for i := 0; ; i++ {
+						if i == 100 {
+							t.Errorf("%s: no batch after 100 wakes", name)
+							break
+						}
+						b.mu.roomWake = time.Time{}
+						b.mu.pace.backlog = true
+						b.advanceLocked(now)
+						if b.formLocked(now, q, false) != nil {
+							break
+						}
+						wake := b.mu.roomWake
+						if wake.IsZero() {
+							t.Errorf("%s: after %d wakes, at %v the batch waits for no wake", name, i, now.Sub(t0))
+							break
+						}
+						if !wake.After(now) {
+							t.Errorf("%s: after %d wakes, at %v the batch waits for a wake at %v", name, i, now.Sub(t0), wake.Sub(t0))
+							break
+						}
+						now = wake
+					}
+				}
+			}
+		}
+	}
+}
+
+// The pacing's and the ledger's arithmetic holds at the extremes: for
+// capacities up to math.MaxInt and costs up to math.MaxInt32, every wait is
+// at least 0, and once it has passed, the cost it waited for fits.
+func TestWaitsHoldAtExtremeCapacities(t *testing.T) {
+	for _, c := range []int{1, math.MaxInt32, 3 * math.MaxInt32, math.MaxInt / 3, math.MaxInt - 1, math.MaxInt} {
+		for _, flush := range []time.Duration{time.Nanosecond, time.Millisecond, time.Second, time.Hour, math.MaxInt64} {
+			for _, cost := range []int{1, math.MaxInt32} {
+				if cost > c {
+					continue
+				}
+				name := fmt.Sprintf("C=%d flush=%v cost=%d", c, flush, cost)
+				var p pace
+				p.set(at(0), c, flush)
+				p.backlog = true
+				now := at(0)
+				for i := range 5 {
+					if !p.fits(cost, true) {
+						d, ok := p.wait(cost)
+						if !ok || d < 0 {
+							t.Fatalf("%s: take %d: pace wait = %v, %v", name, i, d, ok)
+						}
+						now = now.Add(d)
+						p.advance(now)
+						if !p.fits(cost, true) {
+							t.Fatalf("%s: take %d: after the pace's wait of %v the cost does not fit", name, i, d)
+						}
+					}
+					p.take(cost)
+				}
+				var l ledger
+				for i := range 5 {
+					d, ok := l.wait(now, c, cost)
+					if !ok || d < 0 {
+						t.Fatalf("%s: release %d: ledger wait = %v, %v", name, i, d, ok)
+					}
+					now = now.Add(d)
+					if used := l.used(now); used > c-cost {
+						t.Fatalf("%s: release %d: after the ledger's wait of %v it holds %d, no room for %d", name, i, d, used, cost)
+					}
+					l.started(l.add(now, cost), now)
+				}
+			}
+		}
+	}
 }

@@ -20,7 +20,9 @@ type RateLimiter interface {
 	// MaxCapacity returns the most capacity the limiter could ever grant.
 	// Enqueue refuses operations that cost more with ErrTooExpensive; when it
 	// drops, the Batcher fails, with ErrTooExpensive, the buffered operations
-	// that cost more than the new maximum (at the next capacity interval).
+	// that cost more than the new maximum (at the next capacity interval),
+	// and those that ProcessBatch sends back for another attempt (a retry
+	// or a throttle) afterwards.
 	// An operation that costs more than the capacity granted now, but not
 	// more than the maximum, waits for the capacity, and so do the
 	// operations of its watcher behind it.

@@ -11,7 +11,8 @@ import (
 // A LogListener writes a Batcher's events, and its rate limiter's, to a
 // [*slog.Logger], each at a level that fits it:
 //
-//   - Error: [Failed] (operations ended in failure).
+//   - Error: [Failed] (operations ended in failure) and [ListenerPanicked]
+//     (a listener panicked; the panic was recovered).
 //   - Warn: [TimedOut], [AuditFailed], [LimiterError], [PartitionReleased]
 //     when the lease was lost or expired, and [ShutdownDone] when Shutdown
 //     gave up (Err set).
@@ -60,6 +61,7 @@ func NewLogListener(logger *slog.Logger) *LogListener {
 		l.levels[k] = slog.LevelDebug
 	}
 	l.levels[Failed] = slog.LevelError
+	l.levels[ListenerPanicked] = slog.LevelError
 	for _, k := range []EventKind{TimedOut, AuditFailed, LimiterError} {
 		l.levels[k] = slog.LevelWarn
 	}

@@ -58,6 +58,8 @@ func TestLogListenerLevels(t *testing.T) {
 	}{
 		{batcher.Event{Kind: batcher.Failed, Batch: ops, Err: errors.New("boom")}, slog.LevelError,
 			map[string]string{"kind": "failed", "ops": "1", "err": "boom"}},
+		{batcher.Event{Kind: batcher.ListenerPanicked, Val: 2, Msg: "failed", Err: errors.New("listener: boom")}, slog.LevelError,
+			map[string]string{"kind": "listener-panic", "err": "listener: boom"}},
 		{batcher.Event{Kind: batcher.TimedOut, Batch: ops, Duration: time.Second}, slog.LevelWarn,
 			map[string]string{"kind": "timeout", "ops": "1", "duration": "1s"}},
 		{batcher.Event{Kind: batcher.AuditFailed, Msg: "target was 3, not 0"}, slog.LevelWarn,

@@ -33,7 +33,7 @@ type Operation struct {
 	payload any
 	ext     atomic.Pointer[opExt] // made when first needed
 	cost    int32                 // the declared cost, or wideCost if it does not fit (then it is in ext)
-	actual  int32                 // actual cost + 1 from ProcessBatch, or 0
+	actual  uint32                // actual cost + 1 from ProcessBatch, or 0: up to math.MaxInt32 + 1
 	state   atomic.Uint32         // see the bits below
 	epoch   uint32                // the Flush epoch it was enqueued in; under the Batcher's lock
 }
@@ -176,21 +176,22 @@ func (op *Operation) Fail(err error) {
 // SetActualCost reports, during ProcessBatch, what the operation really cost
 // (Cosmos DB returns the request charge of each call). The Batcher accounts
 // the difference from the declared cost against the moment the batch was
-// released.
+// released. A cost below 0 counts as 0, and one above math.MaxInt32, the
+// most an operation may cost, as math.MaxInt32.
 func (op *Operation) SetActualCost(cost int) {
-	op.actual = int32(min(max(cost, 0), math.MaxInt32-1)) + 1
+	op.actual = uint32(min(max(cost, 0), math.MaxInt32)) + 1
 }
 
 // actualCost returns the reported actual cost, if any.
 func (op *Operation) actualCost() (int, bool) { return int(op.actual) - 1, op.actual != 0 }
 
-// feedback returns the error and retry-after given with Retry, Throttle or
+// feedback returns the retry-after and error given with Retry, Throttle or
 // Fail.
-func (op *Operation) feedback() (error, time.Duration) {
+func (op *Operation) feedback() (time.Duration, error) {
 	if e := op.ext.Load(); e != nil {
-		return e.feedback, e.after
+		return e.after, e.feedback
 	}
-	return nil, 0
+	return 0, nil
 }
 
 // throttles returns how many attempts ended in a throttle.

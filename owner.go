@@ -4,6 +4,7 @@ import (
 	"container/heap"
 	"context"
 	"fmt"
+	"math"
 	"slices"
 	"time"
 )
@@ -178,13 +179,21 @@ func (b *Batcher) askCapacity() {
 	target := b.mu.target
 	changed := target != b.mu.lastTarget
 	b.mu.lastTarget = target
+	// Operations above the maximum as last read, buffered before the
+	// maximum is read below: their Enqueue read it before this does, so
+	// if it is below their cost now, it fell. (One buffered after may have
+	// read a maximum that rose since: it waits for the next interval.)
+	above := b.mu.aboveMax
+	b.mu.aboveMax = false
 	// The demand, in cost units per second: what waits now, plus what
 	// went out in the last second. Under a backlog it exceeds the capacity
 	// however small the buffer; at a steady rate under the capacity it is
 	// that rate and what one flush holds.
 	demand := target
 	if !b.mu.unlimited {
-		demand += b.mu.ledger.used(time.Now())
+		// Saturating: at a capacity near math.MaxInt the sum may not fit.
+		used := b.mu.ledger.used(time.Now())
+		demand = min(target, math.MaxInt-used) + used
 	}
 	b.unlock()
 	if changed {
@@ -201,28 +210,25 @@ func (b *Batcher) askCapacity() {
 	now := time.Now()
 	b.mu.Lock()
 	b.setCapacityLocked(now, c)
-	var dropped []*Operation
-	if m < b.mu.maxCapacity {
+	var dropped []Event
+	if m < b.mu.maxCapacity || above {
 		dropped = b.dropAboveLocked(m)
 	}
 	b.mu.maxCapacity = m
 	b.unlock()
 	if len(dropped) > 0 && b.gate.enter() {
-		// As in complete: counted, ended and reported under the gate.
 		defer b.gate.leave()
-		for _, op := range dropped {
-			err := fmt.Errorf("%w: cost %d, and the rate limiter's maximum capacity is now %d", ErrTooExpensive, op.cost, m)
-			if op.end(err) {
-				b.listeners.Emit(Event{Kind: Failed, Batch: []*Operation{op}, Err: err})
-			}
-		}
+		b.emitEntered(dropped)
 	}
 }
 
 // dropAboveLocked takes out of the buffer the operations that cost more
 // than max, the rate limiter's new maximum capacity: they could never go
-// out, and would hold up the operations behind them.
-func (b *Batcher) dropAboveLocked(max int) []*Operation {
+// out, and would hold up the operations behind them. It ends them with
+// ErrTooExpensive, counted first (as in complete), and before their epoch
+// counts them off, so that a Flush waiting for them returns only once they
+// have ended; it returns a Failed event for each, to emit after the lock.
+func (b *Batcher) dropAboveLocked(max int) []Event {
 	b.sweepLocked()
 	var dropped []*Operation
 	drop := func(op *Operation) {
@@ -230,7 +236,6 @@ func (b *Batcher) dropAboveLocked(max int) []*Operation {
 		b.mu.buffered--
 		b.mu.outstanding--
 		b.mu.target -= int(op.cost)
-		b.mu.epochs.done(op.epoch, 1)
 	}
 	for _, q := range b.mu.queues {
 		for range q.ops.len() {
@@ -258,12 +263,23 @@ func (b *Batcher) dropAboveLocked(max int) []*Operation {
 		}
 		r.ops = kept
 	}
-	if len(dropped) > 0 {
-		b.failed.Add(int64(len(dropped))) // before they are ended, after the lock
-		b.wakeSpaceLocked()
-		b.checkDrainedLocked()
+	if len(dropped) == 0 {
+		return nil
 	}
-	return dropped
+	b.failed.Add(int64(len(dropped)))
+	evs := make([]Event, 0, len(dropped))
+	for _, op := range dropped {
+		err := fmt.Errorf("%w: cost %d, and the rate limiter's maximum capacity is now %d", ErrTooExpensive, op.cost, max)
+		if op.end(err) {
+			evs = append(evs, Event{Kind: Failed, Batch: []*Operation{op}, Err: err})
+		} else {
+			b.failed.Add(-1) // something else ended it first
+		}
+		b.mu.epochs.done(op.epoch, 1)
+	}
+	b.wakeSpaceLocked()
+	b.checkDrainedLocked()
+	return evs
 }
 
 // audit checks the bookkeeping against the buffer itself, and corrects it.

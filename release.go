@@ -22,6 +22,7 @@ type batch struct {
 	index     int          // in Batcher.mu.running
 	worker    *worker      // the idle worker chosen to run it, or nil for a new one
 	err       error        // what ProcessBatch returned
+	panicked  bool         // ProcessBatch panicked: err is a *PanicError, and overrides what it said of operations
 	abandoned atomic.Bool  // Close or a failed Shutdown ended its operations; set under mu
 	skipped   bool         // abandoned before ProcessBatch was called; set by its worker
 	released  time.Time    // when ProcessBatch was called; set by its worker
@@ -303,8 +304,19 @@ func (b *Batcher) noteRoomLocked(now time.Time, need int) {
 		wait := math.Ceil((float64(need) - t) / float64(b.mu.capacity) * float64(time.Second))
 		d = max(d, time.Duration(wait))
 	}
+	if d <= 0 {
+		// The batch was refused now, so a wake now would find the same:
+		// the owner goroutine would wake again at once, for ever (a whole
+		// CPU, and a synctest bubble whose time stands still). fitLocked
+		// and the waits agree, so this is a guard: a wake a little later
+		// costs that little time, at worst.
+		d = minRoomWait
+	}
 	b.noteWakeLocked(now.Add(d))
 }
+
+// minRoomWait is the least wait noteRoomLocked notes.
+const minRoomWait = time.Millisecond
 
 // noteWakeLocked asks the owner to try releases again at t.
 func (b *Batcher) noteWakeLocked(t time.Time) {
@@ -393,10 +405,10 @@ func (b *Batcher) complete(bt *batch, w *worker) (next *batch, idle bool) {
 			delta += a - int(op.cost)
 		}
 		v, err, ra := op.verdict(), batchErr, batchAfter
-		if v == verdictNone {
+		if v == verdictNone || bt.panicked {
 			v = batchVerdict
 		} else {
-			err, ra = op.feedback()
+			ra, err = op.feedback()
 		}
 		if v == verdictRetry && op.Attempt()-op.throttles() >= bt.q.w.maxAttempts {
 			v = verdictFail
@@ -465,6 +477,13 @@ func (b *Batcher) complete(bt *batch, w *worker) (next *batch, idle bool) {
 	b.removeRunningLocked(bt)
 	b.mu.inflight--
 	bt.q.inflight--
+	if (len(retry) > 0 || len(throttle) > 0) && !b.mu.unlimited {
+		// What costs more than the maximum capacity could never go out
+		// again: it fails here, as dropAboveLocked fails what is buffered
+		// when the maximum falls.
+		retry, failed = b.failAboveMaxLocked(retry, failed)
+		throttle, failed = b.failAboveMaxLocked(throttle, failed)
+	}
 	ended := len(bt.ops) - len(retry) - len(throttle)
 	b.mu.outstanding -= ended
 	if b.mu.epochs.split {
@@ -554,6 +573,31 @@ func (b *Batcher) complete(bt *batch, w *worker) (next *batch, idle bool) {
 	b.emitEntered(failed)
 	b.emitEntered(evs)
 	return next, idle
+}
+
+// failAboveMaxLocked ends, with ErrTooExpensive, the operations of ops
+// that cost more than the rate limiter's maximum capacity, and returns the
+// others, and failed with a Failed event for each it ended. It ends them
+// under the lock, before their epoch counts them off, so that a Flush
+// waiting for them returns only once they have ended.
+func (b *Batcher) failAboveMaxLocked(ops []*Operation, failed []Event) ([]*Operation, []Event) {
+	m := b.mu.maxCapacity
+	kept := ops[:0]
+	for _, op := range ops {
+		if int(op.cost) <= m {
+			kept = append(kept, op)
+			continue
+		}
+		op.setVerdict(verdictFail)
+		err := fmt.Errorf("%w: cost %d, and the rate limiter's maximum capacity is now %d", ErrTooExpensive, op.cost, m)
+		b.failed.Add(1)
+		if op.end(err) {
+			failed = append(failed, Event{Kind: Failed, Batch: []*Operation{op}, Err: err})
+		} else {
+			b.failed.Add(-1)
+		}
+	}
+	return kept, failed
 }
 
 // maxSpareOps bounds how many slices spareOps keeps: enough for the batches

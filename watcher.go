@@ -36,8 +36,12 @@ import (
 // ctx and the operations' feedback methods must not be used after
 // ProcessBatch returns, and contexts derived from ctx must be cancelled
 // before it returns (as go vet's lostcancel check asks). The batch slice is
-// ProcessBatch's to keep. The Batcher does not recover panics in
-// ProcessBatch.
+// ProcessBatch's to keep.
+//
+// A panic in ProcessBatch is recovered: every operation of the batch fails
+// with a [*PanicError] (wrapping [ErrPanic], with the value and the stack),
+// whatever was said of single operations before the panic, each reported in
+// a [Failed] event; the slot frees and the Batcher goes on.
 type Processor interface {
 	ProcessBatch(ctx context.Context, batch []*Operation) error
 }

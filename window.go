@@ -180,13 +180,16 @@ func (l *ledger) wait(now time.Time, capacity, need int) (time.Duration, bool) {
 	if need > capacity {
 		return 0, false
 	}
+	// need <= capacity-s, not s+need <= capacity: s and need are at most
+	// capacity (or a little over it), and capacity may be near
+	// math.MaxInt.
 	s := l.used(now)
-	if s+need <= capacity {
+	if need <= capacity-s {
 		return 0, true
 	}
 	for at, cost := range l.expiries(now) {
 		s -= cost
-		if s+need <= capacity {
+		if need <= capacity-s {
 			return at.Sub(now), true
 		}
 	}
@@ -275,11 +278,17 @@ func (p *pace) advance(now time.Time) {
 	}
 }
 
-// fits reports whether cost may go out now; first says whether it is the
-// first operation of a batch, which may go into debt when the bucket is full.
+// fits reports whether a batch's first operations, costing cost in all,
+// may go out now; first says whether they are its first operation alone.
+// When the bucket is full, the first operation may go into debt, and so may
+// the operations after it while they cost no more than one unit in all: a
+// bucket that holds less than one unit (capacity × flush interval under 1)
+// has no other way to let a unit go with operations of cost 0, and wait,
+// which says how long until the bucket is full, must agree with fits, or
+// the owner goroutine would wake again at once, for ever.
 func (p *pace) fits(cost int, first bool) bool {
 	c := mulSat(int64(cost), nano)
-	return c <= p.tokens || (first && p.tokens >= p.burst)
+	return c <= p.tokens || (p.tokens >= p.burst && (first || cost <= 1))
 }
 
 // take spends cost; a negative cost gives it back.
@@ -301,8 +310,14 @@ func (p *pace) wait(need int) (time.Duration, bool) {
 	if p.rate <= 0 {
 		return 0, false
 	}
-	short := c - p.tokens
-	return time.Duration((short + p.rate - 1) / p.rate), true
+	short := c - p.tokens // at most 2*maxTokens
+	// Rounded up, without adding rate to short first: a rate near
+	// math.MaxInt64 would make that overflow to a wait in the past.
+	d := short / p.rate
+	if short%p.rate != 0 {
+		d++
+	}
+	return time.Duration(d), true
 }
 
 // mulSat returns a*b for a, b >= 0, or MaxInt64 if that overflows.

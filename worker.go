@@ -3,6 +3,7 @@ package batcher
 import (
 	"context"
 	"fmt"
+	"runtime/debug"
 	"slices"
 	"sync"
 	"time"
@@ -115,12 +116,26 @@ func (w *worker) process(bt *batch) {
 	if b.runCtx.Err() != nil {
 		ctx.cancel(context.Canceled) // closed before w.ctx was set, so closed missed it
 	}
-	bt.err = bt.q.w.p.ProcessBatch(ctx, given)
+	bt.panicked, bt.err = processBatch(bt.q.w.p, ctx, given)
 	ctx.cancel(context.Canceled)
 
 	w.mu.Lock()
 	w.cur, w.ctx = nil, nil
 	w.mu.Unlock()
+}
+
+// processBatch calls p.ProcessBatch and recovers a panic in it, which it
+// returns as a *PanicError, with panicked set: a long-lived Batcher has no
+// caller to hand the panic to, and letting it go would end the process and
+// every operation buffered with it (as net/http recovers a handler's).
+func processBatch(p Processor, ctx context.Context, ops []*Operation) (panicked bool, err error) {
+	defer func() {
+		if v := recover(); v != nil {
+			err = &PanicError{Value: v, Stack: debug.Stack(), in: "ProcessBatch"}
+			panicked = true
+		}
+	}()
+	return false, p.ProcessBatch(ctx, ops)
 }
 
 // closed runs when the Batcher's run context ends (Close): it ends the

@@ -61,7 +61,7 @@ func ExampleNew() {
 					switch mt.Name {
 					case "batcher.operations":
 						o, _ := dp.Attributes.Value(otelbatcher.OutcomeKey)
-						fmt.Println(mt.Name, o.Emit(), dp.Value)
+						fmt.Println(mt.Name, o.String(), dp.Value)
 					case "batcher.cost.released":
 						fmt.Println(mt.Name, dp.Value)
 					}

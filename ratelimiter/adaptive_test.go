@@ -74,7 +74,7 @@ func runSteps(t *testing.T, a *ratelimiter.Adaptive, p *ratelimiter.Provisioned,
 	t0 := time.Now()
 	prev, seen := a.Capacity(), 0
 	for _, s := range steps {
-		time.Sleep(t0.Add(s.at).Sub(time.Now()))
+		time.Sleep(time.Until(t0.Add(s.at)))
 		if s.inner != 0 {
 			if err := p.SetCapacity(s.inner); err != nil {
 				t.Fatal(err)

@@ -19,9 +19,15 @@
 # are git-ignored.
 #
 # `up` is idempotent: a service that already answers on its port is left
-# alone, whoever started it, and is not recorded, so `down` never stops it.
+# alone, whoever started it, and is not recorded, so `down` never stops it;
+# when every service answers, `up` installs nothing and returns at once.
 # If a service does not answer in time, `up` exits non-zero, naming it and
 # printing the tail of its log. Installing needs root (or password-less sudo).
+#
+# When another apt-get or dpkg holds the package manager's lock, installing
+# waits for it, up to $SVC_APT_LOCK_TIMEOUT seconds (300) for each apt-get
+# call, then fails naming the process that holds it. scripts/services_test.sh tests that, and that
+# `up` is quick and leaves running services alone.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -38,6 +44,7 @@ SVC_REDIS_PORT=${SVC_REDIS_PORT:-6379}
 SVC_ETCD_PORT=${SVC_ETCD_PORT:-2379}
 SVC_ETCD_PEER_PORT=${SVC_ETCD_PEER_PORT:-2380}
 SVC_READY_TIMEOUT=${SVC_READY_TIMEOUT:-60} # seconds to wait for each service
+SVC_APT_LOCK_TIMEOUT=${SVC_APT_LOCK_TIMEOUT:-300} # seconds apt-get waits for another's lock
 
 COSMOS_VERSION=1.0.1
 AZURITE_VERSION=3.37.0
@@ -107,24 +114,97 @@ as_root() {
   fi
 }
 
+# The commands missing here, as the Debian packages that provide them.
+missing_packages() {
+  command -v clickhouse-server >/dev/null || echo clickhouse-server
+  command -v clickhouse-client >/dev/null || echo clickhouse-client
+  command -v redis-server >/dev/null || echo redis-server
+  command -v redis-cli >/dev/null || echo redis-tools
+  command -v etcd >/dev/null || echo etcd-server
+  command -v etcdctl >/dev/null || echo etcd-client
+  command -v curl >/dev/null || echo curl
+  command -v openssl >/dev/null || echo openssl
+  command -v node >/dev/null || echo nodejs
+  command -v npm >/dev/null || echo npm
+}
+
+# The locks apt-get and dpkg take: the frontend lock that a running apt-get
+# holds throughout, dpkg's own, and those of the package lists and archives.
+APT_LOCKS=(/var/lib/dpkg/lock-frontend /var/lib/dpkg/lock /var/lib/apt/lists/lock /var/cache/apt/archives/lock)
+
+# lock_holders prints, one a line, who holds one of APT_LOCKS: "pid N (name)
+# on FILE". apt and dpkg hold them as fcntl (POSIX) record locks, which
+# /proc/locks lists with the holder's pid; an open-file-description lock
+# (pid -1 there) is put down to the processes that have the file open.
+lock_holders() {
+  local f ino pid p fd
+  for f in "${APT_LOCKS[@]}"; do
+    [ -e "$f" ] || continue
+    ino=$(stat -c %i "$f") || continue
+    # "1: POSIX  ADVISORY  WRITE 1234 fe:00:398608 0 EOF"; a waiter's line
+    # has "->" after the number and is skipped.
+    for pid in $(awk -v ino="$ino" '$2 != "->" { n = split($6, a, ":"); if (a[n] == ino) print $5 }' /proc/locks 2>/dev/null | sort -u); do
+      if [ "$pid" -gt 0 ] 2>/dev/null; then
+        echo "pid $pid ($(cat "/proc/$pid/comm" 2>/dev/null || echo gone)) on $f"
+      else
+        for p in /proc/[0-9]*; do
+          for fd in "$p"/fd/*; do
+            if [ "$(readlink "$fd" 2>/dev/null)" = "$f" ]; then
+              echo "pid ${p#/proc/} ($(cat "$p/comm" 2>/dev/null || echo gone)) on $f"
+              break
+            fi
+          done
+        done
+      fi
+    done
+  done | sort -u
+}
+
+# apt_get ARGS...: apt-get ARGS as root, waiting up to SVC_APT_LOCK_TIMEOUT
+# seconds in all for the locks that another apt-get or dpkg holds. apt's
+# DPkg::Lock::Timeout makes it wait for dpkg's locks itself, but apt-get
+# update gives up at once on the lists' lock: so a try that was locked out
+# (someone holds a lock, or apt-get said so) is tried again, quietly, until
+# the time is up. On failure it says who still holds a lock, if anyone does.
+apt_get() {
+  local holders rc deadline left err
+  deadline=$(($(now_ms) + SVC_APT_LOCK_TIMEOUT * 1000))
+  holders=$(lock_holders)
+  if [ -n "$holders" ]; then
+    log "apt-get $1: a package manager's lock is held by $(echo "$holders" | paste -sd ';' | sed 's/;/; /g'); apt-get waits for it, if it needs it, up to ${SVC_APT_LOCK_TIMEOUT}s"
+  fi
+  err=$(mktemp)
+  while :; do
+    left=$(((deadline - $(now_ms) + 999) / 1000)) # seconds, rounded up
+    rc=0
+    as_root apt-get -o DPkg::Lock::Timeout="$((left > 0 ? left : 0))" "$@" 2>"$err" || rc=$?
+    holders=
+    if [ "$rc" != 0 ]; then holders=$(lock_holders); fi
+    # Locked out: someone holds a lock now, or did when apt-get tried.
+    if [ "$rc" != 0 ] && { [ -n "$holders" ] || grep -qiE 'could not get lock|unable to (acquire|lock)' "$err"; } &&
+      [ "$(now_ms)" -lt "$deadline" ]; then
+      sleep 1
+      continue
+    fi
+    cat "$err" >&2
+    rm -f "$err"
+    [ "$rc" = 0 ] && return 0
+    if [ -n "$holders" ]; then
+      log "apt-get $1 failed (status $rc): after waiting ${SVC_APT_LOCK_TIMEOUT}s, a package manager's lock is still held by $(echo "$holders" | paste -sd ';' | sed 's/;/; /g') (let it finish, or set SVC_APT_LOCK_TIMEOUT to wait longer)"
+    fi
+    return "$rc"
+  done
+}
+
 install_missing() {
-  local pkgs=() t
-  command -v clickhouse-server >/dev/null || pkgs+=(clickhouse-server)
-  command -v clickhouse-client >/dev/null || pkgs+=(clickhouse-client)
-  command -v redis-server >/dev/null || pkgs+=(redis-server)
-  command -v redis-cli >/dev/null || pkgs+=(redis-tools)
-  command -v etcd >/dev/null || pkgs+=(etcd-server)
-  command -v etcdctl >/dev/null || pkgs+=(etcd-client)
-  command -v curl >/dev/null || pkgs+=(curl)
-  command -v openssl >/dev/null || pkgs+=(openssl)
-  command -v node >/dev/null || pkgs+=(nodejs)
-  command -v npm >/dev/null || pkgs+=(npm)
+  local pkgs t
+  mapfile -t pkgs < <(missing_packages)
   if [ ${#pkgs[@]} -gt 0 ]; then
     t=$(now_ms)
     log "apt-get install ${pkgs[*]}"
     export DEBIAN_FRONTEND=noninteractive
-    as_root apt-get update -qq || die "apt-get update failed"
-    as_root apt-get install -y -qq --no-install-recommends "${pkgs[@]}" ca-certificates >/dev/null ||
+    apt_get update -qq || die "apt-get update failed"
+    apt_get install -y -qq --no-install-recommends --no-upgrade "${pkgs[@]}" ca-certificates >/dev/null ||
       die "apt-get install ${pkgs[*]} failed"
     log "installed ${pkgs[*]} in $(secs_since "$t")s"
   fi
@@ -213,10 +293,9 @@ start_etcd() {
 # ---- commands ------------------------------------------------------------
 
 cmd_up() {
-  local t0 name started=() waiting=() failed=()
+  local t0 name to_start=() started=() waiting=() failed=()
   t0=$(now_ms)
   mkdir -p "$S"
-  install_missing
   for name in "${SERVICES[@]}"; do
     if probe "$name"; then
       log "$name: already answering on 127.0.0.1:$(main_port "$name"), left alone"
@@ -224,11 +303,19 @@ cmd_up() {
       log "$name: port $(main_port "$name") is taken but not answering yet; waiting for it"
       waiting+=("$name")
     else
-      "start_$name"
-      log "$name: started, pid $(cat "$S/$name.pid")"
-      started+=("$name")
-      waiting+=("$name")
+      to_start+=("$name")
     fi
+  done
+  # Install only when something must be started: services that answer need
+  # nothing here (a probe's own client missing makes its service look down).
+  if [ ${#to_start[@]} -gt 0 ]; then
+    install_missing
+  fi
+  for name in "${to_start[@]}"; do
+    "start_$name"
+    log "$name: started, pid $(cat "$S/$name.pid")"
+    started+=("$name")
+    waiting+=("$name")
   done
   for name in "${waiting[@]}"; do
     local t p ok=
@@ -294,6 +381,11 @@ cmd_status() {
   done
   return $down
 }
+
+# Sourced (by scripts/services_test.sh): define the functions, run nothing.
+if [ "${BASH_SOURCE[0]}" != "$0" ]; then
+  return 0
+fi
 
 case ${1:-} in
 up) cmd_up ;;

@@ -34,8 +34,8 @@ import (
 // batcher.Operation.
 type minOp struct {
 	watcher *int
-	payload any
-	ext     *int
+	_       any  // payload
+	_       *int // ext
 	cost    int32
 	_       int32
 	state   atomic.Uint32

@@ -27,7 +27,7 @@ func shutdown(b *batcher.Batcher) error {
 	defer cancel()
 	if err := b.Shutdown(ctx); err != nil {
 		b.Close()
-		return fmt.Errorf("Shutdown: %w", err)
+		return fmt.Errorf("shutdown: %w", err)
 	}
 	return nil
 }

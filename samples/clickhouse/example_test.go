@@ -2,6 +2,7 @@ package clickhouse_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log"
 	"time"
@@ -64,4 +65,21 @@ func ExampleIngester_Start() {
 	// clickhouse: conn is nil: batcher: invalid setting
 	// clickhouse: BatchSize must be more than 0, got 0: batcher: invalid setting
 	// clickhouse: FlushInterval must be more than 0, got -1s: batcher: invalid setting
+}
+
+// Classify tells what an insert's error means: OnFailed can use it to tell
+// a table that is not what the Ingester writes (permanent: fix the schema)
+// from a server that was down for longer than the retries lasted.
+func ExampleClassify() {
+	unknownTable := &ch.Exception{Code: 60, Message: "Table db.events doesn't exist."}
+	tooManyParts := &ch.Exception{Code: 252, Message: "Too many parts (300)."}
+	refused := errors.New("dial tcp 127.0.0.1:9000: connect: connection refused")
+
+	fmt.Println(clickhouse.Classify(unknownTable))
+	fmt.Println(clickhouse.Classify(fmt.Errorf("insert of 500 rows: %w", tooManyParts)))
+	fmt.Println(clickhouse.Classify(refused))
+	// Output:
+	// permanent
+	// throttle
+	// transient
 }

@@ -8,6 +8,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
@@ -315,4 +316,87 @@ func TestMaxRowsPerSecond(t *testing.T) {
 	}
 	n, at := releases.MaxWindow(inserted.All(), time.Second)
 	t.Logf("2500 rows at most 1000 a second: %v; by insert times, at most %d in a second (from %v)", elapsed.Round(time.Millisecond), n, at.Sub(start))
+}
+
+// An insert's context is not cancelled when ProcessBatch returns (the
+// Batcher cancels ProcessBatch's own then, and clickhouse-go may act on that
+// after Send has returned the connection to its pool; see insertUnder), yet
+// it carries ProcessBatch's values.
+func TestInsertContextOutlivesProcessBatch(t *testing.T) {
+	var mu sync.Mutex
+	var ctxs []context.Context
+	i := NewIngester(fakeConn{}, "events").WithBatchSize(5).WithFlushInterval(time.Hour)
+	i.insertChunk = func(ctx context.Context, events []Event) error {
+		mu.Lock()
+		defer mu.Unlock()
+		ctxs = append(ctxs, ctx)
+		return nil
+	}
+	if err := i.Start(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	for k := range 10 {
+		if err := i.Track(t.Context(), Event{ID: uint64(k + 1)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := i.Shutdown(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(ctxs) != 2 {
+		t.Fatalf("%d inserts, want 2", len(ctxs))
+	}
+	for k, ctx := range ctxs {
+		if err := ctx.Err(); err != nil {
+			t.Errorf("insert %d: its context ended with %v after ProcessBatch returned", k+1, err)
+		}
+		if _, ok := batcher.ReleasedAt(ctx); !ok {
+			t.Errorf("insert %d: its context lost ProcessBatch's values", k+1)
+		}
+	}
+}
+
+// An insert that hangs is still cancelled at InsertTimeout, and retried.
+func TestInsertTimeoutCancelsInsert(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		var mu sync.Mutex
+		var calls int
+		i := NewIngester(fakeConn{}, "events").WithBatchSize(1).WithInsertTimeout(time.Minute).
+			WithRetryBackoff(time.Second, time.Second)
+		i.insertChunk = func(ctx context.Context, events []Event) error {
+			mu.Lock()
+			calls++
+			first := calls == 1
+			mu.Unlock()
+			if first { // hangs until cancelled
+				<-ctx.Done()
+				return ctx.Err()
+			}
+			return nil
+		}
+		i.WithOnFailed(func(events []Event, err error) { t.Errorf("failed: %v", err) })
+		if err := i.Start(t.Context()); err != nil {
+			t.Fatal(err)
+		}
+		start := time.Now()
+		if err := i.Track(t.Context(), Event{ID: 1}); err != nil {
+			t.Fatal(err)
+		}
+		if err := i.Shutdown(t.Context()); err != nil {
+			t.Fatal(err)
+		}
+		mu.Lock()
+		defer mu.Unlock()
+		s := i.Stats()
+		if s.Inserted != 1 || s.InsertErrors != 1 || s.Retried != 1 || calls != 2 {
+			t.Errorf("stats %+v after %d calls, want the hung insert cancelled and retried once", s, calls)
+		}
+		// The hung insert ended at the timeout, and the retry came a
+		// second (the back-off) later.
+		if took := time.Since(start); took != time.Minute+time.Second {
+			t.Errorf("the event was inserted after %v, want %v", took, time.Minute+time.Second)
+		}
+	})
 }

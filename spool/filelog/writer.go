@@ -1,0 +1,189 @@
+package filelog
+
+import (
+	"fmt"
+	"os"
+	"time"
+)
+
+// A mapped is a segment file mapped into memory. Appends copy their frames
+// into data under the log's mu: once copied, the bytes are in the
+// operating system's page cache, so they survive the death of the process
+// (not of the machine: that takes an fsync). closed is set, under the log's
+// syncMu, when the file is sealed.
+type mapped struct {
+	f      *os.File
+	data   []byte
+	closed bool
+}
+
+// createSegment creates segment num, of size bytes reserved on disk, and
+// maps it.
+func (l *Log) createSegment(num uint64, size int64) (*mapped, error) {
+	f, err := os.OpenFile(l.segPath(num), os.O_CREATE|os.O_EXCL|os.O_RDWR, 0o644)
+	if err != nil {
+		return nil, fmt.Errorf("filelog: %w", err)
+	}
+	data, err := mapFile(f, size)
+	if err != nil {
+		f.Close()
+		os.Remove(f.Name())
+		return nil, fmt.Errorf("filelog: map %s: %w", f.Name(), err)
+	}
+	if l.sync != SyncNever {
+		syncDir(l.dir)
+	}
+	return &mapped{f: f, data: data}, nil
+}
+
+// rollLocked seals the active segment and begins the next, large enough
+// for n bytes.
+func (l *Log) rollLocked(n int64) error {
+	num := l.segs[len(l.segs)-1].num + 1
+	reserved := int64(len(l.active.data))
+	if err := l.sealLocked(); err != nil {
+		l.broken = fmt.Errorf("filelog: the log is broken since a segment could not be sealed; reopen it: %w", err)
+		return l.broken
+	}
+	l.used -= reserved - l.activeSize // sealLocked cut it
+	size := max(l.segmentSize, n)
+	m, err := l.createSegment(num, size)
+	if err != nil {
+		l.broken = fmt.Errorf("filelog: the log is broken since a segment could not be created; reopen it: %w", err)
+		return l.broken
+	}
+	l.used += size
+	l.active, l.activeSize = m, 0
+	l.segs = append(l.segs, &segment{num: num})
+	return nil
+}
+
+// sealLocked fsyncs the active segment (unless the policy is SyncNever),
+// unmaps it, cuts the file to its records and closes it.
+func (l *Log) sealLocked() error {
+	a := l.active
+	if a == nil || a.closed {
+		return nil
+	}
+	l.syncMu.Lock()
+	defer l.syncMu.Unlock()
+	var err error
+	if l.sync != SyncNever && l.dirty {
+		l.nSyncs.Add(1)
+		err = a.f.Sync()
+	}
+	l.dirty = false
+	if uerr := unmap(a.data); err == nil {
+		err = uerr
+	}
+	a.data = nil
+	if terr := a.f.Truncate(l.activeSize); err == nil {
+		err = terr
+	}
+	if cerr := a.f.Close(); err == nil {
+		err = cerr
+	}
+	a.closed = true
+	return err
+}
+
+// syncer is the goroutine that fsyncs: every d with SyncEvery(d), and in
+// rounds for the Appends that wait with SyncEveryAppend (group commit:
+// one fsync for every Append that came since the last).
+func (l *Log) syncer() {
+	var tick <-chan time.Time
+	if l.sync > 0 {
+		t := time.NewTicker(time.Duration(l.sync))
+		defer t.Stop()
+		tick = t.C
+	}
+	// A round waits a little for the Appends that the last round released
+	// to come back, so that they share the next fsync instead of
+	// alternating in two half-full groups: until as many records wait as
+	// the last round synced plus those that came during it, for at most
+	// half the last fsync's time (and 2 ms).
+	var target int
+	var lastSync time.Duration
+	gather := func() {
+		if target <= 1 {
+			return
+		}
+		t := time.NewTimer(min(lastSync/2, 2*time.Millisecond))
+		defer t.Stop()
+		for {
+			l.mu.Lock()
+			n := l.group.n
+			l.mu.Unlock()
+			if n >= target {
+				return
+			}
+			select {
+			case <-l.kick:
+			case <-t.C:
+				return
+			case <-l.closedCh:
+				return
+			}
+		}
+	}
+	round := func() {
+		l.mu.Lock()
+		g := l.group
+		if g.n == 0 {
+			l.mu.Unlock()
+			return
+		}
+		l.group = &group{done: make(chan struct{})}
+		a := l.active
+		l.dirty = false
+		l.mu.Unlock()
+		t0 := time.Now()
+		g.err = l.syncFile(a)
+		lastSync = time.Since(t0)
+		l.mu.Lock()
+		target = g.n + l.group.n
+		l.mu.Unlock()
+		close(g.done)
+	}
+	for {
+		select {
+		case <-l.kick:
+			gather()
+			round()
+		case <-tick:
+			l.mu.Lock()
+			dirty, a := l.dirty, l.active
+			l.dirty = false
+			l.mu.Unlock()
+			if dirty {
+				l.syncFile(a)
+			}
+		case <-l.closedCh:
+			round()
+			return
+		}
+	}
+}
+
+// syncFile fsyncs a, unless it was sealed meanwhile (which fsynced it).
+func (l *Log) syncFile(a *mapped) error {
+	l.syncMu.Lock()
+	defer l.syncMu.Unlock()
+	if a.closed {
+		return nil
+	}
+	l.nSyncs.Add(1)
+	if err := a.f.Sync(); err != nil {
+		return fmt.Errorf("filelog: fsync %s: %w", a.f.Name(), err)
+	}
+	return nil
+}
+
+// syncDir fsyncs a directory, so that a file created or removed in it stays
+// so after a power loss. Errors are ignored: some systems refuse it.
+func syncDir(dir string) {
+	if d, err := os.Open(dir); err == nil {
+		d.Sync()
+		d.Close()
+	}
+}
