@@ -160,7 +160,7 @@ func runOne(ctx context.Context, cfg config, sc scenario, loader string) (result
 	if ow != nil {
 		ow.finish()
 	}
-	if err != nil && ctx.Err() != nil {
+	if err != nil {
 		return r, err
 	}
 	r.Written, r.Finished = run.written, run.written == int64(len(items))
