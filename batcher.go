@@ -73,7 +73,7 @@ type Batcher struct {
 		sync.Mutex
 		state       state
 		queues      map[*Watcher]*queue
-		ready       ring[*queue]   // queues with operations to release, in turn
+		sched       sched          // the queues with operations to release, in turn
 		idle        []*queue       // queues that may be forgotten at the next flush
 		buffered    int            // operations waiting for release or retry
 		outstanding int            // buffered plus in flight
@@ -89,6 +89,7 @@ type Batcher struct {
 		paused      bool
 		pausedUntil time.Time
 		lanes       laneHeap // the queues whose lane a throttle paused, by the end of the pause
+		sharedLanes map[*Lane]*laneState
 		capacity    int
 		maxCapacity int  // the rate limiter's, as last read
 		aboveMax    bool // an operation costing more than maxCapacity was buffered since the last drop
@@ -99,7 +100,8 @@ type Batcher struct {
 		roomWake    time.Time // when room may suffice for a batch that waits
 		armed       time.Time // what the owner's timer is set for
 		flushWanted bool      // Flush asked for a flush
-		flushOwed   bool      // a flush found the capacity short: it goes on when room frees
+		pressure    bool      // a full buffer asked for a flush (see pressureFlushLocked)
+		reserve     int       // capacity the class being released from leaves to higher ones (see reserveLocked)
 		epochs      epochs
 		lastTarget  int
 		stats       Stats
@@ -125,12 +127,26 @@ type queue struct {
 	lastRelease time.Time   // with eager release: when it last sent a batch
 	burst       bool        // with eager release: its last two batches went within 2*eagerGap
 	flushOwed   bool        // a flush found no slot free: its part batch goes when one frees
-	inReady     bool
+	// The scheduler's (see sched.go): in its full and ready rings; the
+	// ready ring's stamp; waiting out of the rings for a slot of its own
+	// (slotWait) or for the capacity to change (capWait); when the sweeps
+	// that brought its first and its last operation waiting ran (sinceAt
+	// zero: its first are retries, or were enqueued with eager release),
+	// for fillingLocked.
+	inReady, inFull   bool
+	slotWait, capWait bool
+	stamp             uint64
+	sinceAt, lastAt   time.Time
+	cls               *class  // its watcher's priority class
+	credit            int     // its turn's credit, in cost units (see class)
+	rate              float64 // operations per nanosecond of the stream that filled its last batch
 	// The lane (see lanes.go): paused by a throttle until pausedUntil, at
 	// laneAt in Batcher.mu.lanes (-1 when not paused); streak counts its
 	// throttles in a row, pauses the throttles that began or lengthened a
 	// run of its pauses.
+	shared      *laneState // its watcher's shared lane, if any (see Lane)
 	paused      bool
+	held        bool // paused by eager release's hold, not by a throttle: no events
 	pausedUntil time.Time
 	laneAt      int
 	streak      int
@@ -280,6 +296,9 @@ func (b *Batcher) Start(ctx context.Context) error {
 	if err := b.cfg.validate(); err != nil {
 		return err
 	}
+	if b.cfg.maxConcurrent == 0 {
+		b.cfg.maxConcurrent = DefaultMaxConcurrentBatches
+	}
 	lim := b.cfg.limiter
 	limCtx, limCancel := context.WithCancel(context.WithoutCancel(ctx))
 	capacity, maxCapacity := 0, 0
@@ -404,7 +423,8 @@ func (b *Batcher) check(op *Operation) error {
 func (b *Batcher) queueLocked(w *Watcher) *queue {
 	q := b.mu.queues[w]
 	if q == nil {
-		q = &queue{w: w, laneAt: -1}
+		q = &queue{w: w, laneAt: -1, cls: b.classLocked(w.priority, w.share)}
+		b.sharedLaneLocked(q)
 		b.mu.queues[w] = q
 	}
 	return q
@@ -655,8 +675,8 @@ func (b *Batcher) abort(cause error, fromOwner bool) {
 	b.mu.running = nil
 	idle := b.retireLocked(true)
 	b.mu.queues = map[*Watcher]*queue{}
-	b.mu.ready = ring[*queue]{}
-	b.mu.lanes.clear()
+	b.mu.sharedLanes = nil
+	b.resetSchedLocked()
 	b.mu.idle = nil
 	b.mu.buffered, b.mu.outstanding, b.mu.target, b.mu.inflight = 0, 0, 0, 0
 	clear(b.mu.touched)

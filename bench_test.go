@@ -2,6 +2,8 @@ package batcher_test
 
 import (
 	"context"
+	"fmt"
+	"sync/atomic"
 	"testing"
 
 	"github.com/ratebatch/batcher"
@@ -67,4 +69,48 @@ func BenchmarkNewOperation(b *testing.B) {
 			i++
 		}
 	})
+}
+
+// BenchmarkWatchers is BenchmarkEnqueue over W watchers, each producer
+// going round them in turn, with the buffer as a second dimension: the
+// release scheduler's cost must not grow with W (compare the W rows with
+// benchstat). Each operation's time and allocations include creating it.
+func BenchmarkWatchers(b *testing.B) {
+	for _, c := range []struct{ w, buffer int }{
+		{1, 10_000}, {100, 10_000}, {10_000, 10_000}, {10_000, 1_000_000}, {100_000, 1_000_000},
+	} {
+		b.Run(fmt.Sprintf("W=%d/buffer=%d", c.w, c.buffer), func(b *testing.B) {
+			bt := batcher.NewBatcher().WithBufferSize(c.buffer)
+			if err := bt.Start(context.Background()); err != nil {
+				b.Fatal(err)
+			}
+			ws := make([]*batcher.Watcher, c.w)
+			for i := range ws {
+				ws[i] = batcher.NewWatcher(func(context.Context, []*batcher.Operation) error { return nil }).WithMaxBatchSize(100)
+			}
+			var next atomic.Int64
+			b.ReportAllocs()
+			b.SetParallelism(2)
+			b.ResetTimer()
+			b.RunParallel(func(pb *testing.PB) {
+				i := int(next.Add(1)) * 7919 // producers start apart
+				for pb.Next() {
+					if err := bt.Enqueue(batcher.NewOperation(ws[i%len(ws)], 1, nil, true)); err != nil {
+						b.Error(err)
+						return
+					}
+					i++
+				}
+			})
+			if err := bt.Flush(context.Background()); err != nil {
+				b.Fatal(err)
+			}
+			b.StopTimer()
+			st := bt.Stats()
+			b.ReportMetric(float64(st.Released)/float64(max(st.Batches, 1)), "ops/batch")
+			if err := bt.Shutdown(context.Background()); err != nil {
+				b.Fatal(err)
+			}
+		})
+	}
 }

@@ -15,6 +15,11 @@ const (
 	DefaultMaxOperationTime = time.Minute
 	DefaultPauseTime        = 500 * time.Millisecond
 	DefaultMaxPauseTime     = 30 * time.Second
+	// DefaultMaxConcurrentBatches is the most ProcessBatch calls a Batcher
+	// runs at once unless WithMaxConcurrentBatches says otherwise. Each
+	// running call has a worker goroutine, so it is also the most worker
+	// goroutines a Batcher has (idle ones leave after a flush interval).
+	DefaultMaxConcurrentBatches = 1024
 )
 
 // config holds a Batcher's settings. The With* methods write it before
@@ -71,7 +76,7 @@ func (c *config) validate() error {
 		bad("MaxPauseTime is %v; it must be at least PauseTime, %v", c.maxPauseTime, c.pauseTime)
 	}
 	if c.maxConcurrent < 0 {
-		bad("MaxConcurrentBatches is %d; it must be 0 (no limit) or more", c.maxConcurrent)
+		bad("MaxConcurrentBatches is %d; it must be 0 (the default, %d) or more", c.maxConcurrent, DefaultMaxConcurrentBatches)
 	}
 	return errors.Join(errs...)
 }
@@ -102,7 +107,9 @@ func (b *Batcher) WithBufferSize(n int) *Batcher {
 
 // WithFlushInterval sets how often the Batcher flushes: releases, within
 // capacity, the operations that did not fill a batch (a flush that finds
-// no concurrency slot free releases them as soon as one frees). It also
+// no concurrency slot free releases them as soon as one frees; a partial
+// batch whose watcher's operations stream in fast enough to fill it may wait
+// for a later flush, at most 4 intervals after its oldest operation came). It also
 // sets how finely capacity is paced: each flush interval gets its share of
 // the second's capacity, under a backlog too. A datastore that counts in
 // seconds of its own sees each of them short of the capacity by at most one
@@ -162,8 +169,16 @@ func (b *Batcher) WithMaxPauseTime(d time.Duration) *Batcher {
 }
 
 // WithMaxConcurrentBatches sets how many ProcessBatch calls may run at once,
-// across all watchers. The default, 0, means no limit. Negative values are
-// invalid.
+// across all watchers. Each running call has a worker goroutine of its own,
+// so n also bounds the Batcher's worker goroutines; a worker that finds
+// nothing to run waits, idle, for a flush interval, then leaves. The
+// default, 0, means DefaultMaxConcurrentBatches (1024): enough for
+// ProcessBatch calls that wait on a datastore, and a bound on the
+// goroutines (and their memory) that a burst of many watchers' small
+// batches would otherwise start at once: without it, a flush of 10,000
+// watchers' batches started 10,000 goroutines, which then queued for the
+// Batcher's lock. For no practical limit, pass math.MaxInt. Negative values
+// are invalid.
 func (b *Batcher) WithMaxConcurrentBatches(n int) *Batcher {
 	b.mustNotBeStarted("WithMaxConcurrentBatches")
 	b.cfg.maxConcurrent = n

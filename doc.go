@@ -85,6 +85,31 @@
 // listener's first panic is reported to the others in a [ListenerPanicked]
 // event; its later ones are recovered without a report.
 //
+// # Scheduling between watchers
+//
+// Releasing, forming and completing a batch cost the same however many
+// watchers hold operations: the Batcher keeps the watchers with a full
+// batch in one ring and those with any in another, and never walks all of
+// them to find the next. Full batches go at once; a flush releases full
+// batches before partial ones, and then takes turns between the two, so a
+// watcher that keeps making full batches starves no one. Under load a flush
+// does not cut a batch short while its watcher's operations stream in fast
+// enough to fill it: the partial batch waits for a later flush, at most 4
+// flush intervals after its oldest operation came (at light load, or after
+// a burst, every operation goes at the next flush, as before). A buffer
+// full of partial batches, with none running to free room, is flushed at
+// once rather than at the next interval. At most MaxConcurrentBatches
+// batches run at once, each on a worker goroutine (1024 by default, see
+// [DefaultMaxConcurrentBatches]); idle workers leave after a flush interval.
+//
+// Watchers may share one capacity unevenly: [Watcher.WithPriority] puts a
+// watcher in a class released before lower ones while capacity or slots
+// are short (lower classes leave room for a higher class's next batch);
+// [Watcher.WithWeight] shares a class's capacity in proportion, by cost;
+// [Watcher.WithGuaranteedShare] keeps a lower class from starving. The
+// defaults (priority 0, weight 1, no share) give every watcher with work an
+// equal turn.
+//
 // # What it does not do
 //
 // The Batcher does not persist its buffer: operations buffered when the

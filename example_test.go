@@ -200,3 +200,37 @@ func ExamplePanicError() {
 	// batcher: ProcessBatch panicked: assignment to entry in nil map
 	// fine: <nil>
 }
+
+// Interactive writes and a bulk load share one capacity: the interactive
+// watcher's class goes first while capacity is short, and the bulk load,
+// whose batches go in a lower class, keeps a guaranteed 20% of what is
+// released; within a class, weights share the rest.
+func ExampleWatcher_WithPriority() {
+	b := batcher.NewBatcher().WithRateLimiter(ratelimiter.NewProvisioned(1000))
+	if err := b.Start(context.Background()); err != nil {
+		fmt.Println(err)
+		return
+	}
+	var mu sync.Mutex
+	written := map[string]int{}
+	write := func(kind string) func(context.Context, []*batcher.Operation) error {
+		return func(ctx context.Context, batch []*batcher.Operation) error {
+			mu.Lock()
+			defer mu.Unlock()
+			written[kind] += len(batch)
+			return nil
+		}
+	}
+	interactive := batcher.NewWatcher(write("interactive")).WithPriority(1)
+	bulk := batcher.NewWatcher(write("bulk")).WithGuaranteedShare(0.2).WithMaxBatchSize(100)
+	tenantA := batcher.NewWatcher(write("tenant A")).WithWeight(3) // of priority 0, like bulk
+	for range 3 {
+		b.Enqueue(batcher.NewOperation(interactive, 1, nil, true))
+		b.Enqueue(batcher.NewOperation(bulk, 1, nil, true))
+		b.Enqueue(batcher.NewOperation(tenantA, 1, nil, true))
+	}
+	b.Shutdown(context.Background())
+	fmt.Println(written["interactive"], written["bulk"], written["tenant A"])
+	// Output:
+	// 3 3 3
+}

@@ -160,6 +160,7 @@ func (b *Batcher) admitSlow(ctx context.Context, op *Operation, sh *shard) error
 			}
 			break
 		}
+		b.pressureFlushLocked()
 		if b.cfg.errorOnFull {
 			b.unlock()
 			return fmt.Errorf("%w: %d operations held", ErrBufferFull, b.cfg.bufferSize)
@@ -236,6 +237,9 @@ func (b *Batcher) closeIntakeLocked() {
 // acceptLocked puts op in its watcher's queue.
 func (b *Batcher) acceptLocked(op *Operation) {
 	q := b.queueLocked(op.watcher)
+	if !b.cfg.eager {
+		q.arrived(time.Now())
+	}
 	q.push(entryOf(op))
 	op.epoch = b.mu.epochs.addN(1)
 	b.mu.buffered++
@@ -334,6 +338,10 @@ func (b *Batcher) sweepShardLocked(sh *shard, now time.Time, own bool) {
 	if !now.IsZero() {
 		sh.sweptAt = now
 	}
+	at := now // when these operations arrived, as the scheduler sees it (see fillingLocked)
+	if at.IsZero() && !b.cfg.eager {
+		at = time.Now() // once a sweep; eager release holds no batch for fullness
+	}
 
 	epoch := b.mu.epochs.addN(len(ops))
 	var q *queue
@@ -343,6 +351,7 @@ func (b *Batcher) sweepShardLocked(sh *shard, now time.Time, own bool) {
 		if q == nil || e.w != q.w {
 			q = b.queueLocked(e.w)
 			b.markLocked(q)
+			q.arrived(at)
 		}
 		q.push(e)
 		if epoch != 0 {
@@ -369,26 +378,24 @@ func (b *Batcher) sweepShardLocked(sh *shard, now time.Time, own bool) {
 	sh.mu.Unlock()
 }
 
-// releaseTouchedLocked releases what may go from the queues that received
-// operations since the last call, and appends the batches to out.
+// releaseTouchedLocked releases what may go now that queues received
+// operations since the last call: the full batches they made (or, with
+// eager release or while draining, any), and appends the batches to out.
 func (b *Batcher) releaseTouchedLocked(now time.Time, out []*batch) []*batch {
+	any := b.cfg.eager || b.mu.state == stateDraining || b.mu.pressure
+	b.mu.pressure = false
 	for _, q := range b.mu.touched {
 		q.touched = false
-		n := q.w.maxBatchSize
-		if !b.cfg.eager && b.mu.state != stateDraining && !q.flushOwed && q.unbatchable == 0 && (n == 0 || q.ops.len() < n) {
-			continue // no full batch: it waits for the flush
-		}
-		for {
-			bt := b.releaseFromLocked(now, q)
-			if bt == nil {
-				break
-			}
-			out = append(out, bt)
+		if b.fullLocked(q) {
+			any = true
 		}
 	}
 	clear(b.mu.touched)
 	b.mu.touched = b.mu.touched[:0]
-	return out
+	if !any {
+		return out // no full batch: they wait for the flush
+	}
+	return b.releaseLocked(now, false, false, out)
 }
 
 // unlock sweeps the intake, releases what became releasable, unlocks b.mu
@@ -416,7 +423,7 @@ func (b *Batcher) unlockSweeping(sweep bool) (released bool) {
 		if sweep && in.pending() {
 			b.sweepLocked()
 		}
-		if len(b.mu.touched) > 0 {
+		if len(b.mu.touched) > 0 || b.mu.pressure {
 			var now time.Time
 			if !b.mu.unlimited {
 				now = time.Now()

@@ -661,7 +661,7 @@ func TestARefusedBatchWaitsForAMomentAfterNow(t *testing.T) {
 						b.mu.roomWake = time.Time{}
 						b.mu.pace.backlog = true
 						b.advanceLocked(now)
-						if b.formLocked(now, q, false) != nil {
+						if bt, _, _ := b.formLocked(now, q, false); bt != nil {
 							break
 						}
 						wake := b.mu.roomWake

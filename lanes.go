@@ -2,6 +2,7 @@ package batcher
 
 import (
 	"math/rand/v2"
+	"slices"
 	"time"
 )
 
@@ -14,6 +15,69 @@ import (
 // pause, so that releases from the other lanes cost the same while any
 // number of lanes are paused; the owner goroutine wakes for the earliest
 // end and puts the queue back.
+
+// A Lane groups watchers whose operations share one cause of throttles:
+// a throttle of any of them pauses them all (see [Watcher.WithLane]).
+// Without one, each watcher is a lane of its own. Create it with
+// [NewLane]; its zero value is not for use. A Lane may be used by several
+// Batchers, and is then a lane of its own in each. It is safe for
+// concurrent use.
+type Lane struct {
+	_ byte // a Lane has an identity: pointers to distinct Lanes differ
+}
+
+// NewLane returns a new lane, for watchers whose throttles share one cause,
+// such as the physical partition of a datastore that several watchers
+// write to.
+func NewLane() *Lane { return &Lane{} }
+
+// laneState is a shared lane's state in one Batcher: its queues (those the
+// Batcher holds now), and its run of throttles.
+type laneState struct {
+	queues []*queue
+	streak int
+	pauses uint64
+}
+
+// sharedLaneLocked joins q to its watcher's shared lane, if it has one,
+// pausing it if the lane is paused.
+func (b *Batcher) sharedLaneLocked(q *queue) {
+	if q.w.lane == nil {
+		return
+	}
+	if b.mu.sharedLanes == nil {
+		b.mu.sharedLanes = map[*Lane]*laneState{}
+	}
+	ls := b.mu.sharedLanes[q.w.lane]
+	if ls == nil {
+		ls = &laneState{}
+		b.mu.sharedLanes[q.w.lane] = ls
+	}
+	for _, o := range ls.queues {
+		if o.throttled() {
+			b.pauseLaneLocked(q, o.pausedUntil)
+			break
+		}
+	}
+	ls.queues = append(ls.queues, q)
+	q.shared = ls
+}
+
+// leaveLaneLocked takes q, which the Batcher forgets, out of its shared
+// lane.
+func (b *Batcher) leaveLaneLocked(q *queue) {
+	ls := q.shared
+	if ls == nil {
+		return
+	}
+	if i := slices.Index(ls.queues, q); i >= 0 {
+		ls.queues = slices.Delete(ls.queues, i, i+1)
+	}
+	if len(ls.queues) == 0 {
+		delete(b.mu.sharedLanes, q.w.lane)
+	}
+	q.shared = nil
+}
 
 // throttleJitter is the spread of a pause without a retry-after: the pause
 // is its nominal length times a factor drawn uniformly from
@@ -47,13 +111,40 @@ func lanePause(retryAfter time.Duration, streak int, pause, maxPause time.Durati
 // repeat; a longer pause already under way is kept.
 func (b *Batcher) throttledLocked(now time.Time, bt *batch, retryAfter time.Duration) time.Duration {
 	q := bt.q
-	if q.streak == 0 || bt.pauses == q.pauses {
-		q.streak++
-		q.pauses++
+	streak, pauses := &q.streak, &q.pauses
+	if q.shared != nil {
+		streak, pauses = &q.shared.streak, &q.shared.pauses
 	}
-	d := lanePause(retryAfter, q.streak, b.cfg.pauseTime, b.cfg.maxPauseTime, rand.Float64())
-	b.pauseLaneLocked(q, now.Add(d))
+	if *streak == 0 || bt.pauses == *pauses {
+		*streak++
+		*pauses++
+	}
+	d := lanePause(retryAfter, *streak, b.cfg.pauseTime, b.cfg.maxPauseTime, rand.Float64())
+	if q.shared == nil {
+		b.pauseLaneLocked(q, now.Add(d))
+		return d
+	}
+	for _, o := range q.shared.queues {
+		b.pauseLaneLocked(o, now.Add(d))
+	}
 	return d
+}
+
+// lanePauses returns the count of pauses of q's lane.
+func (q *queue) lanePauses() uint64 {
+	if q.shared != nil {
+		return q.shared.pauses
+	}
+	return q.pauses
+}
+
+// laneSucceeded ends the run of throttles of q's lane.
+func (q *queue) laneSucceeded() {
+	if q.shared != nil {
+		q.shared.streak = 0
+	} else {
+		q.streak = 0
+	}
 }
 
 // pauseLaneLocked makes sure q's lane releases nothing before until.
@@ -79,13 +170,16 @@ func (b *Batcher) resumeLanesLocked(now time.Time, evs []Event) []Event {
 			break
 		}
 		b.mu.lanes.pop()
-		q.paused = false
+		wasHeld := q.held
+		q.paused, q.held = false, false
 		if q.ops.len() > 0 {
 			b.readyLocked(q)
 		} else {
 			b.noteIdleLocked(q)
 		}
-		evs = append(evs, Event{Kind: Resumed, Watcher: q.w})
+		if !wasHeld {
+			evs = append(evs, Event{Kind: Resumed, Watcher: q.w})
+		}
 	}
 	return evs
 }
@@ -165,16 +259,7 @@ func (l *laneHeap) down(i0 int) bool {
 // clear empties the heap (Close).
 func (l *laneHeap) clear() {
 	for _, q := range l.h {
-		q.laneAt, q.paused = -1, false
+		q.laneAt, q.paused, q.held = -1, false, false
 	}
 	l.h = nil
-}
-
-// readyLocked puts q, which holds operations, among the queues to release
-// from, unless it is there already or its lane is paused.
-func (b *Batcher) readyLocked(q *queue) {
-	if !q.inReady && !q.paused {
-		q.inReady = true
-		b.mu.ready.push(q)
-	}
 }

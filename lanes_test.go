@@ -273,3 +273,36 @@ func TestManyThrottledLanesStayWithinCapacity(t *testing.T) {
 		}
 	})
 }
+
+func TestWatchersOfASharedLanePauseTogether(t *testing.T) {
+	// Two watchers in one lane, a third on its own: a throttle of the first
+	// pauses the second for the same retry-after, not the third.
+	synctest.Test(t, func(t *testing.T) {
+		b := start(t, batcher.NewBatcher().WithEagerRelease())
+		lane := batcher.NewLane()
+		hot := &laneCalls{n: 1, after: 500 * time.Millisecond}
+		s2, s3 := &sink{}, &sink{}
+		w1 := batcher.NewWatcher(hot.process).WithLane(lane)
+		w2 := s2.watcher().WithLane(lane)
+		w3 := s3.watcher()
+		enqueue(t, b, w1, 1, 1)
+		synctest.Wait() // throttled: the lane pauses 500ms
+		t0 := time.Now()
+		enqueue(t, b, w2, 1, 1)
+		enqueue(t, b, w3, 1, 1)
+		synctest.Wait()
+		if s2.ops() != 0 || s3.ops() != 1 {
+			t.Fatalf("released %d of the lane's other watcher and %d of the unrelated one, want 0 and 1", s2.ops(), s3.ops())
+		}
+		time.Sleep(500*time.Millisecond - time.Nanosecond)
+		synctest.Wait()
+		if s2.ops() != 0 {
+			t.Fatalf("the lane's other watcher went at %v, during the pause", time.Since(t0))
+		}
+		time.Sleep(time.Nanosecond)
+		synctest.Wait()
+		if s2.ops() != 1 || len(hot.times()) != 2 {
+			t.Errorf("when the lane's pause ended: %d of the other watcher, %d calls of the throttled one; want 1 and 2", s2.ops(), len(hot.times()))
+		}
+	})
+}

@@ -99,8 +99,9 @@ func (b *Batcher) step(timer *time.Timer, tick bool, out []*batch, evs []Event) 
 	// (see formLocked), as soon as the capacity frees.
 	interval := tick
 	announce := b.cfg.emitFlush && (tick || b.mu.flushWanted)
-	flush := tick || b.mu.flushWanted || b.mu.flushOwed
-	b.mu.flushWanted, b.mu.flushOwed = false, false
+	flush := tick || b.mu.flushWanted
+	explicit := b.mu.flushWanted
+	b.mu.flushWanted = false
 	if b.mu.paused && !now.Before(b.mu.pausedUntil) {
 		b.mu.paused = false
 		evs = append(evs, Event{Kind: Resumed})
@@ -110,6 +111,7 @@ func (b *Batcher) step(timer *time.Timer, tick bool, out []*batch, evs []Event) 
 		r := heap.Pop(&b.mu.retries).(retryEntry)
 		r.q.retrying -= len(r.ops)
 		r.q.pushFront(r.ops)
+		r.q.sinceAt = time.Time{} // old operations: not held for a fuller batch
 		b.readyLocked(r.q)
 	}
 	b.mu.roomWake = time.Time{}
@@ -119,7 +121,7 @@ func (b *Batcher) step(timer *time.Timer, tick bool, out []*batch, evs []Event) 
 	}
 	before := b.mu.stats.Released
 	var retired []*worker
-	out = b.releaseLocked(now, flush, out)
+	out = b.releaseLocked(now, flush, interval && !explicit, out)
 	if announce {
 		evs = append(evs, Event{Kind: FlushDone, Val: int(b.mu.stats.Released - before)})
 	}
@@ -266,6 +268,9 @@ func (b *Batcher) dropAboveLocked(max int) []Event {
 	if len(dropped) == 0 {
 		return nil
 	}
+	// A queue that waited for capacity behind a dropped operation may go
+	// now: each looks again at its next turn.
+	b.capacityChangedLocked()
 	b.failed.Add(int64(len(dropped)))
 	evs := make([]Event, 0, len(dropped))
 	for _, op := range dropped {

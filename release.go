@@ -36,6 +36,7 @@ func (b *Batcher) setCapacityLocked(now time.Time, c int) {
 	}
 	b.mu.capacity = c
 	b.mu.pace.set(now, c, b.cfg.flushInterval)
+	b.capacityChangedLocked()
 }
 
 // releasableLocked reports whether releases may happen at all.
@@ -45,73 +46,9 @@ func (b *Batcher) releasableLocked() bool {
 }
 
 // slotFreeLocked reports whether the Batcher-wide concurrency allows one
-// more batch.
+// more batch. (Start sets the limit: 0 becomes the default.)
 func (b *Batcher) slotFreeLocked() bool {
-	return b.cfg.maxConcurrent == 0 || b.mu.inflight < b.cfg.maxConcurrent
-}
-
-// releaseLocked releases batches from every queue in turn, as long as
-// capacity and slots allow, and appends them to out. With tick set, it
-// releases batches that are not full too (a flush); otherwise only full
-// ones, or any with eager release, or while draining.
-func (b *Batcher) releaseLocked(now time.Time, tick bool, out []*batch) []*batch {
-	if !b.releasableLocked() {
-		return out
-	}
-	b.advanceLocked(now)
-	misses := 0
-	for b.mu.ready.len() > 0 && misses < b.mu.ready.len() && b.slotFreeLocked() {
-		q := b.mu.ready.front()
-		if q.paused {
-			// Its lane is paused: it waits in the lane heap, which puts it
-			// back when the pause ends.
-			q.inReady = false
-			b.mu.ready.popFront()
-			continue
-		}
-		if q.ops.len() == 0 {
-			q.inReady, q.flushOwed = false, false
-			b.mu.ready.popFront()
-			b.noteIdleLocked(q)
-			continue
-		}
-		bt := b.formLocked(now, q, tick)
-		if bt == nil {
-			misses++
-			b.mu.ready.rotate()
-			continue
-		}
-		misses = 0
-		out = append(out, bt)
-		if q.ops.len() == 0 {
-			q.inReady = false
-			b.mu.ready.popFront()
-		} else {
-			b.mu.ready.rotate()
-		}
-	}
-	if tick && !b.slotFreeLocked() {
-		// The flush is owed to what the Batcher-wide limit held back: it
-		// goes on as slots free (see formLocked).
-		for i := range b.mu.ready.len() {
-			if q := b.mu.ready.at(i); q.ops.len() > 0 {
-				q.flushOwed = true
-			}
-		}
-	}
-	b.mu.pace.backlog = b.mu.buffered > 0
-	return out
-}
-
-// releaseFromLocked releases one batch from q if it may go now.
-func (b *Batcher) releaseFromLocked(now time.Time, q *queue) *batch {
-	if !b.releasableLocked() || !b.slotFreeLocked() {
-		return nil
-	}
-	b.advanceLocked(now)
-	bt := b.formLocked(now, q, false)
-	b.mu.pace.backlog = b.mu.buffered > 0
-	return bt
+	return b.mu.inflight < b.cfg.maxConcurrent
 }
 
 // advanceLocked brings the capacity bookkeeping up to now.
@@ -122,14 +59,14 @@ func (b *Batcher) advanceLocked(now time.Time) {
 }
 
 // formLocked takes a batch from the front of q and records its release, or
-// returns nil if q has nothing that may go now. Without tick (or eager
-// release, or a drain, or a flush owed to q), only a full batch may go:
-// MaxBatchSize operations, or as many as come before an operation that
-// cannot share a batch.
-func (b *Batcher) formLocked(now time.Time, q *queue, tick bool) *batch {
+// returns nil and why nothing may go now (with held, until when). Without
+// tick (a flush owes q a turn), eager release, a drain or a flush owed to q
+// when a slot frees, only a full batch may go: MaxBatchSize operations, or
+// as many as come before an operation that cannot share a batch.
+func (b *Batcher) formLocked(now time.Time, q *queue, tick bool) (*batch, why, time.Time) {
 	w := q.w
-	if q.paused {
-		return nil // its lane is paused: resumeLanesLocked puts it back
+	if q.throttled() {
+		return nil, paused, time.Time{} // resumeLanesLocked puts it back
 	}
 	if w.maxConcurrent > 0 && q.inflight >= w.maxConcurrent {
 		if tick && q.ops.len() > 0 {
@@ -137,11 +74,11 @@ func (b *Batcher) formLocked(now time.Time, q *queue, tick bool) *batch {
 			// not a flush interval later.
 			q.flushOwed = true
 		}
-		return nil
+		return nil, noSlot, time.Time{}
 	}
 	pending := q.ops.len()
 	if pending == 0 {
-		return nil
+		return nil, notFull, time.Time{}
 	}
 	limit := pending
 	if w.maxBatchSize > 0 {
@@ -162,7 +99,7 @@ func (b *Batcher) formLocked(now time.Time, q *queue, tick bool) *batch {
 	full := !q.ops.at(0).batchable || n < pending || (w.maxBatchSize > 0 && n == w.maxBatchSize)
 	partial := tick || q.flushOwed || b.cfg.eager || b.mu.state == stateDraining
 	if !full && !partial {
-		return nil
+		return nil, notFull, time.Time{}
 	}
 	if b.cfg.eager && !full && !tick && b.mu.state != stateDraining && q.burst {
 		// Eager release sends a batch that is not full at once unless the
@@ -179,11 +116,13 @@ func (b *Batcher) formLocked(now time.Time, q *queue, tick bool) *batch {
 			now = time.Now()
 		}
 		if next := q.lastRelease.Add(eagerGap); now.Before(next) {
-			b.noteWakeLocked(next)
-			return nil
+			return nil, held, next
 		}
 	}
 	if !b.mu.unlimited {
+		if int(q.ops.at(0).cost) > b.mu.capacity {
+			return nil, never, time.Time{} // until the capacity changes
+		}
 		f := b.fitLocked(now, q, n)
 		// Short of room for the batch (or for as much of it as the capacity
 		// can ever hold at once), release what fits now only while
@@ -207,19 +146,17 @@ func (b *Batcher) formLocked(now time.Time, q *queue, tick bool) *batch {
 				soon := now.Add(b.cfg.flushInterval / 2)
 				need = min(need, max(f.room+b.mu.ledger.freedBy(now, soon), int(q.ops.at(0).cost)))
 			}
+			// The room comes at the wake noted here, and with it the
+			// flush goes on where it stopped (a little after the flush:
+			// timers are late by a little, and the ledger keeps each
+			// release a little over a second); waiting for the next flush
+			// interval would waste a whole interval's share.
 			b.noteRoomLocked(now, need)
-			if tick && f.k == 0 {
-				// The flush is owed: the room comes at the wake just noted,
-				// a little after the flush (timers are late by a little, and
-				// the ledger keeps each release a little over a second); the
-				// next flush interval would waste a whole interval's share.
-				b.mu.flushOwed = true
-			}
-			return nil
+			return nil, noRoom, time.Time{}
 		}
 		n, cost = f.k, f.kCost
 	}
-	return b.takeLocked(now, q, n, cost)
+	return b.takeLocked(now, q, n, cost), released, time.Time{}
 }
 
 // fit says how much of a batch may go now.
@@ -238,7 +175,7 @@ type fit struct {
 // once.
 func (b *Batcher) fitLocked(now time.Time, q *queue, n int) fit {
 	c := b.mu.capacity
-	room := c - b.mu.ledger.used(now)
+	room := c - b.mu.ledger.used(now) - b.mu.reserve
 	var (
 		tokens   float64 // external pacer
 		paceFull bool
@@ -288,7 +225,7 @@ func (b *Batcher) fitLocked(now time.Time, q *queue, n int) fit {
 
 // noteRoomLocked asks the owner to try again when need fits in capacity.
 func (b *Batcher) noteRoomLocked(now time.Time, need int) {
-	d, ok := b.mu.ledger.wait(now, b.mu.capacity, need)
+	d, ok := b.mu.ledger.wait(now, b.mu.capacity-b.mu.reserve, need)
 	if !ok {
 		return // never at this capacity; the capacity interval looks again
 	}
@@ -333,8 +270,18 @@ func (b *Batcher) takeLocked(now time.Time, q *queue, n, cost int) *batch {
 	// batch has ended. (The batch is new: a worker's timer may still look at
 	// it after it ends.)
 	ops := b.spareOpsLocked(n)
+	if k := q.ops.len() - n; !q.sinceAt.IsZero() && q.lastAt.After(q.sinceAt) {
+		// The rate of the stream that filled it, for fillingLocked; and
+		// the k left are the newest: their oldest came about k/(n+k) of
+		// the span before the last.
+		span := q.lastAt.Sub(q.sinceAt)
+		q.rate = float64(n+k-1) / float64(span)
+		if k > 0 {
+			q.sinceAt = q.lastAt.Add(-span / time.Duration(n+k) * time.Duration(k))
+		}
+	}
 	q.popInto(ops)
-	bt := &batch{q: q, ops: ops, cost: cost, pauses: q.pauses, worker: b.popIdleLocked()}
+	bt := &batch{q: q, ops: ops, cost: cost, pauses: q.lanePauses(), worker: b.popIdleLocked()}
 	if q.ops.len() == 0 {
 		q.flushOwed = false // what the flush owed has gone
 	}
@@ -477,6 +424,7 @@ func (b *Batcher) complete(bt *batch, w *worker) (next *batch, idle bool) {
 	b.removeRunningLocked(bt)
 	b.mu.inflight--
 	bt.q.inflight--
+	b.slotFreedLocked(bt.q)
 	if (len(retry) > 0 || len(throttle) > 0) && !b.mu.unlimited {
 		// What costs more than the maximum capacity could never go out
 		// again: it fails here, as dropAboveLocked fails what is buffered
@@ -535,14 +483,18 @@ func (b *Batcher) complete(bt *batch, w *worker) (next *batch, idle bool) {
 		b.mu.stats.Throttled++
 		d := b.throttledLocked(now, bt, after)
 		bt.q.pushFront(throttle)
+		bt.q.sinceAt = time.Time{} // old operations: not held for a fuller batch
 		b.bufferAgainLocked(throttle)
 		b.readyLocked(bt.q) // once its lane resumes
 		evs = append(evs, Event{Kind: Throttled, Batch: throttle, Duration: d, Err: retryErr, Watcher: bt.q.w},
 			Event{Kind: Paused, Duration: d, Err: retryErr, Watcher: bt.q.w})
-	} else if bt.pauses == bt.q.pauses {
-		bt.q.streak = 0 // released after the lane's last throttle, and not throttled
+	} else if bt.pauses == bt.q.lanePauses() {
+		bt.q.laneSucceeded() // released after the lane's last throttle, and not throttled
 	}
-	if ended > 0 && b.mu.space != nil && b.freeLocked() >= b.lowWater {
+	if ended > 0 && b.mu.space != nil && (b.freeLocked() >= b.lowWater || b.mu.outstanding == b.mu.buffered) {
+		// Room for a few grants; or the last batch running has ended,
+		// and the Enqueue calls woken find the buffer full of partial
+		// batches, and flush it (see pressureFlushLocked).
 		b.wakeSpaceLocked()
 	}
 	b.checkDrainedLocked()
@@ -552,7 +504,7 @@ func (b *Batcher) complete(bt *batch, w *worker) (next *batch, idle bool) {
 	// any others that may go. The intake is left to the others who take
 	// the lock (see unlockNoSweep).
 	var buf [4]*batch
-	out := b.releaseLocked(now, false, buf[:0])
+	out := b.releaseLocked(now, false, false, buf[:0])
 	if len(out) > 0 {
 		next = out[0]
 		if next.worker != nil {
@@ -659,8 +611,9 @@ func (b *Batcher) noteIdleLocked(q *queue) {
 func (b *Batcher) sweepIdleLocked() {
 	for _, q := range b.mu.idle {
 		q.inIdle = false
-		if q.isIdle() && !q.inReady && !q.paused && b.mu.queues[q.w] == q {
+		if q.isIdle() && !q.inReady && !q.inFull && !q.paused && !q.parked() && b.mu.queues[q.w] == q {
 			delete(b.mu.queues, q.w)
+			b.leaveLaneLocked(q)
 		}
 	}
 	clear(b.mu.idle)

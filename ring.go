@@ -38,6 +38,16 @@ func (r *ring[T]) pushFront(xs []T) {
 	r.n += len(xs)
 }
 
+// pushFront1 puts x before the current front.
+func (r *ring[T]) pushFront1(x T) {
+	if r.n == len(r.buf) {
+		r.grow(r.n + 1)
+	}
+	r.head = (r.head - 1) & (len(r.buf) - 1)
+	r.buf[r.head] = x
+	r.n++
+}
+
 // popFront removes the front element and returns it.
 func (r *ring[T]) popFront() T {
 	var zero T

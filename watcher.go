@@ -73,6 +73,10 @@ type Watcher struct {
 	maxConcurrent    int
 	retryBackoff     time.Duration
 	maxRetryBackoff  time.Duration
+	lane             *Lane
+	priority         int
+	weight           int
+	share            float64
 
 	sealed  atomic.Bool
 	sealMu  sync.Mutex
@@ -100,6 +104,7 @@ func NewWatcherFor(p Processor) *Watcher {
 	return &Watcher{
 		p:               p,
 		maxAttempts:     DefaultMaxAttempts,
+		weight:          1,
 		retryBackoff:    DefaultRetryBackoff,
 		maxRetryBackoff: DefaultMaxRetryBackoff,
 	}
@@ -158,6 +163,67 @@ func (w *Watcher) WithRetryBackoff(base, max time.Duration) *Watcher {
 	return w
 }
 
+// WithLane puts the watcher in a lane shared with the other watchers given
+// l: a throttle of any of them pauses them all, and their run of throttles
+// is one (see [Throttle]). Use it when several watchers write to one
+// budget of the datastore, such as one physical partition. The default,
+// nil, makes the watcher a lane of its own.
+func (w *Watcher) WithLane(l *Lane) *Watcher {
+	w.mustNotBeSealed("WithLane")
+	w.lane = l
+	return w
+}
+
+// WithPriority sets the watcher's priority class. While capacity or
+// concurrency slots are short, a Batcher releases the batches of a higher
+// class before any of a lower one (a full batch, or a partial one a flush
+// owes); within a class, watchers share by weight (see WithWeight). A lower
+// class gets only what the higher ones leave, unless it has a guaranteed
+// share (see WithGuaranteedShare). The default is 0; any int is valid, and
+// watchers of equal priority are one class. Each distinct priority a
+// Batcher has seen costs it a little memory for its life, and each release
+// a look at every class: use a few.
+func (w *Watcher) WithPriority(p int) *Watcher {
+	w.mustNotBeSealed("WithPriority")
+	w.priority = p
+	return w
+}
+
+// WithWeight sets the watcher's weight within its priority class:
+// backlogged watchers of one class share the released capacity in
+// proportion to their weights, counted by cost (deficit round robin). The
+// default is 1, which, with batches of one cost, gives each watcher with
+// work one batch a turn, as a Batcher has always done; weight must be at
+// least 1.
+func (w *Watcher) WithWeight(n int) *Watcher {
+	w.mustNotBeSealed("WithWeight")
+	w.weight = n
+	return w
+}
+
+// WithGuaranteedShare sets a share of the released cost that the watcher's
+// priority class gets, while it has work, even when higher classes want
+// all the capacity: whenever the class has had less than f of the cost
+// released over the last second (counting the previous second in part), it
+// goes first. f is a fraction in [0, 1); the default, 0, means none; a
+// class takes the largest share any of its watchers asks for. Shares are
+// counted over all the classes' releases, so guaranteed shares that add up
+// to more than 1 cannot all be met.
+func (w *Watcher) WithGuaranteedShare(f float64) *Watcher {
+	w.mustNotBeSealed("WithGuaranteedShare")
+	w.share = f
+	return w
+}
+
+// Priority returns the watcher's priority class.
+func (w *Watcher) Priority() int { return w.priority }
+
+// Weight returns the watcher's weight within its class.
+func (w *Watcher) Weight() int { return w.weight }
+
+// GuaranteedShare returns the watcher's guaranteed share.
+func (w *Watcher) GuaranteedShare() float64 { return w.share }
+
 // MaxAttempts returns the watcher's MaxAttempts setting.
 func (w *Watcher) MaxAttempts() int { return w.maxAttempts }
 
@@ -204,6 +270,12 @@ func (w *Watcher) validate() error {
 	}
 	if w.maxConcurrent < 0 {
 		bad("MaxConcurrentBatches is %d; it must be 0 (no limit) or more", w.maxConcurrent)
+	}
+	if w.weight < 1 {
+		bad("Weight is %d; it must be at least 1", w.weight)
+	}
+	if !(w.share >= 0 && w.share < 1) { // NaN too
+		bad("GuaranteedShare is %v; it must be at least 0 and less than 1", w.share)
 	}
 	if w.retryBackoff <= 0 {
 		bad("RetryBackoff base is %v; it must be more than 0", w.retryBackoff)

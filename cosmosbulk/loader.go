@@ -218,8 +218,12 @@ func (l *Loader) watchers() ([]*batcher.Watcher, error) {
 	}
 	l.once.Do(func() {
 		l.w = make([]*batcher.Watcher, l.lanes)
+		// The lanes are hashes of partition keys, not physical partitions:
+		// a 429 may come from a budget they all share, so they share one
+		// throttle lane (see batcher.Lane).
+		lane := batcher.NewLane()
 		for i := range l.w {
-			l.w[i] = batcher.NewWatcherFor(l).WithMaxBatchSize(l.maxBatchSize).WithMaxAttempts(l.maxAttempts)
+			l.w[i] = batcher.NewWatcherFor(l).WithMaxBatchSize(l.maxBatchSize).WithMaxAttempts(l.maxAttempts).WithLane(lane)
 		}
 		l.started.Store(true)
 	})

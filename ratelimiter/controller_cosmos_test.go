@@ -120,7 +120,12 @@ func converge(t *testing.T, m *cosmosmodel.Model, client *azcosmos.Client, name 
 	}
 	u := &upserter{c: c}
 	w := batcher.NewWatcherFor(u).WithMaxBatchSize(batchItems).WithMaxAttempts(10)
-	b := batcher.NewBatcher().WithRateLimiter(lim).WithBufferSize(items)
+	// At most four batches in flight, as a loader would bound them: a
+	// limiter grants a rate, and only the Batcher bounds what is in
+	// flight when answers stall (on a loaded machine under -race, no
+	// answer came back for six seconds once, while the whole backlog went
+	// out).
+	b := batcher.NewBatcher().WithRateLimiter(lim).WithBufferSize(items).WithMaxConcurrentBatches(4)
 	if err := b.Start(ctx); err != nil {
 		t.Fatal(err)
 	}

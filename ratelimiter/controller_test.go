@@ -15,6 +15,15 @@ import (
 	"github.com/ratebatch/batcher/ratelimiter"
 )
 
+// What a Batcher relies on.
+var (
+	_ batcher.RateLimiter = (*ratelimiter.Controller)(nil)
+	_ batcher.Learner     = (*ratelimiter.Controller)(nil)
+	_ batcher.EventSource = (*ratelimiter.Controller)(nil)
+	_ batcher.Stopper     = (*ratelimiter.Controller)(nil)
+	_ batcher.Learner     = (*ratelimiter.Adaptive)(nil)
+)
+
 // A ctlStep is one row of a Controller step table: at the time at after
 // Start, the test gives the demand (if set), then the outcome (if set), and
 // then checks the capacity (if want is set). Ticks come every 250ms (a

@@ -52,6 +52,9 @@ type report struct {
 	Passed   int               `json:"passed"`
 	Errors   int               `json:"errors"` // figures that could not be measured
 	Runs     []throughputRun   `json:"throughput_runs"`
+	// WatcherRounds holds figure 7's runs: each round runs every case of
+	// watcherCases, the first (W=1) being the reference.
+	WatcherRounds [][]watchersRun `json:"watcher_rounds"`
 }
 
 // measure runs every scenario of cfg and returns the report, printing
@@ -75,12 +78,17 @@ func measure(cfg config, w io.Writer) *report {
 			"saturation": fmt.Sprintf("%v warm-up, then %v (slots) and %v (capacity)", cfg.warmup, cfg.slots, cfg.capacity),
 			"backlogs":   fmt.Sprintf("%v each, concurrently; per-second counts from %v", cfg.backlog, cfg.settle),
 			"latency":    fmt.Sprintf("%v each, one op in each 10ms slot, at a random point of it", cfg.latency),
+			"watchers":   fmt.Sprintf("%d rounds of W=1 and each case, %d ops each, %d producers", cfg.runs, cfg.ops, cfg.producers),
+			"churn":      fmt.Sprintf("%d one-op watchers, then %v", cfg.churn, cfg.churnWait),
 		},
 	}
 
 	// Phase 1: throughput, alone.
 	var runErr error
 	for i := range cfg.runs {
+		if cfg.onlyWatchers {
+			break
+		}
 		progress(w, "throughput run %d/%d: %d ops, %d producers", i+1, cfg.runs, cfg.ops, cfg.producers)
 		run, err := measureThroughput(cfg.ops, cfg.producers)
 		if err != nil {
@@ -88,6 +96,35 @@ func measure(cfg config, w io.Writer) *report {
 			break
 		}
 		r.Runs = append(r.Runs, run)
+	}
+
+	// Phase 1b: the release scheduler over many watchers, alone; each
+	// round runs the reference (W=1) and every case, so that each ratio
+	// is of one round.
+	var wErr error
+	for i := range cfg.runs {
+		var round []watchersRun
+		for _, c := range watcherCases {
+			progress(w, "watchers round %d/%d: W=%d, buffer %d, %d ops", i+1, cfg.runs, c.W, c.Buffer, cfg.ops)
+			run, err := measureWatchers(cfg.ops, cfg.producers, c.W, c.Buffer)
+			if err != nil {
+				wErr = fmt.Errorf("round %d, W=%d, buffer %d: %w", i+1, c.W, c.Buffer, err)
+				break
+			}
+			round = append(round, run)
+		}
+		if wErr != nil {
+			break
+		}
+		r.WatcherRounds = append(r.WatcherRounds, round)
+	}
+	progress(w, "watcher churn: %d one-op watchers, then %v", cfg.churn, cfg.churnWait)
+	churn := measureChurn(cfg.churn, cfg.producers, cfg.churnWait)
+
+	if cfg.onlyWatchers {
+		r.Figures = append(r.Figures, watcherFigures(r.WatcherRounds, wErr)...)
+		r.Figures = append(r.Figures, churnFigure(churn))
+		return r.finish(start)
 	}
 
 	// Phase 2: saturation; it keeps the CPUs busy, so one at a time.
@@ -121,6 +158,13 @@ func measure(cfg config, w io.Writer) *report {
 		batchFigure("6i", "mean batch / max, eager, slots saturated", satSlots),
 		batchFigure("6ii", "mean batch / max, eager, capacity saturated", satCap),
 	)
+	r.Figures = append(r.Figures, watcherFigures(r.WatcherRounds, wErr)...)
+	r.Figures = append(r.Figures, churnFigure(churn))
+	return r.finish(start)
+}
+
+// finish counts the figures and closes the report.
+func (r *report) finish(start time.Time) *report {
 	for _, f := range r.Figures {
 		if f.Pass {
 			r.Passed++

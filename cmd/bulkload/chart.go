@@ -6,41 +6,88 @@ import (
 	"fmt"
 	"math"
 	"os"
+	"strconv"
 )
 
-// line is one polyline of the chart: units per second.
+// line is one loader on the chart: its units and its 429s in each
+// one-second window.
 type line struct {
 	name      string
 	color     string
-	values    []float64 // one a second
-	throttles []int64   // 429s, one a second
+	values    []float64 // units in each window
+	throttles []int64   // 429s in each window
+	// offset is how far the first window starts before the loader did, in
+	// seconds; end is when the loader finished, in seconds since it
+	// started. Window i is drawn over [i-offset, i+1-offset] clipped to
+	// [0, end]: the last, partial, window only as far as the loader ran.
+	offset, end float64
 }
 
-// chartSVG draws units per second over time for each line, against a
-// dashed capacity line, and each line's 429s per second as bars along the
-// bottom, as a standalone SVG document.
-func chartSVG(title, unit string, capacity float64, lines []line) []byte {
+// chartSpec is what the chart shows.
+type chartSpec struct {
+	title     string
+	unit      string
+	capacity  float64 // what the service allows, in units per second
+	capName   string  // its label, such as "provisioned"
+	limit     float64 // the Batcher's own limit; 0 for none
+	thrTitle  string  // the 429 panel's title
+	limitNote string  // more about the Batcher's limit, after its label
+	lines     []line
+}
+
+// span returns where window i of l starts and ends on the time axis, and
+// whether any of it is drawn.
+func (l line) span(i int) (from, to float64, ok bool) {
+	from = max(float64(i)-l.offset, 0)
+	to = min(float64(i+1)-l.offset, l.end)
+	return from, to, to > from
+}
+
+// chartSVG draws two panels sharing the time axis, as a standalone SVG
+// document: above, each line's units per second as steps, against the
+// capacity and the Batcher's limit (drawn over the lines, dashed, so that
+// no line hides them); below, on an axis of their own, each line's 429s
+// per second as bars. The legend sits above the panels.
+func chartSVG(c chartSpec) []byte {
 	const (
-		w, h                   = 900, 420
-		left, right, top, foot = 80, 30, 50, 60
-		pw, ph                 = w - left - right, h - top - foot
+		w                 = 900
+		left, right       = 80, 30
+		pw                = w - left - right
+		titleH, legendRow = 34, 18
+		mainH, gap, thrH  = 280, 34, 90
+		foot              = 48
 	)
-	secs := 1
-	ymax := capacity
+	legendH := legendRow*len(c.lines) + 10
+	top := titleH + legendH
+	thrTop := top + mainH + gap
+	h := thrTop + thrH + foot
+
+	end := 0.0
+	ymax := max(c.capacity, c.limit)
 	var tmax int64
-	for _, l := range lines {
-		secs = max(secs, len(l.values), len(l.throttles))
-		for _, v := range l.values {
-			ymax = max(ymax, v)
+	for _, l := range c.lines {
+		end = max(end, l.end)
+		for i, v := range l.values {
+			if _, _, ok := l.span(i); ok {
+				ymax = max(ymax, v)
+			}
 		}
-		for _, n := range l.throttles {
-			tmax = max(tmax, n)
+		for i, n := range l.throttles {
+			if _, _, ok := l.span(i); ok {
+				tmax = max(tmax, n)
+			}
 		}
 	}
-	step := niceCeil(ymax * 1.1 / 5)
-	ymax = math.Ceil(ymax*1.1/step) * step
-	x := func(t float64) float64 { return left + t/float64(secs)*pw }
-	y := func(v float64) float64 { return top + ph - v/ymax*ph }
+	if end <= 0 {
+		end = 1
+	}
+	ystep := tickStep(ymax*1.04, 7)
+	ymax = math.Ceil(ymax*1.04/ystep) * ystep
+	tstep := max(1, tickStep(float64(max(tmax, 1)), 3))
+	ttop := math.Ceil(float64(max(tmax, 1))/tstep) * tstep
+	x := func(t float64) float64 { return left + t/end*pw }
+	y := func(v float64) float64 { return float64(top+mainH) - v/ymax*mainH }
+	yt := func(n float64) float64 { return float64(thrTop+thrH) - n/ttop*thrH }
 
 	var b bytes.Buffer
 	esc := func(s string) string {
@@ -51,71 +98,108 @@ func chartSVG(title, unit string, capacity float64, lines []line) []byte {
 	fmt.Fprintf(&b, `<?xml version="1.0" encoding="UTF-8"?>`+"\n")
 	fmt.Fprintf(&b, `<svg xmlns="http://www.w3.org/2000/svg" width="%d" height="%d" viewBox="0 0 %d %d" font-family="sans-serif" font-size="12">`+"\n", w, h, w, h)
 	fmt.Fprintf(&b, `<rect width="%d" height="%d" fill="white"/>`+"\n", w, h)
-	fmt.Fprintf(&b, `<text x="%d" y="25" font-size="15" font-weight="bold">%s</text>`+"\n", left, esc(title))
+	fmt.Fprintf(&b, `<text x="%d" y="22" font-size="15" font-weight="bold">%s</text>`+"\n", left, esc(c.title))
 
-	// Axes, grid and ticks.
-	for v := 0.0; v <= ymax+1e-9; v += step {
+	// Legend.
+	for i, l := range c.lines {
+		ly := titleH + legendRow*i + 6
+		fmt.Fprintf(&b, `<line x1="%d" y1="%d" x2="%d" y2="%d" stroke="%s" stroke-width="3"/>`+"\n", left, ly, left+20, ly, l.color)
+		fmt.Fprintf(&b, `<text x="%d" y="%d">%s</text>`+"\n", left+26, ly+4, esc(l.name))
+	}
+
+	// Time axis, shared: ticks on both panels, labels under the lower one.
+	xstep := tickStep(end, 10)
+	for k := 0; float64(k)*xstep <= end+1e-9; k++ {
+		t := float64(k) * xstep
+		fmt.Fprintf(&b, `<line x1="%.1f" y1="%d" x2="%.1f" y2="%d" stroke="#f0f0f0"/>`+"\n", x(t), top, x(t), top+mainH)
+		fmt.Fprintf(&b, `<line x1="%.1f" y1="%d" x2="%.1f" y2="%d" stroke="#999"/>`+"\n", x(t), thrTop+thrH, x(t), thrTop+thrH+5)
+		fmt.Fprintf(&b, `<text x="%.1f" y="%d" text-anchor="middle">%s</text>`+"\n", x(t), thrTop+thrH+18, trimFloat(t))
+	}
+	fmt.Fprintf(&b, `<text x="%d" y="%d" text-anchor="middle">seconds since the loader started (each loader ends where its line ends)</text>`+"\n", left+pw/2, h-12)
+
+	// Upper panel: units per second.
+	for v := 0.0; v <= ymax+1e-9; v += ystep {
 		fmt.Fprintf(&b, `<line x1="%d" y1="%.1f" x2="%d" y2="%.1f" stroke="#e5e5e5"/>`+"\n", left, y(v), left+pw, y(v))
 		fmt.Fprintf(&b, `<text x="%d" y="%.1f" text-anchor="end">%s</text>`+"\n", left-6, y(v)+4, commas(int64(v)))
 	}
-	tstep := max(1, int(niceCeil(float64(secs)/10)))
-	for t := 0; t <= secs; t += tstep {
-		fmt.Fprintf(&b, `<line x1="%.1f" y1="%d" x2="%.1f" y2="%d" stroke="#999"/>`+"\n", x(float64(t)), top+ph, x(float64(t)), top+ph+5)
-		fmt.Fprintf(&b, `<text x="%.1f" y="%d" text-anchor="middle">%d</text>`+"\n", x(float64(t)), top+ph+20, t)
-	}
-	fmt.Fprintf(&b, `<line x1="%d" y1="%d" x2="%d" y2="%d" stroke="#333"/>`+"\n", left, top+ph, left+pw, top+ph)
-	fmt.Fprintf(&b, `<line x1="%d" y1="%d" x2="%d" y2="%d" stroke="#333"/>`+"\n", left, top, left, top+ph)
-	fmt.Fprintf(&b, `<text x="%d" y="%d" text-anchor="middle">seconds since the loader started</text>`+"\n", left+pw/2, h-15)
-	fmt.Fprintf(&b, `<text x="18" y="%d" text-anchor="middle" transform="rotate(-90 18 %d)">%s per second</text>`+"\n", top+ph/2, top+ph/2, esc(unit))
-
-	// Capacity.
-	fmt.Fprintf(&b, `<line x1="%d" y1="%.1f" x2="%d" y2="%.1f" stroke="#d62728" stroke-width="1.5" stroke-dasharray="6 4"/>`+"\n", left, y(capacity), left+pw, y(capacity))
-	fmt.Fprintf(&b, `<text x="%d" y="%.1f" text-anchor="end" fill="#d62728">capacity %s %s/s</text>`+"\n", left+pw-4, y(capacity)-6, commas(int64(capacity)), esc(unit))
-
-	// 429s per second: bars up to 60 px high over the second, translucent
-	// where the lines' bars overlap.
-	if tmax > 0 {
-		bw := pw / float64(secs)
-		for _, l := range lines {
-			for t, n := range l.throttles {
-				if n == 0 {
-					continue
-				}
-				bh := float64(n) / float64(tmax) * 60
-				fmt.Fprintf(&b, `<rect x="%.1f" y="%.1f" width="%.1f" height="%.1f" fill="%s" fill-opacity="0.35"><title>%s 429s</title></rect>`+"\n",
-					x(float64(t)), top+ph-bh, bw, bh, l.color, commas(n))
-			}
-		}
-		fmt.Fprintf(&b, `<text x="%d" y="%d" fill="#555">bars: 429 answers per second (the tallest %s)</text>`+"\n", left+12, top+12+18*len(lines), commas(tmax))
-	}
-
-	// The lines, as steps: each second's value held over the second.
-	for i, l := range lines {
+	fmt.Fprintf(&b, `<line x1="%d" y1="%d" x2="%d" y2="%d" stroke="#333"/>`+"\n", left, top, left, top+mainH)
+	fmt.Fprintf(&b, `<line x1="%d" y1="%d" x2="%d" y2="%d" stroke="#333"/>`+"\n", left, top+mainH, left+pw, top+mainH)
+	fmt.Fprintf(&b, `<text x="18" y="%d" text-anchor="middle" transform="rotate(-90 18 %d)">%s per second</text>`+"\n", top+mainH/2, top+mainH/2, esc(c.unit))
+	// The lines, as steps: each window's value held over the part of it
+	// that is drawn. Translucent, so that one shows through another.
+	for _, l := range c.lines {
 		var pts bytes.Buffer
-		for t, v := range l.values {
-			fmt.Fprintf(&pts, "%.1f,%.1f %.1f,%.1f ", x(float64(t)), y(v), x(float64(t+1)), y(v))
+		for i, v := range l.values {
+			from, to, ok := l.span(i)
+			if !ok {
+				continue
+			}
+			fmt.Fprintf(&pts, "%.1f,%.1f %.1f,%.1f ", x(from), y(v), x(to), y(v))
 		}
-		fmt.Fprintf(&b, `<polyline fill="none" stroke="%s" stroke-width="2" points="%s"/>`+"\n", l.color, bytes.TrimSpace(pts.Bytes()))
-		ly := top + 12 + 18*i
-		fmt.Fprintf(&b, `<line x1="%d" y1="%d" x2="%d" y2="%d" stroke="%s" stroke-width="3"/>`+"\n", left+12, ly, left+32, ly, l.color)
-		fmt.Fprintf(&b, `<text x="%d" y="%d">%s</text>`+"\n", left+38, ly+4, esc(l.name))
+		fmt.Fprintf(&b, `<polyline fill="none" stroke="%s" stroke-opacity="0.85" stroke-width="2" points="%s"/>`+"\n", l.color, bytes.TrimSpace(pts.Bytes()))
+	}
+	// The capacity and the Batcher's limit, over the lines.
+	limitLine := func(v float64, color, dash, label string, above bool) {
+		fmt.Fprintf(&b, `<line x1="%d" y1="%.1f" x2="%d" y2="%.1f" stroke="%s" stroke-width="2" stroke-dasharray="%s"/>`+"\n", left, y(v), left+pw, y(v), color, dash)
+		ty := y(v) + 15
+		if above {
+			ty = y(v) - 6
+		}
+		fmt.Fprintf(&b, `<text x="%d" y="%.1f" text-anchor="end" fill="%s" stroke="white" stroke-width="3" paint-order="stroke">%s</text>`+"\n", left+pw-4, ty, color, esc(label))
+	}
+	limitLine(c.capacity, "#d62728", "8 4", fmt.Sprintf("%s %s %s/s", c.capName, commas(int64(c.capacity)), c.unit), true)
+	if c.limit > 0 && c.limit != c.capacity {
+		limitLine(c.limit, "#2ca02c", "3 3", fmt.Sprintf("the Batcher's limit %s %s/s%s", commas(int64(c.limit)), c.unit, c.limitNote), false)
+	}
+
+	// Lower panel: 429s per second, the lines' bars side by side.
+	fmt.Fprintf(&b, `<text x="%d" y="%d" font-weight="bold">%s</text>`+"\n", left, thrTop-8, esc(c.thrTitle))
+	for n := 0.0; n <= ttop+1e-9; n += tstep {
+		fmt.Fprintf(&b, `<line x1="%d" y1="%.1f" x2="%d" y2="%.1f" stroke="#e5e5e5"/>`+"\n", left, yt(n), left+pw, yt(n))
+		fmt.Fprintf(&b, `<text x="%d" y="%.1f" text-anchor="end">%s</text>`+"\n", left-6, yt(n)+4, commas(int64(n)))
+	}
+	fmt.Fprintf(&b, `<line x1="%d" y1="%d" x2="%d" y2="%d" stroke="#333"/>`+"\n", left, thrTop, left, thrTop+thrH)
+	fmt.Fprintf(&b, `<line x1="%d" y1="%d" x2="%d" y2="%d" stroke="#333"/>`+"\n", left, thrTop+thrH, left+pw, thrTop+thrH)
+	fmt.Fprintf(&b, `<text x="18" y="%d" text-anchor="middle" transform="rotate(-90 18 %d)">429s</text>`+"\n", thrTop+thrH/2, thrTop+thrH/2)
+	for k, l := range c.lines {
+		for i, n := range l.throttles {
+			from, to, ok := l.span(i)
+			if !ok || n == 0 {
+				continue
+			}
+			bw := (x(to) - x(from)) / float64(len(c.lines))
+			fmt.Fprintf(&b, `<rect x="%.1f" y="%.1f" width="%.1f" height="%.1f" fill="%s"><title>%s: %s 429s</title></rect>`+"\n",
+				x(from)+bw*float64(k), yt(float64(n)), max(bw-1, 1), float64(thrTop+thrH)-yt(float64(n)), l.color, esc(l.name), commas(n))
+		}
+	}
+	if tmax == 0 {
+		fmt.Fprintf(&b, `<text x="%d" y="%d" fill="#555">none</text>`+"\n", left+pw/2, thrTop+thrH/2)
 	}
 	b.WriteString("</svg>\n")
 	return b.Bytes()
 }
 
-// niceCeil rounds v up to 1, 2 or 5 times a power of ten.
-func niceCeil(v float64) float64 {
+// tickStep returns a step of 1, 2, 2.5 or 5 times a power of ten that
+// divides 0..v into at most n steps.
+func tickStep(v float64, n int) float64 {
 	if v <= 0 {
 		return 1
 	}
-	p := math.Pow(10, math.Floor(math.Log10(v)))
-	for _, m := range []float64{1, 2, 5, 10} {
-		if m*p >= v-1e-9 {
+	p := math.Pow(10, math.Floor(math.Log10(v/float64(n))))
+	for _, m := range []float64{1, 2, 2.5, 5, 10} {
+		if v/(m*p) <= float64(n)+1e-9 {
 			return m * p
 		}
 	}
 	return 10 * p
+}
+
+// trimFloat prints a tick value without needless decimals.
+func trimFloat(v float64) string {
+	if v == math.Trunc(v) {
+		return commas(int64(v))
+	}
+	return strconv.FormatFloat(math.Round(v*1e6)/1e6, 'f', -1, 64)
 }
 
 func writeChart(path string, svg []byte) error {

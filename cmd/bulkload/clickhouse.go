@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"slices"
 	"strconv"
@@ -12,6 +13,7 @@ import (
 	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
 
 	"github.com/ratebatch/batcher"
+	"github.com/ratebatch/batcher/internal/redact"
 	"github.com/ratebatch/batcher/samples/cosmos"
 )
 
@@ -23,10 +25,10 @@ const clickHouseBatch = 10000
 // in batches with PrepareBatch (never INSERT ... VALUES, which ClickHouse
 // 18.16 answers by waiting for data blocks). Each run tags its rows with a
 // run id, so that verification counts only its own.
-func loadClickHouse(ctx context.Context, cfg config, items []cosmos.Item, prog *progress) (phase, error) {
+func loadClickHouse(ctx context.Context, cfg config, lim batcher.RateLimiter, items []cosmos.Item, prog *progress) (phase, error) {
 	opts, err := clickhouse.ParseDSN(cfg.clickhouse)
 	if err != nil {
-		return phase{}, fmt.Errorf("-clickhouse %s: %w", cfg.clickhouse, err)
+		return phase{}, redact.Error(fmt.Errorf("-clickhouse %s: %w", cfg.clickhouse, err))
 	}
 	opts.DialTimeout = 5 * time.Second
 	opts.ReadTimeout = 30 * time.Second
@@ -38,6 +40,9 @@ func loadClickHouse(ctx context.Context, cfg config, items []cosmos.Item, prog *
 	pctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	if err := conn.Ping(pctx); err != nil {
+		if ex := new(clickhouse.Exception); errors.As(err, &ex) {
+			return phase{}, fmt.Errorf("clickhouse %v refused: %w", opts.Addr, err) // a wrong password, say
+		}
 		return phase{}, fmt.Errorf("clickhouse %v is unreachable: %w", opts.Addr, err)
 	}
 	create := fmt.Sprintf("CREATE TABLE IF NOT EXISTS %s (run String, id String, pk String, body String) ENGINE = MergeTree ORDER BY (run, pk, id)", cfg.table)
@@ -62,13 +67,10 @@ func loadClickHouse(ctx context.Context, cfg config, items []cosmos.Item, prog *
 		written.Add(int64(len(ops)))
 		return nil
 	}).WithMaxBatchSize(clickHouseBatch).WithMaxAttempts(5)
-	lim, closeLimiter, err := newLimiter(ctx, cfg)
-	if err != nil {
-		return phase{}, err
-	}
-	defer closeLimiter()
+	var sent sends
 	b := batcher.NewBatcher().WithRateLimiter(lim).
-		WithBufferSize(4 * clickHouseBatch)
+		WithBufferSize(4 * clickHouseBatch).WithEmitBatch()
+	b.AddListener(sent.event)
 	if err := b.Start(ctx); err != nil {
 		return phase{}, err
 	}
@@ -89,8 +91,8 @@ func loadClickHouse(ctx context.Context, cfg config, items []cosmos.Item, prog *
 	stop()
 
 	bs := b.Stats()
-	p := phase{name: "batcher", items: len(items), written: written.Load(), failed: bs.Failed, elapsed: elapsed,
-		resent: bs.Released - bs.Enqueued}
+	p := phase{name: "batcher", items: len(items), written: written.Load(), failed: bs.Failed, elapsed: elapsed}
+	p.first, p.resent = sent.counts()
 	p.fill(s, &cosmosTarget{})
 	p.requests = inserts.Load()
 	for _, op := range ops {

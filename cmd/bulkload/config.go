@@ -16,6 +16,7 @@ import (
 
 	"github.com/ratebatch/batcher/internal/cosmosmodel"
 	"github.com/ratebatch/batcher/internal/leasestore"
+	"github.com/ratebatch/batcher/internal/redact"
 	"github.com/ratebatch/batcher/ratelimiter"
 	"github.com/ratebatch/batcher/samples/cosmos"
 )
@@ -95,7 +96,10 @@ const (
 func parseFlags(args []string, stderr io.Writer) (config, error) {
 	var c config
 	fs := flag.NewFlagSet("bulkload", flag.ContinueOnError)
-	fs.SetOutput(stderr)
+	// The flag package prints a bad flag's error, and the usage, itself:
+	// main prints the error once instead, with a pointer to -h, and the
+	// usage goes out for -h alone.
+	fs.SetOutput(io.Discard)
 	fs.IntVar(&c.items, "items", defaultItems, "number of documents to generate (not with -input)")
 	fs.IntVar(&c.size, "size", 1024, "approximate size of each generated document, in bytes (64 B to 2 MB)")
 	fs.IntVar(&c.partitions, "partitions", 20, "number of distinct partition key values in the generated documents")
@@ -111,7 +115,7 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	fs.StringVar(&c.container, "container", "items", "the container to load into (created if missing, with -partition-key)")
 	fs.StringVar(&c.clickhouse, "clickhouse", "", "load into ClickHouse instead, at this DSN, such as clickhouse://127.0.0.1:9000/default")
 	fs.StringVar(&c.table, "table", "bulkload_items", "the ClickHouse table to load into (created if missing)")
-	fs.StringVar(&c.leaseStore, "lease-store", "", "share -capacity with the other loaders that use this lease store: redis://host:port, etcd://host:port, or an Azure Blob Storage container URL (Azurite's http://127.0.0.1:10000/devstoreaccount1/leases, or https://ACCOUNT.blob.core.windows.net/CONTAINER with $AZURE_STORAGE_KEY or an Azure identity)")
+	fs.StringVar(&c.leaseStore, "lease-store", "", "share -capacity with the other loaders that use this lease store: "+leasestore.Usage+". Passwords and SAS tokens are never printed")
 	fs.StringVar(&c.leasePrefix, "lease-prefix", "bulkload", "the name of the shared capacity in the lease store: loaders with the same store and prefix share it")
 	fs.IntVar(&c.reserved, "reserved", 0, "with -lease-store: capacity reserved for this loader alone, on top of its share of -capacity")
 	fs.IntVar(&c.factor, "factor", ratelimiter.DefaultFactor, "with -lease-store: the capacity of one partition of the shared capacity; -capacity must be a multiple of it")
@@ -120,15 +124,15 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	fs.IntVar(&c.naiveWorkers, "naive-workers", 0, "how many writes the naive loader runs at once; 0 means one goroutine per item (unbounded)")
 	fs.DurationVar(&c.timeout, "timeout", 10*time.Minute, "give up on the whole run after this long")
 	fs.BoolVar(&c.quiet, "quiet", false, "no progress line")
-	fs.Usage = func() {
-		fmt.Fprintf(fs.Output(), "Usage: bulkload [flags]\n\nLoads documents through the batcher into an embedded throttling Cosmos DB model\n(default), a real Cosmos DB (-cosmos-endpoint) or ClickHouse (-clickhouse), and\ncompares it with a naive loader.\n\nFlags:\n")
-		fs.PrintDefaults()
-	}
+	fs.Usage = func() {}
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
+			fmt.Fprintf(stderr, "Usage: bulkload [flags]\n\nLoads documents through the batcher into an embedded throttling Cosmos DB model\n(default), a real Cosmos DB (-cosmos-endpoint) or ClickHouse (-clickhouse), and\ncompares it with a naive loader.\n\nFlags:\n")
+			fs.SetOutput(stderr)
+			fs.PrintDefaults()
 			return c, err
 		}
-		return c, &usageError{err}
+		return c, &usageError{errors.New(redact.String(err.Error()))} // the value of a bad flag may hold a password
 	}
 	if fs.NArg() > 0 {
 		return c, &usageError{fmt.Errorf("unexpected arguments %q: bulkload takes only flags", fs.Args())}
@@ -138,7 +142,8 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 
 	var errs []error
 	bad := func(name string, value any, why string) {
-		errs = append(errs, fmt.Errorf("-%s %v: %s", name, value, why))
+		// The value and the reason may hold an address with a password.
+		errs = append(errs, errors.New(redact.String(fmt.Sprintf("-%s %v: %s", name, value, why))))
 	}
 	if c.items < 1 {
 		bad("items", c.items, "must be at least 1")
@@ -229,8 +234,8 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 		}
 	}
 	if c.leaseStore != "" {
-		if _, _, err := leasestore.Parse(c.leaseStore); err != nil {
-			bad("lease-store", c.leaseStore, err.Error())
+		if _, err := leasestore.Parse(c.leaseStore); err != nil {
+			errs = append(errs, fmt.Errorf("-lease-store: %w", err)) // it names the store, redacted
 		}
 		if c.reserved < 0 {
 			bad("reserved", c.reserved, "must be 0 or more")

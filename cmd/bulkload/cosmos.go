@@ -21,6 +21,7 @@ import (
 
 	"github.com/ratebatch/batcher"
 	"github.com/ratebatch/batcher/internal/cosmosmodel"
+	"github.com/ratebatch/batcher/internal/redact"
 	"github.com/ratebatch/batcher/samples/cosmos"
 )
 
@@ -32,13 +33,18 @@ type phase struct {
 	failed   int64
 	firstErr error
 	elapsed  time.Duration
-	requests int64   // requests sent, every retry included
-	throttle int64   // requests answered 429
-	resent   int64   // writes sent again after a first attempt
-	units    float64 // RU (or rows) charged
-	peak     float64 // most units in one second
-	perSec   []float64
-	thrSec   []int64
+	requests int64     // requests sent, every retry included (a transactional batch, or an insert, is one)
+	throttle int64     // requests answered 429
+	first    int64     // items sent at least once
+	resent   int64     // item writes sent again after a first attempt
+	units    float64   // RU (or rows) charged
+	peak     float64   // most units in one second
+	perSec   []float64 // units in each one-second window
+	thrSec   []int64   // 429 answers in each window
+	// offset is how many seconds the first window starts before the phase:
+	// the embedded model counts its windows from its creation, a little
+	// before the phase starts; the client's start with the phase.
+	offset float64
 	// the embedded model's own count, when there is one
 	server *cosmosmodel.Stats
 	// what the other workload saw meanwhile, if there was one
@@ -50,8 +56,9 @@ type phase struct {
 // cosmosTarget opens a container for a phase: in a fresh embedded model, or
 // in the real account.
 type cosmosTarget struct {
-	cfg   config
-	model *cosmosmodel.Model // embedded only
+	cfg     config
+	model   *cosmosmodel.Model // embedded only
+	created time.Time          // when the model was created, which its seconds count from
 }
 
 // setupTimeout bounds connecting to a real endpoint and creating the
@@ -64,6 +71,7 @@ const setupTimeout = 15 * time.Second
 func (t *cosmosTarget) open(ctx context.Context, s *series, retry bool) (cc *azcosmos.ContainerClient, close func(), err error) {
 	close = func() {}
 	if t.cfg.target() == "embedded" {
+		t.created = time.Now()
 		m, err := cosmosmodel.New(cosmosmodel.Options{ProvisionedRU: float64(t.cfg.ru)})
 		if err != nil {
 			return nil, nil, err
@@ -125,7 +133,7 @@ func (t *cosmosTarget) newClient(s *series, retry, own bool) (*azcosmos.Client, 
 	}
 	client, err := azcosmos.NewClientWithKey(t.cfg.cosmosEndpoint, cred, o)
 	if err != nil {
-		return nil, fmt.Errorf("cosmos endpoint %s: %w", t.cfg.cosmosEndpoint, err)
+		return nil, fmt.Errorf("cosmos endpoint %s: %w", t.endpoint(), err)
 	}
 	return client, nil
 }
@@ -146,9 +154,10 @@ func (t *cosmosTarget) rate(s *series) func(time.Time) float64 {
 	}
 }
 
+// endpoint names the target for messages, its secrets masked.
 func (t *cosmosTarget) endpoint() string {
 	if t.cfg.cosmosEndpoint != "" {
-		return t.cfg.cosmosEndpoint
+		return redact.String(t.cfg.cosmosEndpoint)
 	}
 	return "(embedded model)"
 }
@@ -158,7 +167,7 @@ func (t *cosmosTarget) endpoint() string {
 func reachable(ctx context.Context, endpoint string) error {
 	u, err := url.Parse(endpoint)
 	if err != nil {
-		return fmt.Errorf("-cosmos-endpoint %s: %w", endpoint, err)
+		return redact.Error(fmt.Errorf("-cosmos-endpoint %s: %w", endpoint, err))
 	}
 	host := u.Host
 	if u.Port() == "" {
@@ -168,7 +177,7 @@ func reachable(ctx context.Context, endpoint string) error {
 	defer cancel()
 	c, err := (&net.Dialer{}).DialContext(dctx, "tcp", host)
 	if err != nil {
-		return fmt.Errorf("cosmos endpoint %s is unreachable: %w", endpoint, err)
+		return redact.Error(fmt.Errorf("cosmos endpoint %s is unreachable: %w", endpoint, err))
 	}
 	c.Close()
 	return nil
@@ -184,19 +193,16 @@ func isLoopback(host string) bool {
 
 // loadBatcher loads items through a Batcher whose limiter grants the
 // configured capacity, with the samples/cosmos Loader as its processor.
-func loadBatcher(ctx context.Context, cfg config, t *cosmosTarget, items []cosmos.Item, prog *progress) (phase, error) {
+func loadBatcher(ctx context.Context, cfg config, lim batcher.RateLimiter, t *cosmosTarget, items []cosmos.Item, prog *progress) (phase, error) {
 	s := newSeries()
 	cc, closeTarget, err := t.open(ctx, s, false)
 	if err != nil {
 		return phase{}, err
 	}
 	defer closeTarget()
-	lim, closeLimiter, err := newLimiter(ctx, cfg)
-	if err != nil {
-		return phase{}, err
-	}
-	defer closeLimiter()
-	b := batcher.NewBatcher().WithRateLimiter(lim)
+	var sent sends
+	b := batcher.NewBatcher().WithRateLimiter(lim).WithEmitBatch()
+	b.AddListener(sent.event)
 	if err := b.Start(ctx); err != nil {
 		return phase{}, err
 	}
@@ -216,8 +222,8 @@ func loadBatcher(ctx context.Context, cfg config, t *cosmosTarget, items []cosmo
 	other := o.finish()
 
 	ls, bs := loader.Stats(), b.Stats()
-	p := phase{name: "batcher", items: len(items), written: ls.Written, failed: bs.Failed, elapsed: elapsed,
-		resent: bs.Released - bs.Enqueued}
+	p := phase{name: "batcher", items: len(items), written: ls.Written, failed: bs.Failed, elapsed: elapsed}
+	p.first, p.resent = sent.counts()
 	p.fill(s, t)
 	p.other = other
 	if loadErr != nil {
@@ -252,7 +258,7 @@ func loadNaive(ctx context.Context, cfg config, t *cosmosTarget, items []cosmos.
 		return phase{}, err
 	}
 	defer closeTarget()
-	var written, failed atomic.Int64
+	var written, failed, first, resent atomic.Int64
 	var errOnce sync.Once
 	var firstErr error
 	var sem chan struct{}
@@ -282,8 +288,16 @@ func loadNaive(ctx context.Context, cfg config, t *cosmosTarget, items []cosmos.
 				defer func() { <-sem }()
 			}
 			pk := azcosmos.NewPartitionKeyString(it.PartitionKey)
+			var tries atomic.Int64 // requests sent for this item, the SDK's retries included
+			defer func() {
+				if n := tries.Load(); n > 0 {
+					first.Add(1)
+					resent.Add(n - 1)
+				}
+			}()
+			ictx := withTries(ctx, &tries)
 			for attempt := 1; ; attempt++ {
-				_, err := cc.UpsertItem(ctx, pk, it.Body, nil)
+				_, err := cc.UpsertItem(ictx, pk, it.Body, nil)
 				if err == nil {
 					written.Add(1)
 					return
@@ -310,10 +324,10 @@ func loadNaive(ctx context.Context, cfg config, t *cosmosTarget, items []cosmos.
 	stop()
 	other := o.finish()
 
-	p := phase{name: "naive", items: len(items), written: written.Load(), failed: failed.Load(), elapsed: elapsed, firstErr: firstErr}
+	p := phase{name: "naive", items: len(items), written: written.Load(), failed: failed.Load(), elapsed: elapsed, firstErr: firstErr,
+		first: first.Load(), resent: resent.Load()}
 	p.fill(s, t)
 	p.other = other
-	p.resent = p.requests - p.written - p.failed
 	if ctx.Err() != nil {
 		return p, ctx.Err()
 	}
@@ -342,6 +356,19 @@ func (p *phase) served() float64 {
 	return p.units
 }
 
+// used returns the share of the capacity the service served during the
+// phase (the other workload's included): served over what the one-second
+// windows the phase ran in could serve, each window whole, since a service
+// that counts fixed windows (as the embedded model does) lets the last,
+// partial, one serve its whole budget.
+func (p *phase) used(cfg config) float64 {
+	provisioned := float64(cfg.ru)
+	if cfg.target() == "clickhouse" {
+		provisioned = float64(cfg.capacity)
+	}
+	return p.served() / (provisioned * float64(max(len(p.perSec), 1)))
+}
+
 // fill copies the counts of s, and of the embedded model, into p.
 func (p *phase) fill(s *series, t *cosmosTarget) {
 	p.units, p.requests, p.throttle = s.totals()
@@ -359,6 +386,7 @@ func (p *phase) fill(s *series, t *cosmosTarget) {
 		for n := len(p.perSec); n > 1 && p.perSec[n-1] == 0 && p.thrSec[n-1] == 0; n-- {
 			p.perSec, p.thrSec = p.perSec[:n-1], p.thrSec[:n-1] // the verification's second
 		}
+		p.offset = s.start().Sub(t.created).Seconds()
 	}
 	for _, v := range p.perSec {
 		p.peak = max(p.peak, v)

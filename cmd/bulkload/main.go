@@ -21,6 +21,16 @@
 // loads into ClickHouse instead (rows per second; no naive comparison).
 // Run with -h for every flag.
 //
+// -lease-store shares the Batcher's limit with other loaders through Redis
+// (redis://, rediss:// with a password or a user), etcd (etcd://,
+// etcds://, with a user) or an Azure Blob Storage container (a SAS token,
+// an account key or an Azure identity). A store, Cosmos DB endpoint or
+// ClickHouse server that does not answer, or refuses the credentials, at
+// start is an error within seconds, in one line that names it; a lease store
+// that goes away later is survived on the reserved capacity and shown on the
+// progress line. No password, key or token is ever printed: every address
+// in the output goes through internal/redact.
+//
 // The exit status is 0 when every item was loaded, 1 when the load failed or
 // items failed, 2 for bad flags.
 package main

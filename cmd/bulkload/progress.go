@@ -18,6 +18,17 @@ type progress struct {
 	quiet    bool
 	capacity int
 	unit     string
+
+	mu     sync.Mutex
+	status func(now time.Time) string // more to show, such as the lease store's state; nil for nothing
+}
+
+// setStatus sets a function whose text the line shows after the 429s, or
+// nil for none.
+func (p *progress) setStatus(f func(now time.Time) string) {
+	p.mu.Lock()
+	p.status = f
+	p.mu.Unlock()
 }
 
 func newProgress(w io.Writer, quiet bool, capacity int, unit string) *progress {
@@ -74,9 +85,15 @@ func (p *progress) print(name string, total int, done int64, s *series, rate fun
 	} else if int(done) >= total {
 		eta = "0s"
 	}
-	line := fmt.Sprintf("%-7s %s/%s items  %s %s/s of %s  429s %s  %s  ETA %s",
+	extra := ""
+	p.mu.Lock()
+	if p.status != nil {
+		extra = "  " + p.status(now)
+	}
+	p.mu.Unlock()
+	line := fmt.Sprintf("%-7s %s/%s items  %s %s/s of %s  429s %s%s  %s  ETA %s",
 		name, commas(done), commas(int64(total)), commas(int64(rate(now))), p.unit, commas(int64(p.capacity)),
-		commas(throttled), elapsed.Round(100*time.Millisecond), eta)
+		commas(throttled), extra, elapsed.Round(100*time.Millisecond), eta)
 	switch {
 	case p.tty && last:
 		fmt.Fprintf(p.w, "\r%s\x1b[K\n", line)

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/ratebatch/batcher/internal/cosmosmodel"
+	"github.com/ratebatch/batcher/internal/redact"
 	"github.com/ratebatch/batcher/samples/cosmos"
 )
 
@@ -25,6 +26,13 @@ type report struct {
 // run is the whole program: flags, data, the loads, the summary and the
 // chart. Progress goes to stderr, the summary to stdout.
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) (*report, error) {
+	rep, err := runJob(ctx, args, stdout, stderr)
+	// Every address in a message is redacted where it is written; this is
+	// the last guard.
+	return rep, redact.Error(err)
+}
+
+func runJob(ctx context.Context, args []string, stdout, stderr io.Writer) (*report, error) {
 	cfg, err := parseFlags(args, stderr)
 	if err != nil {
 		return nil, err
@@ -47,16 +55,23 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) (*report,
 		}
 	}
 	rep := &report{cfg: cfg}
-	fmt.Fprintln(stdout, headline(cfg, items))
 	limit := cfg.ru // the live line shows what the service served against what it allows
 	if cfg.target() == "clickhouse" {
 		limit = cfg.capacity
 	}
 	prog := newProgress(stderr, cfg.quiet, limit, cfg.unit())
+	// The Batcher's limiter first: a lease store that does not answer is
+	// an error now, before any work.
+	lim, closeLimiter, err := newLimiter(ctx, cfg, prog)
+	if err != nil {
+		return nil, err
+	}
+	defer closeLimiter()
+	fmt.Fprintln(stdout, headline(cfg, items))
 
 	var runErr error
 	if cfg.target() == "clickhouse" {
-		p, err := loadClickHouse(ctx, cfg, items, prog)
+		p, err := loadClickHouse(ctx, cfg, lim, items, prog)
 		if err != nil && p.name == "" {
 			return nil, err
 		}
@@ -64,12 +79,13 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) (*report,
 		runErr = err
 	} else {
 		t := &cosmosTarget{cfg: cfg}
-		p, err := loadBatcher(ctx, cfg, t, items, prog)
+		p, err := loadBatcher(ctx, cfg, lim, t, items, prog)
 		if err != nil && p.name == "" {
 			return nil, err
 		}
 		rep.phases = append(rep.phases, p)
 		runErr = err
+		prog.setStatus(nil) // the naive loader has no limiter
 		if cfg.naive && runErr == nil {
 			t := &cosmosTarget{cfg: cfg}
 			p, err := loadNaive(ctx, cfg, t, items, prog)
@@ -107,7 +123,7 @@ func headline(cfg config, items []cosmos.Item) string {
 	h := headlineTarget(cfg, items)
 	if cfg.leaseStore != "" {
 		h += fmt.Sprintf(", the limit shared through the lease store %s (prefix %q) plus %s reserved",
-			cfg.leaseStore, cfg.leasePrefix, commas(int64(cfg.reserved)))
+			redact.String(cfg.leaseStore), cfg.leasePrefix, commas(int64(cfg.reserved)))
 	}
 	return h
 }
@@ -128,20 +144,26 @@ func headlineTarget(cfg config, items []cosmos.Item) string {
 			commas(int64(len(items))), src, commas(int64(avg)), cfg.table, commas(int64(cfg.capacity)))
 	case "cosmos":
 		return fmt.Sprintf("bulkload: %s documents (%s, about %s B each) into %s/%s at %s (%s RU/s provisioned, the Batcher's limit %s RU/s)",
-			commas(int64(len(items))), src, commas(int64(avg)), cfg.database, cfg.container, cfg.cosmosEndpoint, commas(int64(cfg.ru)), commas(int64(cfg.capacity)))
+			commas(int64(len(items))), src, commas(int64(avg)), cfg.database, cfg.container, redact.String(cfg.cosmosEndpoint), commas(int64(cfg.ru)), commas(int64(cfg.capacity)))
 	}
 	return fmt.Sprintf("bulkload: %s documents (%s, about %s B each) into the embedded Cosmos DB model (%s RU/s provisioned, the Batcher's limit %s RU/s)",
 		commas(int64(len(items))), src, commas(int64(avg)), commas(int64(cfg.ru)), commas(int64(cfg.capacity)))
 }
 
-// summary prints the phases side by side.
+// summary prints the phases side by side, then what the rows mean where
+// that is not plain. The figures add up: for each phase, items written +
+// items failed + items never ended = items; items sent at least once +
+// writes retried = item writes sent; and for the naive loader, which sends
+// one item a request, item writes sent = requests.
 func summary(w io.Writer, rep *report) {
 	cfg := rep.cfg
 	unit := cfg.unit()
+	ch := cfg.target() == "clickhouse"
 	provisioned := float64(cfg.ru)
-	if cfg.target() == "clickhouse" {
+	if ch {
 		provisioned = float64(cfg.capacity)
 	}
+	others := cfg.otherRU > 0 && len(rep.phases) > 0 && rep.phases[0].other != nil
 	fmt.Fprintln(w)
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
 	row := func(label string, f func(p phase) string) {
@@ -151,33 +173,45 @@ func summary(w io.Writer, rep *report) {
 		}
 		fmt.Fprintln(tw)
 	}
+	unended := false
+	for _, p := range rep.phases {
+		unended = unended || p.written+p.failed < int64(p.items)
+	}
 	row("", func(p phase) string { return p.name })
 	row("items written", func(p phase) string { return fmt.Sprintf("%s of %s", commas(p.written), commas(int64(p.items))) })
 	row("items failed", func(p phase) string { return commas(p.failed) })
+	if unended {
+		row("items never ended (the run stopped)", func(p phase) string { return commas(int64(p.items) - p.written - p.failed) })
+	}
 	row("completion time", func(p phase) string { return p.elapsed.Round(10 * time.Millisecond).String() })
-	row("requests", func(p phase) string { return commas(p.requests) })
-	if cfg.target() != "clickhouse" {
+	row("item writes sent", func(p phase) string { return commas(p.first + p.resent) })
+	row("  writes retried", func(p phase) string { return commas(p.resent) })
+	if ch {
+		row("inserts", func(p phase) string { return commas(p.requests) })
+	} else {
+		row("requests", func(p phase) string { return commas(p.requests) })
 		row("429 answers", func(p phase) string { return commas(p.throttle) })
 	}
-	row("writes retried", func(p phase) string { return commas(p.resent) })
-	charged, wasted := "RU charged", "RU wasted (paid, unused)"
-	if cfg.target() == "clickhouse" {
-		charged, wasted = "rows inserted", "rows of capacity unused"
+	charged := "RU charged to the loader"
+	if ch {
+		charged = "rows inserted"
 	}
 	row(charged, func(p phase) string { return commas(int64(p.units + 0.5)) })
-	row(unit+"/s, mean", func(p phase) string { return commas(int64(p.units/p.elapsed.Seconds() + 0.5)) })
-	busiest, used := unit+" in the busiest second", "capacity used"
-	if cfg.otherRU > 0 {
-		busiest, used, wasted = busiest+", all", used+", all", wasted+", all"
+	row(unit+"/s, mean of its seconds", func(p phase) string { return commas(int64(p.units/float64(max(len(p.perSec), 1)) + 0.5)) })
+	busiest, used, wasted := unit+" in the busiest second", "capacity used", "RU wasted (paid, unused)"
+	if ch {
+		wasted = "rows of capacity unused"
+	}
+	if others {
+		const both = ", both workloads"
+		busiest, used, wasted = busiest+both, used+both, wasted+both
 	}
 	row(busiest, func(p phase) string { return commas(int64(p.peak + 0.5)) })
-	row(used, func(p phase) string {
-		return fmt.Sprintf("%.0f%%", 100*p.served()/(provisioned*p.elapsed.Seconds()))
-	})
+	row(used, func(p phase) string { return fmt.Sprintf("%.0f%%", 100*p.used(cfg)) })
 	row(wasted, func(p phase) string {
-		return commas(int64(max(provisioned*p.elapsed.Seconds()-p.served(), 0) + 0.5))
+		return commas(int64(max(provisioned*float64(len(p.perSec))-p.served(), 0) + 0.5))
 	})
-	if cfg.otherRU > 0 && len(rep.phases) > 0 && rep.phases[0].other != nil {
+	if others {
 		row(fmt.Sprintf("other workload at %s RU/s: writes", commas(int64(cfg.otherRU))), func(p phase) string { return commas(p.other.writes) })
 		row("its 429 answers", func(p phase) string { return commas(p.other.throttled) })
 		row("its writes failed", func(p phase) string { return commas(p.other.failed) })
@@ -186,6 +220,22 @@ func summary(w io.Writer, rep *report) {
 	}
 	tw.Flush()
 	fmt.Fprintln(w)
+	if ch {
+		fmt.Fprintln(w, "item writes sent: each row's first insert and its retries; an insert carries many rows.")
+	} else {
+		fmt.Fprintln(w, "item writes sent: each item's first write and its retries (429s and failed requests); a request is one write, or a transactional batch of several.")
+		served := "\"the model served\" below is what the container spent"
+		if others {
+			served += ", the other workload's writes included"
+		}
+		if cfg.target() == "embedded" {
+			fmt.Fprintf(w, "RU charged to the loader: what its requests' responses said; %s.\n", served)
+		}
+	}
+	fmt.Fprintf(w, "seconds: the one-second windows the run touched, each counted whole (the mean, the capacity used and the %s are per window).\n", wastedWord(ch))
+	if others {
+		fmt.Fprintf(w, "\"both workloads\": the loader's and the other workload's (%s RU/s) together, against the %s RU/s provisioned.\n", commas(int64(cfg.otherRU)), commas(int64(cfg.ru)))
+	}
 	for _, p := range rep.phases {
 		var notes []string
 		if p.verified != "" {
@@ -195,7 +245,7 @@ func summary(w io.Writer, rep *report) {
 			notes = append(notes, fmt.Sprintf("the model served %s RU and answered %s 429s", commas(int64(p.server.RU+0.5)), commas(p.server.Throttled)))
 		}
 		if p.firstErr != nil {
-			notes = append(notes, "first error: "+p.firstErr.Error())
+			notes = append(notes, "first error: "+redact.String(p.firstErr.Error()))
 		}
 		if len(notes) > 0 {
 			fmt.Fprintf(w, "%s: %s\n", p.name, strings.Join(notes, "; "))
@@ -203,14 +253,21 @@ func summary(w io.Writer, rep *report) {
 	}
 	if len(rep.phases) == 2 {
 		b, n := rep.phases[0], rep.phases[1]
-		fmt.Fprintf(w, "the batcher finished in %s with %s 429s; the naive loader took %s (%.1fx) with %s 429s\n",
+		fmt.Fprintf(w, "the batcher finished in %s with %s 429s; the naive loader took %s (%.1fx the batcher's time) with %s 429s\n",
 			b.elapsed.Round(100*time.Millisecond), commas(b.throttle), n.elapsed.Round(100*time.Millisecond),
 			n.elapsed.Seconds()/b.elapsed.Seconds(), commas(n.throttle))
 	}
 }
 
+func wastedWord(clickhouse bool) string {
+	if clickhouse {
+		return "unused rows"
+	}
+	return "RU wasted"
+}
+
 // chartFor draws each phase's units per second against the provisioned
-// capacity.
+// capacity and the Batcher's limit, and its 429s per second.
 func chartFor(rep *report) []byte {
 	cfg := rep.cfg
 	colors := map[string]string{"batcher": "#1f77b4", "naive": "#ff7f0e"}
@@ -218,24 +275,35 @@ func chartFor(rep *report) []byte {
 	for _, p := range rep.phases {
 		name := fmt.Sprintf("%s: %s items in %s, %s 429s", p.name, commas(p.written), p.elapsed.Round(100*time.Millisecond), commas(p.throttle))
 		if p.other != nil {
-			name += fmt.Sprintf("; the other workload: %s 429s, p99 %s", commas(p.other.throttled), p.other.p99.Round(time.Millisecond))
+			name += fmt.Sprintf("; the other workload meanwhile: %s 429s, p99 %s", commas(p.other.throttled), p.other.p99.Round(time.Millisecond))
 		}
 		lines = append(lines, line{
 			name:      name,
 			color:     colors[p.name],
 			values:    p.perSec,
 			throttles: p.thrSec,
+			offset:    p.offset,
+			end:       p.elapsed.Seconds(),
 		})
 	}
-	capacity := float64(cfg.ru)
-	title := fmt.Sprintf("bulkload: RU/s of %s documents, %s RU/s provisioned", commas(int64(rep.phases[0].items)), commas(int64(cfg.ru)))
+	c := chartSpec{
+		title:    fmt.Sprintf("bulkload: RU/s of %s documents, %s RU/s provisioned", commas(int64(rep.phases[0].items)), commas(int64(cfg.ru))),
+		unit:     cfg.unit(),
+		capacity: float64(cfg.ru),
+		capName:  "provisioned",
+		limit:    float64(cfg.capacity),
+		thrTitle: "429 answers per second",
+		lines:    lines,
+	}
 	if cfg.otherRU > 0 {
-		title = fmt.Sprintf("bulkload: RU/s served, %s documents plus another workload at %s RU/s",
+		c.title = fmt.Sprintf("bulkload: RU/s the container served, %s documents plus another workload at %s RU/s",
 			commas(int64(rep.phases[0].items)), commas(int64(cfg.otherRU)))
+		c.thrTitle = "429 answers per second, the other workload's included"
+		c.limitNote = ", for its own writes"
 	}
 	if cfg.target() == "clickhouse" {
-		capacity = float64(cfg.capacity)
-		title = fmt.Sprintf("bulkload: rows/s of %s documents into ClickHouse, limit %s rows/s", commas(int64(rep.phases[0].items)), commas(int64(cfg.capacity)))
+		c.title = fmt.Sprintf("bulkload: rows/s of %s documents into ClickHouse", commas(int64(rep.phases[0].items)))
+		c.capacity, c.capName, c.limit = float64(cfg.capacity), "the Batcher's limit", 0
 	}
-	return chartSVG(title, cfg.unit(), capacity, lines)
+	return chartSVG(c)
 }

@@ -1,13 +1,17 @@
 package main
 
 import (
+	"context"
 	"net/http"
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore/policy"
+
+	"github.com/ratebatch/batcher"
 )
 
 // series counts, for each second since its start, the units charged (RU,
@@ -70,18 +74,60 @@ func (s *series) growLocked(sec int) {
 	}
 }
 
-// Do implements policy.Policy: it counts the charge of each document
-// request and whether it was throttled.
+// Do implements policy.Policy: it counts each document request, its charge
+// and whether it was throttled; a request that got no answer counts too,
+// charged nothing. If the request's context carries a counter (withTries),
+// it counts there as well.
 func (s *series) Do(req *policy.Request) (*http.Response, error) {
 	resp, err := req.Next()
 	// Only document requests: the account, database and container requests
 	// draw on no throughput.
-	if resp != nil && strings.Contains(req.Raw().URL.Path, "/docs") {
-		charge, _ := strconv.ParseFloat(resp.Header.Get("x-ms-request-charge"), 64)
-		s.record(time.Now(), charge, resp.StatusCode == http.StatusTooManyRequests)
+	if strings.Contains(req.Raw().URL.Path, "/docs") {
+		var charge float64
+		throttled := false
+		if resp != nil {
+			charge, _ = strconv.ParseFloat(resp.Header.Get("x-ms-request-charge"), 64)
+			throttled = resp.StatusCode == http.StatusTooManyRequests
+		}
+		s.record(time.Now(), charge, throttled)
+		if n, ok := req.Raw().Context().Value(triesKey{}).(*atomic.Int64); ok {
+			n.Add(1)
+		}
 	}
 	return resp, err
 }
+
+type triesKey struct{}
+
+// withTries returns ctx carrying n, which the series counting a request
+// made under it adds one to: the requests made for one item, however many
+// the SDK's retries make.
+func withTries(ctx context.Context, n *atomic.Int64) context.Context {
+	return context.WithValue(ctx, triesKey{}, n)
+}
+
+// sends counts, from a Batcher's BatchReleased events, how many operations
+// were released at least once and how many releases were retries.
+type sends struct {
+	first, again atomic.Int64
+}
+
+func (s *sends) event(e batcher.Event) {
+	if e.Kind != batcher.BatchReleased {
+		return
+	}
+	for _, op := range e.Batch {
+		if op.Attempt() == 1 {
+			s.first.Add(1)
+		} else {
+			s.again.Add(1)
+		}
+	}
+}
+
+// counts returns the operations released at least once, and the releases
+// after an operation's first.
+func (s *sends) counts() (first, again int64) { return s.first.Load(), s.again.Load() }
 
 // totals returns the units, requests and throttled requests counted so far.
 func (s *series) totals() (units float64, requests, throttled int64) {

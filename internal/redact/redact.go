@@ -31,14 +31,43 @@ var scheme = regexp.MustCompile(`[A-Za-z][A-Za-z0-9+.-]*://`)
 // String returns s with every secret it recognises replaced by [Mask].
 func String(s string) string {
 	s = userinfo(s)
-	s = secretQuery.ReplaceAllString(s, "${1}"+Mask)
-	s = secretField.ReplaceAllString(s, "${1}"+Mask)
+	s = maskValues(secretQuery, s)
+	s = maskValues(secretField, s)
 	return s
+}
+
+// maskValues replaces the value (the second group) of each match of re in
+// s by Mask, keeping a ':' that ends the value when the text ends there or
+// goes on with a space: the colon of "... sig=XYZ: dial tcp ...", which an
+// error message puts after an address, not part of the secret.
+func maskValues(re *regexp.Regexp, s string) string {
+	locs := re.FindAllStringSubmatchIndex(s, -1)
+	if locs == nil {
+		return s
+	}
+	var b strings.Builder
+	last := 0
+	for _, loc := range locs {
+		vs, ve := loc[4], loc[5]
+		if ve > vs && s[ve-1] == ':' && (ve == len(s) || s[ve] == ' ') {
+			ve--
+		}
+		b.WriteString(s[last:vs])
+		b.WriteString(Mask)
+		last = ve
+	}
+	b.WriteString(s[last:])
+	return b.String()
 }
 
 // userinfo masks the password of each URL in s: in scheme://user:pass@host,
 // everything between the first ':' of the userinfo and the authority's last
-// '@'.
+// '@'. A password with an unescaped '/', '?' or '#' (which ends the
+// authority as a URL parser reads it) is masked too: when the authority has
+// no '@', the text up to the next space or quote is searched for one, so
+// that "redis://:pa/ss@host" loses "pa/ss". That may also mask the port and
+// path of a URL with an '@' in its path, such as "https://h:1/a@b" (it
+// becomes "https://h:REDACTED@b"): more than needed, never less.
 func userinfo(s string) string {
 	locs := scheme.FindAllStringIndex(s, -1)
 	if locs == nil {
@@ -58,7 +87,13 @@ func userinfo(s string) string {
 		auth := s[start:end]
 		at := strings.LastIndexByte(auth, '@')
 		if at < 0 {
-			continue
+			for end < len(s) && !strings.ContainsRune("\t\n\r \"'<>", rune(s[end])) {
+				end++
+			}
+			auth = s[start:end]
+			if at = strings.LastIndexByte(auth, '@'); at < 0 {
+				continue
+			}
 		}
 		colon := strings.IndexByte(auth[:at], ':')
 		if colon < 0 {

@@ -22,6 +22,13 @@ func TestString(t *testing.T) {
 		"tcp://127.0.0.1:9000?username=u&password=" + secret,
 		"host=h user=u password=" + secret + " dbname=d",
 		"AccountEndpoint=https://x:8081/;AccountKey=" + secret + ";",
+		// Passwords with characters a URL should have escaped.
+		"redis://:pa/" + secret + "@127.0.0.1:6379/0",
+		"redis://u:" + secret + "#x@h:1",
+		"redis://u:x?" + secret + "@h:1",
+		`parse "redis://:` + secret + `@h:x": invalid port ":x" after host`,
+		"etcds://root:" + secret + "@h1:2379,h2:2379",
+		"Put \"http://127.0.0.1:1/devstoreaccount1/c/x?comp=lease&sig=" + secret + "\": dial tcp 127.0.0.1:1",
 	}
 	for _, c := range cases {
 		got := String(c)
@@ -36,12 +43,17 @@ func TestString(t *testing.T) {
 
 func TestStringKeepsTheRest(t *testing.T) {
 	for in, want := range map[string]string{
-		"redis://:pw@127.0.0.1:6379/2":            "redis://:REDACTED@127.0.0.1:6379/2",
-		"redis://127.0.0.1:6379":                  "redis://127.0.0.1:6379",
-		"redis://user@h:1":                        "redis://user@h:1",
-		"https://h/c?restype=container&comp=list": "https://h/c?restype=container&comp=list",
-		"no address here":                         "no address here",
-		"a=https://u:p@h/x and b=etcd://v:q@h2":   "a=https://u:REDACTED@h/x and b=etcd://v:REDACTED@h2",
+		"redis://:pw@127.0.0.1:6379/2":             "redis://:REDACTED@127.0.0.1:6379/2",
+		"redis://127.0.0.1:6379":                   "redis://127.0.0.1:6379",
+		"redis://user@h:1":                         "redis://user@h:1",
+		"https://h/c?restype=container&comp=list":  "https://h/c?restype=container&comp=list",
+		"no address here":                          "no address here",
+		"a=https://u:p@h/x and b=etcd://v:q@h2":    "a=https://u:REDACTED@h/x and b=etcd://v:REDACTED@h2",
+		"redis://:pa/ss@h:1/0 down":                "redis://:REDACTED@h:1/0 down",
+		"https://h/x@y":                            "https://h/x@y",
+		"Get \"https://h/c?sig=abc\": refused":     "Get \"https://h/c?sig=REDACTED\": refused",
+		"lease store https://h/c?sig=abc: refused": "lease store https://h/c?sig=REDACTED: refused",
+		"Password=abc: refused":                    "Password=REDACTED: refused",
 	} {
 		if got := String(in); got != want {
 			t.Errorf("String(%q) = %q, want %q", in, got, want)

@@ -57,12 +57,22 @@ type Server struct {
 // acknowledged before Stop or Kill is there after Start; with everysec a
 // SIGKILL can lose up to a second of acknowledged writes.
 //
+// Extra arguments go on redis-server's command line after the others, such
+// as "--requirepass", "secret" (the readiness check then authenticates
+// with that password).
+//
 // If redis-server is not installed, the test fails when the services are
 // required (see Required) and is skipped otherwise.
-func StartRedis(t testing.TB) *Server {
+func StartRedis(t testing.TB, extra ...string) *Server {
 	t.Helper()
 	bin := lookPath(t, "redis-server")
 	dir := t.TempDir()
+	password := ""
+	for i, a := range extra {
+		if a == "--requirepass" && i+1 < len(extra) {
+			password = extra[i+1]
+		}
+	}
 	return start(t, func(ports []int) *Server {
 		addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(ports[0]))
 		return &Server{
@@ -70,10 +80,10 @@ func StartRedis(t testing.TB) *Server {
 			addr:    addr,
 			dir:     dir,
 			logFile: filepath.Join(dir, "redis.log"),
-			argv: []string{bin, "--bind", "127.0.0.1", "--port", strconv.Itoa(ports[0]),
+			argv: append([]string{bin, "--bind", "127.0.0.1", "--port", strconv.Itoa(ports[0]),
 				"--dir", dir, "--save", "", "--appendonly", "yes", "--appendfsync", "always",
-				"--daemonize", "no"},
-			ready: func(ctx context.Context) error { return pingRedis(ctx, addr) },
+				"--daemonize", "no"}, extra...),
+			ready: func(ctx context.Context) error { return pingRedis(ctx, addr, password) },
 		}
 	}, 1)
 }
@@ -323,7 +333,8 @@ func freePorts(n int) ([]int, error) {
 	return ports, nil
 }
 
-func pingRedis(ctx context.Context, addr string) error {
+// pingRedis sends PING, after AUTH with password if it is not empty.
+func pingRedis(ctx context.Context, addr, password string) error {
 	var d net.Dialer
 	c, err := d.DialContext(ctx, "tcp", addr)
 	if err != nil {
@@ -333,10 +344,21 @@ func pingRedis(ctx context.Context, addr string) error {
 	if dl, ok := ctx.Deadline(); ok {
 		c.SetDeadline(dl)
 	}
+	r := bufio.NewReader(c)
+	if password != "" {
+		if _, err := fmt.Fprintf(c, "*2\r\n$4\r\nAUTH\r\n$%d\r\n%s\r\n", len(password), password); err != nil {
+			return err
+		}
+		if line, err := r.ReadString('\n'); err != nil {
+			return err
+		} else if line != "+OK\r\n" {
+			return errors.New("redis refused AUTH")
+		}
+	}
 	if _, err := io.WriteString(c, "*1\r\n$4\r\nPING\r\n"); err != nil {
 		return err
 	}
-	line, err := bufio.NewReader(c).ReadString('\n')
+	line, err := r.ReadString('\n')
 	if err != nil {
 		return err
 	}

@@ -28,6 +28,7 @@ import (
 
 	"github.com/ratebatch/batcher"
 	"github.com/ratebatch/batcher/internal/leasestore"
+	"github.com/ratebatch/batcher/internal/redact"
 	"github.com/ratebatch/batcher/ratelimiter"
 )
 
@@ -116,10 +117,22 @@ func (r *reporter) flush() {
 // blob service URL of the account: each run gets its own container, named
 // by prefix), and a function that closes its client.
 func NewManager(ctx context.Context, store, addr, prefix string) (ratelimiter.LeaseManager, func(), error) {
-	if store == "azblob" {
-		addr = strings.TrimSuffix(addr, "/") + "/" + prefix
+	var spec string
+	switch store {
+	case "redis":
+		spec = "redis://" + addr
+	case "etcd":
+		spec = "etcd://" + strings.TrimPrefix(addr, "http://")
+	case "azblob":
+		spec = strings.TrimSuffix(addr, "/") + "/" + prefix
+	default:
+		return nil, nil, fmt.Errorf("sharedsim: unknown store %q; want one of %s", store, strings.Join(Stores, ", "))
 	}
-	return leasestore.Open(ctx, store, addr, prefix)
+	s, err := leasestore.Parse(spec)
+	if err != nil {
+		return nil, nil, err
+	}
+	return s.Open(ctx, prefix)
 }
 
 func runInstance(ctx context.Context, f instanceFlags, stdout io.Writer) error {
@@ -141,7 +154,7 @@ func runInstance(ctx context.Context, f instanceFlags, stdout io.Writer) error {
 		WithLeaseDuration(f.lease)
 	limiter.AddListener(func(e batcher.Event) {
 		if e.Kind == batcher.LimiterError {
-			rep.line("E", strings.ReplaceAll(e.Err.Error(), "\n", " "))
+			rep.line("E", strings.ReplaceAll(redact.String(e.Err.Error()), "\n", " "))
 		}
 	})
 	w := batcher.NewWatcher(func(ctx context.Context, ops []*batcher.Operation) error {

@@ -14,6 +14,7 @@ import (
 	"github.com/Azure/azure-sdk-for-go/sdk/storage/azblob/container"
 	"github.com/Azure/azure-sdk-for-go/sdk/storage/azblob/lease"
 
+	"github.com/ratebatch/batcher/internal/redact"
 	"github.com/ratebatch/batcher/ratelimiter"
 )
 
@@ -136,7 +137,7 @@ func NewWithSharedKey(containerURL, accountName, accountKey string, opts *Option
 	o, copts := splitOptions(opts)
 	client, err := container.NewClientWithSharedKeyCredential(containerURL, cred, copts)
 	if err != nil {
-		return nil, fmt.Errorf("azblob: container client for %q: %w", containerURL, err)
+		return nil, redact.Error(fmt.Errorf("azblob: container client for %q: %w", containerURL, err))
 	}
 	return New(client, o)
 }
@@ -154,7 +155,7 @@ func NewWithCredential(containerURL string, cred azcore.TokenCredential, opts *O
 	o, copts := splitOptions(opts)
 	client, err := container.NewClient(containerURL, cred, copts)
 	if err != nil {
-		return nil, fmt.Errorf("azblob: container client for %q: %w", containerURL, err)
+		return nil, redact.Error(fmt.Errorf("azblob: container client for %q: %w", containerURL, err))
 	}
 	return New(client, o)
 }
@@ -173,6 +174,10 @@ func splitOptions(opts *Options) (*Options, *container.ClientOptions) {
 
 // Client returns the container client the Manager uses.
 func (m *Manager) Client() *container.Client { return m.client }
+
+// url returns the container's URL for messages, without the secrets a SAS
+// token in it carries.
+func (m *Manager) url() string { return redact.String(m.client.URL()) }
 
 // LeaseID returns the lease ID that owner presents to Azure: a GUID derived
 // from owner alone (the first 128 bits of a SHA-256 of a fixed namespace and

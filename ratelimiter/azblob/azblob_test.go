@@ -14,12 +14,14 @@ import (
 	"time"
 
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore"
+	"github.com/Azure/azure-sdk-for-go/sdk/azcore/policy"
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore/streaming"
 	"github.com/Azure/azure-sdk-for-go/sdk/storage/azblob/blob"
 	"github.com/Azure/azure-sdk-for-go/sdk/storage/azblob/bloberror"
 	"github.com/Azure/azure-sdk-for-go/sdk/storage/azblob/blockblob"
 	"github.com/Azure/azure-sdk-for-go/sdk/storage/azblob/container"
 	"github.com/Azure/azure-sdk-for-go/sdk/storage/azblob/lease"
+	"github.com/Azure/azure-sdk-for-go/sdk/storage/azblob/sas"
 
 	"github.com/ratebatch/batcher/internal/servicetest"
 	"github.com/ratebatch/batcher/ratelimiter"
@@ -584,4 +586,76 @@ func TestExpiry(t *testing.T) {
 	wantNil(t, "A renews p2, expired but untaken", m.Renew(ctx, 2, "A", short))
 	wantErrIs(t, "B acquires p2 after A renewed it", m.Acquire(ctx, 2, "B", short), ratelimiter.ErrLeaseHeld)
 	wantNil(t, "B acquires p3 that A shortened to 15s", m.Acquire(ctx, 3, "B", short))
+}
+
+// sasSecret is the signature of the SAS tokens below: no error may show it.
+const sasSecret = "SASsig0Secret1Value2"
+
+// checkNoSAS fails if err shows the SAS token's signature, and unless it
+// still names the container's endpoint.
+func checkNoSAS(t *testing.T, what string, err error, secret string) {
+	t.Helper()
+	if err == nil {
+		t.Errorf("%s: no error", what)
+		return
+	}
+	if strings.Contains(err.Error(), secret) {
+		t.Errorf("%s: the error shows the SAS signature: %v", what, err)
+	}
+}
+
+// TestSASNotInErrors builds Managers from container URLs that carry a SAS
+// token, as a user who was given one would, and checks that no error shows
+// its signature: neither this package's own messages, which name the
+// container, nor the SDK's, which name the request's URL.
+func TestSASNotInErrors(t *testing.T) {
+	fast := &container.ClientOptions{ClientOptions: azcore.ClientOptions{Retry: policy.RetryOptions{MaxRetries: -1, TryTimeout: 2 * time.Second}}}
+	ctx := t.Context()
+	try := func(t *testing.T, m *Manager, secret string) {
+		t.Helper()
+		checkNoSAS(t, "Provision", m.Provision(ctx, 2), secret)
+		checkNoSAS(t, "Acquire", m.Acquire(ctx, 0, "a", MinLeaseDuration), secret)
+		checkNoSAS(t, "Renew", m.Renew(ctx, 0, "a", MinLeaseDuration), secret)
+		_, err := m.Announce(ctx, ratelimiter.Demand{Owner: "a", Want: 1, TTL: time.Minute})
+		checkNoSAS(t, "Announce", err, secret)
+		if err := m.Release(ctx, 0, "a"); err != nil {
+			checkNoSAS(t, "Release", err, secret)
+		}
+	}
+	t.Run("unreachable", func(t *testing.T) {
+		c, err := container.NewClientWithNoCredential("http://127.0.0.1:1/devstoreaccount1/leases?sv=2023-11-03&se=2030-01-01T00%3A00%3A00Z&sr=c&sp=racwdl&sig="+sasSecret, fast)
+		if err != nil {
+			t.Fatal(err)
+		}
+		m, err := New(c, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		try(t, m, sasSecret)
+	})
+	t.Run("azurite", func(t *testing.T) {
+		// A valid SAS for a container that does not exist and that it may
+		// not create: every call fails with Azure's own error.
+		owner := testContainer(t)
+		sas, err := owner.GetSASURL(sas.ContainerPermissions{Read: true, Write: true}, time.Now().Add(time.Hour), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		// The signature as the URL carries it (percent-encoded): the form
+		// messages show.
+		_, secret, _ := strings.Cut(sas, "sig=")
+		secret, _, _ = strings.Cut(secret, "&")
+		if len(secret) < 20 {
+			t.Fatalf("no signature in %s", sas)
+		}
+		c, err := container.NewClientWithNoCredential(sas, fast)
+		if err != nil {
+			t.Fatal(err)
+		}
+		m, err := New(c, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		try(t, m, secret)
+	})
 }

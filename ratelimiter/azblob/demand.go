@@ -17,6 +17,7 @@ import (
 	"github.com/Azure/azure-sdk-for-go/sdk/storage/azblob/blockblob"
 	"github.com/Azure/azure-sdk-for-go/sdk/storage/azblob/container"
 
+	"github.com/ratebatch/batcher/internal/redact"
 	"github.com/ratebatch/batcher/ratelimiter"
 )
 
@@ -58,6 +59,11 @@ const maxMetadata = 7 << 10
 // partitions non-negative. Demand blobs whose metadata this package did
 // not write are ignored.
 func (m *Manager) Announce(ctx context.Context, d ratelimiter.Demand) ([]ratelimiter.Demand, error) {
+	ds, err := m.announce(ctx, d)
+	return ds, redact.Error(err)
+}
+
+func (m *Manager) announce(ctx context.Context, d ratelimiter.Demand) ([]ratelimiter.Demand, error) {
 	meta, err := encodeDemand(d)
 	if err != nil {
 		return nil, err
@@ -66,7 +72,7 @@ func (m *Manager) Announce(ctx context.Context, d ratelimiter.Demand) ([]ratelim
 	up, err := m.client.NewBlockBlobClient(name).Upload(ctx, streaming.NopCloser(bytes.NewReader(nil)), &blockblob.UploadOptions{Metadata: meta})
 	if err != nil {
 		if notFound(err) {
-			return nil, fmt.Errorf("azblob: Announce: write demand blob %q: container %s does not exist; call Provision first: %w", name, m.client.URL(), err)
+			return nil, fmt.Errorf("azblob: Announce: write demand blob %q: container %s does not exist; call Provision first: %w", name, m.url(), err)
 		}
 		return nil, fmt.Errorf("azblob: Announce: write demand blob %q: %w", name, err)
 	}
@@ -98,7 +104,7 @@ func (m *Manager) Announce(ctx context.Context, d ratelimiter.Demand) ([]ratelim
 	for pager.More() {
 		page, err := pager.NextPage(ctx)
 		if err != nil {
-			return nil, fmt.Errorf("azblob: Announce: list demand blobs %q* in container %s: %w", prefix, m.client.URL(), err)
+			return nil, fmt.Errorf("azblob: Announce: list demand blobs %q* in container %s: %w", prefix, m.url(), err)
 		}
 		now := fallback
 		if page.Date != nil {

@@ -100,6 +100,15 @@
 // which demands count. Both headers are whole seconds, so a demand counts
 // for its TTL plus up to two seconds.
 //
+// # SAS tokens
+//
+// A container URL may carry a SAS token (.../leases?sv=...&sig=...): build the
+// client with container.NewClientWithNoCredential and hand it to [New].
+// The Manager's errors never show the token's secrets: the container URL
+// in its own messages, and the request URLs in the SDK's transport errors,
+// have the token's fields (sig, se, sp, ...) replaced by REDACTED. The
+// errors still unwrap to the SDK's, for errors.Is and errors.As.
+//
 // # What it does not do
 //
 // It does not break leases, delete partition blobs when the partition count

@@ -16,6 +16,7 @@ import (
 	"github.com/Azure/azure-sdk-for-go/sdk/storage/azblob/blockblob"
 	"github.com/Azure/azure-sdk-for-go/sdk/storage/azblob/container"
 
+	"github.com/ratebatch/batcher/internal/redact"
 	"github.com/ratebatch/batcher/ratelimiter"
 )
 
@@ -31,6 +32,10 @@ import (
 // creating, waits for the calls under way, and returns the error; calling it
 // again finishes the work.
 func (m *Manager) Provision(ctx context.Context, n int) error {
+	return redact.Error(m.provision(ctx, n))
+}
+
+func (m *Manager) provision(ctx context.Context, n int) error {
 	if n < 0 {
 		return fmt.Errorf("azblob: Provision(%d): negative partition count", n)
 	}
@@ -64,7 +69,7 @@ func (m *Manager) listPartitions(ctx context.Context) (map[int]bool, error) {
 	for pager.More() {
 		page, err := pager.NextPage(ctx)
 		if err != nil {
-			return nil, fmt.Errorf("azblob: Provision: list blobs %q* in container %s: %w", prefix, m.client.URL(), err)
+			return nil, fmt.Errorf("azblob: Provision: list blobs %q* in container %s: %w", prefix, m.url(), err)
 		}
 		if page.Segment == nil {
 			continue
@@ -84,7 +89,7 @@ func (m *Manager) listPartitions(ctx context.Context) (map[int]bool, error) {
 func (m *Manager) createContainer(ctx context.Context) error {
 	_, err := m.client.Create(ctx, nil)
 	if err != nil && !bloberror.HasCode(err, bloberror.ContainerAlreadyExists) {
-		return fmt.Errorf("azblob: Provision: create container %s: %w", m.client.URL(), err)
+		return fmt.Errorf("azblob: Provision: create container %s: %w", m.url(), err)
 	}
 	return nil
 }
@@ -163,6 +168,10 @@ func (m *Manager) createPartition(ctx context.Context, p int) error {
 // (another ID holds it) or LeaseIsBreakingAndCannotBeAcquired, and an error
 // saying to call Provision when the blob or the container is missing.
 func (m *Manager) Acquire(ctx context.Context, p int, owner string, d time.Duration) error {
+	return redact.Error(m.acquire(ctx, p, owner, d))
+}
+
+func (m *Manager) acquire(ctx context.Context, p int, owner string, d time.Duration) error {
 	name, id, secs, err := m.leaseArgs("Acquire", p, owner, d)
 	if err != nil {
 		return err
@@ -179,7 +188,7 @@ func (m *Manager) Acquire(ctx context.Context, p int, owner string, d time.Durat
 	case bloberror.HasCode(err, bloberror.LeaseAlreadyPresent, bloberror.LeaseIsBreakingAndCannotBeAcquired):
 		return fmt.Errorf("azblob: Acquire partition %d (blob %q): %w: %w", p, name, ratelimiter.ErrLeaseHeld, err)
 	case notFound(err):
-		return fmt.Errorf("azblob: Acquire partition %d: blob %q or its container %s does not exist; call Provision first: %w", p, name, m.client.URL(), err)
+		return fmt.Errorf("azblob: Acquire partition %d: blob %q or its container %s does not exist; call Provision first: %w", p, name, m.url(), err)
 	default:
 		return fmt.Errorf("azblob: Acquire partition %d (blob %q): %w", p, name, err)
 	}
@@ -204,6 +213,10 @@ func (m *Manager) Acquire(ctx context.Context, p int, owner string, d time.Durat
 // LeaseLost or LeaseIsBrokenAndCannotBeRenewed, on a 412 lease condition,
 // and when the blob or the container is gone.
 func (m *Manager) Renew(ctx context.Context, p int, owner string, d time.Duration) error {
+	return redact.Error(m.renew(ctx, p, owner, d))
+}
+
+func (m *Manager) renew(ctx context.Context, p int, owner string, d time.Duration) error {
 	name, id, secs, err := m.leaseArgs("Renew", p, owner, d)
 	if err != nil {
 		return err
@@ -248,7 +261,7 @@ func (m *Manager) renewError(p int, id, name string, err error) error {
 		statusCode(err) == http.StatusPreconditionFailed:
 		return lost(fmt.Errorf("azblob: Renew partition %d (blob %q): %w: %w", p, name, ratelimiter.ErrLeaseLost, err))
 	case notFound(err):
-		return lost(fmt.Errorf("azblob: Renew partition %d: blob %q or its container %s is gone (call Provision): %w: %w", p, name, m.client.URL(), ratelimiter.ErrLeaseLost, err))
+		return lost(fmt.Errorf("azblob: Renew partition %d: blob %q or its container %s is gone (call Provision): %w: %w", p, name, m.url(), ratelimiter.ErrLeaseLost, err))
 	default:
 		return fmt.Errorf("azblob: Renew partition %d (blob %q): %w", p, name, err)
 	}
@@ -260,6 +273,10 @@ func (m *Manager) renewError(p int, id, name string, err error) error {
 // LeaseNotPresentWithLeaseOperation), or the blob is gone, it returns nil:
 // the lease is not owner's either way.
 func (m *Manager) Release(ctx context.Context, p int, owner string) error {
+	return redact.Error(m.release(ctx, p, owner))
+}
+
+func (m *Manager) release(ctx context.Context, p int, owner string) error {
 	name, err := m.partitionBlob(p)
 	if err != nil {
 		return fmt.Errorf("azblob: Release: %w", err)

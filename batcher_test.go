@@ -15,6 +15,7 @@ import (
 	"github.com/ratebatch/batcher/ratelimiter"
 )
 
+// The Batcher's own life: Start, Enqueue, Flush, Shutdown and Close.
 // G3: every enqueued operation has exactly one end, and the counts add up.
 // G4: Shutdown drains through the limiter and loses nothing; Close aborts.
 
