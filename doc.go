@@ -110,10 +110,22 @@
 // defaults (priority 0, weight 1, no share) give every watcher with work an
 // equal turn.
 //
+// # Typed payloads, logs and metrics
+//
+// A watcher whose payloads are all of one type T is a [TypedWatcher],
+// made with [NewTypedWatcher]; its operations, made with
+// [NewTypedOperation], give ProcessBatch a T with no type assertion, and a
+// payload of the wrong type does not compile. [NewLogListener] writes events
+// to a *slog.Logger at levels that fit (failures at Error, throttles and
+// pauses at Info, the rest at Debug) without payloads. Package otelbatcher
+// registers a Batcher's figures as OpenTelemetry metrics; this package
+// imports no OpenTelemetry.
+//
 // # What it does not do
 //
 // The Batcher does not persist its buffer: operations buffered when the
-// process dies are lost, as with any in-memory queue. It does not keep
+// process dies are lost, as with any in-memory queue; package spool puts a
+// durable log (a local one, or Redis Streams) in front of it. It does not keep
 // order: operations are released roughly in the order they were enqueued,
 // but one may overtake others enqueued just before it (the intake is split
 // per CPU, so even one goroutine's operations may be reordered when the Go

@@ -316,10 +316,20 @@ func check(t *testing.T, conn driver.Conn, table string, n int, ackedFiles []str
 	}
 	for q.Next() {
 		var id uint64
-		q.Scan(&id)
+		if err := q.Scan(&id); err != nil {
+			t.Fatal(err)
+		}
 		ids[id] = true
 	}
+	// A stream cut short (an error, a limit) would count events that are
+	// in the table as missing: check that it ended well and was whole.
+	if err := q.Err(); err != nil {
+		t.Fatalf("reading the table's ids: %v", err)
+	}
 	q.Close()
+	if uint64(len(ids)) != uniq {
+		t.Fatalf("read %d distinct ids from the table, which counts %d", len(ids), uniq)
+	}
 	acked, missing := 0, 0
 	for _, f := range ackedFiles {
 		fh, err := os.Open(f)

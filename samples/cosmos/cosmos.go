@@ -33,10 +33,10 @@ func Load(ctx context.Context, client *azcosmos.Client, database, container stri
 	provisioned := cosmosbulk.NewContainerThroughputLimiter(client, database, container).
 		WithCeiling(ceiling)
 	// Less after throttles: other services may use the same throughput.
+	// The Batcher tells it of each throttle itself (it is a batcher.Learner).
 	lim := ratelimiter.NewAdaptive(provisioned)
 
 	b := batcher.NewBatcher().WithRateLimiter(lim)
-	b.AddListener(lim.Observe) // the adaptive limiter hears of throttles
 	if err := b.Start(ctx); err != nil {
 		return Stats{}, fmt.Errorf("starting the batcher: %w", err) // e.g. the throughput could not be read
 	}

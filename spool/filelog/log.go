@@ -134,6 +134,11 @@ type Log struct {
 	syncMu     sync.Mutex // held while a file is fsynced or sealed
 
 	nRecords, nWrites, nSyncs atomic.Int64
+
+	// Hooks of the package's own tests; nil otherwise.
+	testBeforeRoundSync func() // in the syncer, between taking a group and its fsync
+	testBeforeTickSync  func() // in the syncer, between taking the dirty flag and the tick's fsync
+	testSynced          func(path string)
 }
 
 type segment struct {
@@ -410,6 +415,9 @@ func (l *Log) append(ctx context.Context, recs [][]byte, forceSync bool) error {
 	}
 	l.activeSize += n
 	l.segs[len(l.segs)-1].size = l.activeSize
+	if forceSync {
+		l.active.forced = true
+	}
 	l.dirty = true
 	l.nRecords.Add(int64(len(recs)))
 	l.nWrites.Add(1)

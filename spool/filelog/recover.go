@@ -72,6 +72,14 @@ func (l *Log) recover() error {
 	} else {
 		next = max(next, l.mark.seg)
 		l.rseg = next
+		// The watermark may name a segment that is not on disk (lost with
+		// the machine, or removed by hand), and the new segment takes its
+		// number: save the watermark at its start, so that an offset meant
+		// for the lost file never skips the new one's records.
+		if err := l.saveMarkLocked(true); err != nil {
+			l.ackF.Close()
+			return err
+		}
 	}
 	for _, s := range l.segs {
 		l.used += s.size

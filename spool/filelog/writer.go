@@ -15,6 +15,13 @@ type mapped struct {
 	f      *os.File
 	data   []byte
 	closed bool
+	// forced is set once an Append that fsyncs whatever the policy
+	// (Replay's) copied into it: the seal then fsyncs it under SyncNever
+	// too.
+	forced bool
+	// sealErr is the seal's fsync error, for the Appends whose round was
+	// to fsync the segment when the seal did it instead.
+	sealErr error
 }
 
 // createSegment creates segment num, of size bytes reserved on disk, and
@@ -58,7 +65,8 @@ func (l *Log) rollLocked(n int64) error {
 	return nil
 }
 
-// sealLocked fsyncs the active segment (unless the policy is SyncNever),
+// sealLocked fsyncs the active segment (unless the policy is SyncNever and
+// no Append that must be fsynced wrote to it),
 // unmaps it, cuts the file to its records and closes it.
 func (l *Log) sealLocked() error {
 	a := l.active
@@ -68,9 +76,19 @@ func (l *Log) sealLocked() error {
 	l.syncMu.Lock()
 	defer l.syncMu.Unlock()
 	var err error
-	if l.sync != SyncNever && l.dirty {
+	// Fsync whether or not the log is dirty: the syncer may have taken the
+	// dirty flag (and the Appends waiting on it) for this segment and not
+	// have fsynced it yet; it relies on this fsync once the segment is
+	// sealed.
+	if (l.sync != SyncNever || a.forced) && l.activeSize > 0 {
 		l.nSyncs.Add(1)
 		err = a.f.Sync()
+		if err != nil {
+			a.sealErr = fmt.Errorf("filelog: fsync %s: %w", a.f.Name(), err)
+		}
+		if err == nil && l.testSynced != nil {
+			l.testSynced(a.f.Name())
+		}
 	}
 	l.dirty = false
 	if uerr := unmap(a.data); err == nil {
@@ -137,6 +155,9 @@ func (l *Log) syncer() {
 		a := l.active
 		l.dirty = false
 		l.mu.Unlock()
+		if l.testBeforeRoundSync != nil {
+			l.testBeforeRoundSync()
+		}
 		t0 := time.Now()
 		g.err = l.syncFile(a)
 		lastSync = time.Since(t0)
@@ -156,6 +177,9 @@ func (l *Log) syncer() {
 			l.dirty = false
 			l.mu.Unlock()
 			if dirty {
+				if l.testBeforeTickSync != nil {
+					l.testBeforeTickSync()
+				}
 				l.syncFile(a)
 			}
 		case <-l.closedCh:
@@ -165,16 +189,20 @@ func (l *Log) syncer() {
 	}
 }
 
-// syncFile fsyncs a, unless it was sealed meanwhile (which fsynced it).
+// syncFile fsyncs a, unless it was sealed meanwhile: the seal fsynced it,
+// and syncFile returns the seal's fsync error.
 func (l *Log) syncFile(a *mapped) error {
 	l.syncMu.Lock()
 	defer l.syncMu.Unlock()
 	if a.closed {
-		return nil
+		return a.sealErr // the seal fsynced it, or failed to
 	}
 	l.nSyncs.Add(1)
 	if err := a.f.Sync(); err != nil {
 		return fmt.Errorf("filelog: fsync %s: %w", a.f.Name(), err)
+	}
+	if l.testSynced != nil {
+		l.testSynced(a.f.Name())
 	}
 	return nil
 }
