@@ -125,13 +125,12 @@ func TestSDKColdPartitionsGoOnWhileTheHotOneIsPaused(t *testing.T) {
 		defer mu.Unlock()
 		switch e.Kind {
 		case batcher.Throttled:
-			for _, op := range e.Batch {
-				if op.Payload().(cosmosbulk.Item).PartitionKey == hot {
+			if len(e.Batch) > 0 { // a batch holds one partition key's items
+				if e.Batch[0].Payload().(cosmosbulk.Item).PartitionKey == hot {
 					hotPauses = append(hotPauses, pause{now, now.Add(e.Duration)})
 				} else {
 					coldThrott++
 				}
-				break
 			}
 		case batcher.BatchReleased:
 			cold := false

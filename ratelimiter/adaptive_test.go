@@ -587,7 +587,7 @@ func TestAdaptiveObservesBatches(t *testing.T) {
 		}
 		t0 := time.Now()
 		observe := func(at, released time.Duration, th int) {
-			time.Sleep(t0.Add(at).Sub(time.Now()))
+			time.Sleep(time.Until(t0.Add(at)))
 			a.ObserveBatch(batcher.BatchOutcome{Released: t0.Add(released), Returned: time.Now(),
 				Operations: 10, Cost: 100, Succeeded: 10 - th, Throttled: th})
 			synctest.Wait()

@@ -73,7 +73,7 @@ func runCtl(t *testing.T, c *ratelimiter.Controller, steps []ctlStep) []string {
 			t.Fatal(err)
 		}
 		for i, s := range steps {
-			time.Sleep(t0.Add(s.at).Sub(time.Now()))
+			time.Sleep(time.Until(t0.Add(s.at)))
 			if s.demand != 0 {
 				c.GiveMe(s.demand)
 			}

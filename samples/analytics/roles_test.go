@@ -100,7 +100,7 @@ func runRole(role string) error {
 			return err
 		}
 		// Produced all: wait until every record was read and ended.
-		for env("IDLE_EXIT") != "" { // the first version's condition, kept to show why it was wrong
+		if env("IDLE_EXIT") != "" { // the first version's condition, kept to show why it was wrong
 			last, since := int64(-1), time.Now()
 			for time.Since(since) < time.Second {
 				s := c.Stats()

@@ -27,9 +27,7 @@ func TestSessionsAnyOrder(t *testing.T) {
 		}
 	}
 	// Shuffled, and a third of them twice.
-	for _, e := range events[:len(events)/3] {
-		events = append(events, e)
-	}
+	events = append(events, events[:len(events)/3]...)
 	rand.Shuffle(len(events), func(i, j int) { events[i], events[j] = events[j], events[i] })
 	released := map[uint64]analytics.Event{}
 	for i := 0; i < len(events); i += 7 {
