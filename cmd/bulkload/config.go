@@ -6,6 +6,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"net"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -52,6 +53,7 @@ type config struct {
 	naiveWorkers int
 	timeout      time.Duration
 	quiet        bool
+	metricsAddr  string // where to serve the Batcher's metrics, "" for nowhere
 }
 
 // target says where the items go.
@@ -124,6 +126,7 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	fs.IntVar(&c.naiveWorkers, "naive-workers", 0, "how many writes the naive loader runs at once; 0 means one goroutine per item (unbounded)")
 	fs.DurationVar(&c.timeout, "timeout", 10*time.Minute, "give up on the whole run after this long")
 	fs.BoolVar(&c.quiet, "quiet", false, "no progress line")
+	fs.StringVar(&c.metricsAddr, "metrics-addr", "", "serve the Batcher's metrics in the Prometheus text format at http://ADDR/metrics while the run lasts, such as 127.0.0.1:9464 (:0 picks a free port, which the output names); empty for none")
 	fs.Usage = func() {}
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
@@ -181,6 +184,11 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	}
 	if c.timeout <= 0 {
 		bad("timeout", c.timeout, "must be more than 0")
+	}
+	if a := c.metricsAddr; a != "" {
+		if _, port, err := net.SplitHostPort(a); err != nil || port == "" {
+			bad("metrics-addr", a, "must be host:port or :port, such as 127.0.0.1:9464")
+		}
 	}
 	if c.cosmosEndpoint != "" && c.clickhouse != "" {
 		bad("clickhouse", c.clickhouse, "cannot be used with -cosmos-endpoint: choose one target")

@@ -68,10 +68,12 @@ func runJob(ctx context.Context, args []string, stdout, stderr io.Writer) (*repo
 	}
 	defer closeLimiter()
 	fmt.Fprintln(stdout, headline(cfg, items))
+	metrics := &metricsServer{addr: cfg.metricsAddr, out: stdout}
+	defer metrics.close()
 
 	var runErr error
 	if cfg.target() == "clickhouse" {
-		p, err := loadClickHouse(ctx, cfg, lim, items, prog)
+		p, err := loadClickHouse(ctx, cfg, lim, items, prog, metrics)
 		if err != nil && p.name == "" {
 			return nil, err
 		}
@@ -79,7 +81,7 @@ func runJob(ctx context.Context, args []string, stdout, stderr io.Writer) (*repo
 		runErr = err
 	} else {
 		t := &cosmosTarget{cfg: cfg}
-		p, err := loadBatcher(ctx, cfg, lim, t, items, prog)
+		p, err := loadBatcher(ctx, cfg, lim, t, items, prog, metrics)
 		if err != nil && p.name == "" {
 			return nil, err
 		}
