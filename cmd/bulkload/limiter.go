@@ -32,7 +32,7 @@ func newLimiter(ctx context.Context, cfg config, prog *progress) (batcher.RateLi
 		if cfg.limiter == limiterFixed {
 			return ratelimiter.NewProvisioned(cfg.capacity), func() {}, nil
 		}
-		c := ratelimiter.NewController(cfg.capacity)
+		c := newController(cfg.capacity)
 		prog.setStatus(func(time.Time) string { return "limit " + commas(int64(c.Capacity())) })
 		return c, func() {}, nil
 	}
@@ -52,10 +52,22 @@ func newLimiter(ctx context.Context, cfg config, prog *progress) (batcher.RateLi
 	r.AddListener(w.event)
 	var lim batcher.RateLimiter = r
 	if cfg.limiter == limiterController {
-		lim = newControlled(ratelimiter.NewController(cfg.capacity+cfg.reserved), r)
+		lim = newControlled(newController(cfg.capacity+cfg.reserved), r)
 	}
 	prog.setStatus(func(now time.Time) string { return w.status(now, lim.Capacity()) })
 	return lim, closeStore, nil
+}
+
+// newController returns the Controller of -limiter controller, which
+// starts at a quarter of its ceiling rather than the Controller's default
+// 1/32: with -capacity right (the default run) it reaches it in two
+// doublings, half a second, rather than five (the run took 8.1 s instead
+// of 6.9 with a fixed limit; 7.35 s from a quarter); with -capacity 20
+// times too high the first burst costs a few 429s more, since the Batcher
+// pauses the lane at the first (issue 14's check: 12 429s of 713 requests
+// from a quarter, 12 of 797 from 1/32, 10 of 738 from the ceiling).
+func newController(ceiling int) *ratelimiter.Controller {
+	return ratelimiter.NewController(ceiling).WithInitial(max(ceiling/4, 1))
 }
 
 // The -limiter values.
