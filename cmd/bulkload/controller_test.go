@@ -41,3 +41,42 @@ func TestCapacityTwentyTimesTheModel(t *testing.T) {
 	t.Logf("%v against an ideal of %v (%.2fx); %d 429s of %d requests (%.1f%%)",
 		p.elapsed, ideal, p.elapsed.Seconds()/ideal.Seconds(), p.throttle, p.requests, 100*share)
 }
+
+// The comparison's last lines say the trade-off plainly: when the naive
+// loader is faster, it is faster only by taking the other workload's share
+// and failing its writes; when it is not, it is slower and did so anyway.
+func TestTradeOffText(t *testing.T) {
+	cfg := config{otherRU: 1000, ru: 10000}
+	b := phase{name: "batcher", elapsed: 7 * time.Second, other: &otherResult{writes: 1200, p99: 20 * time.Millisecond}}
+	other := func(thr, failed int64, p99 time.Duration) *otherResult {
+		return &otherResult{writes: 1400, throttled: thr, failed: failed, p99: p99}
+	}
+	cases := []struct {
+		name string
+		n    phase
+		cfg  config
+		want []string
+	}{
+		{"naive faster, the other workload hurt",
+			phase{name: "naive", elapsed: 6 * time.Second, throttle: 3000, other: other(469, 12, 4*time.Second)}, cfg,
+			[]string{"the naive loader was 1.2x as fast only by taking the other workload's share",
+				"469 of its 1,400 writes answered 429 and 12 failed", "p99 4s against 20ms while the batcher loaded"}},
+		{"naive slower, the other workload hurt",
+			phase{name: "naive", elapsed: 8 * time.Second, throttle: 3000, other: other(469, 0, 4*time.Second)}, cfg,
+			[]string{"the naive loader was slower, and took the other workload's share all the same",
+				"469 of its 1,400 writes answered 429 and 0 failed"}},
+		{"no other workload",
+			phase{name: "naive", elapsed: 6 * time.Second, throttle: 3000}, config{ru: 10000},
+			[]string{"the naive loader was 1.2x as fast only by taking every RU it could: 3,000 of its requests answered 429, which a client sharing the container meets too"}},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			got := tradeOff(c.cfg, b, c.n)
+			for _, w := range c.want {
+				if !bytes.Contains([]byte(got), []byte(w)) {
+					t.Errorf("%q\nlacks %q", got, w)
+				}
+			}
+		})
+	}
+}
