@@ -287,8 +287,8 @@ func tradeOff(cfg config, b, n phase) string {
 	} else {
 		s += "the other workload's share all the same"
 	}
-	return s + fmt.Sprintf(": %s of its %s writes answered 429 and %s failed, its p99 %s against %s while the batcher loaded (%s 429s, %s failed)",
-		commas(n.other.throttled), commas(n.other.writes), commas(n.other.failed),
+	return s + fmt.Sprintf(": its %s writes met %s 429s and %s failed, its p99 %s against %s while the batcher loaded (%s 429s, %s failed)",
+		commas(n.other.writes), commas(n.other.throttled), commas(n.other.failed),
 		n.other.p99.Round(time.Millisecond), b.other.p99.Round(time.Millisecond),
 		commas(b.other.throttled), commas(b.other.failed))
 }
