@@ -25,7 +25,7 @@ const clickHouseBatch = 10000
 // in batches with PrepareBatch (never INSERT ... VALUES, which ClickHouse
 // 18.16 answers by waiting for data blocks). Each run tags its rows with a
 // run id, so that verification counts only its own.
-func loadClickHouse(ctx context.Context, cfg config, lim batcher.RateLimiter, items []cosmos.Item, prog *progress) (phase, error) {
+func loadClickHouse(ctx context.Context, cfg config, lim batcher.RateLimiter, items []cosmos.Item, prog *progress, metrics *metricsServer) (phase, error) {
 	opts, err := clickhouse.ParseDSN(cfg.clickhouse)
 	if err != nil {
 		return phase{}, redact.Error(fmt.Errorf("-clickhouse %s: %w", cfg.clickhouse, err))
@@ -72,6 +72,10 @@ func loadClickHouse(ctx context.Context, cfg config, lim batcher.RateLimiter, it
 		WithBufferSize(4 * clickHouseBatch).WithEmitBatch()
 	b.AddListener(sent.event)
 	if err := b.Start(ctx); err != nil {
+		return phase{}, err
+	}
+	if err := metrics.serve(ctx, b); err != nil {
+		b.Close()
 		return phase{}, err
 	}
 

@@ -6,6 +6,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"net"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -52,6 +53,8 @@ type config struct {
 	naiveWorkers int
 	timeout      time.Duration
 	quiet        bool
+	metricsAddr  string // where to serve the Batcher's metrics, "" for nowhere
+	limiter      string // limiterController or limiterFixed
 }
 
 // target says where the items go.
@@ -108,6 +111,7 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	fs.IntVar(&c.ru, "ru", defaultRU, "provisioned throughput in RU/s: of the embedded model, or of the real container with -cosmos-endpoint")
 	fs.IntVar(&c.capacity, "capacity", 0, "the Batcher's rate limit, in RU/s (rows/s with -clickhouse); 0 means -ru less -other-ru (50,000 rows/s with -clickhouse)")
 	fs.IntVar(&c.otherRU, "other-ru", -1, "another workload writing to the same container at this many RU/s while each loader runs, to show who the throttling hurts; the default -1 means 1,000 RU/s for the embedded model and none for a real endpoint")
+	fs.StringVar(&c.limiter, "limiter", limiterController, "the Batcher's rate limiter: controller finds the throughput the service really gives, up to -capacity (cutting on 429s, probing back up), so a -capacity above it still loads at its pace; fixed grants -capacity whatever happens, as if it were right")
 	fs.Float64Var(&c.margin, "margin", cosmos.DefaultMargin, "how much more than its RU charge each write counts for against the Batcher's capacity, for network delays (0.1: about 91% of the capacity is used)")
 	fs.StringVar(&c.cosmosEndpoint, "cosmos-endpoint", "", "a real Cosmos DB endpoint, such as https://myaccount.documents.azure.com:443/ or https://127.0.0.1:8081/ (default: the embedded model)")
 	fs.StringVar(&c.cosmosKey, "cosmos-key", "", "the account key for -cosmos-endpoint (default: $COSMOS_KEY, else the emulator's well-known key)")
@@ -124,6 +128,7 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	fs.IntVar(&c.naiveWorkers, "naive-workers", 0, "how many writes the naive loader runs at once; 0 means one goroutine per item (unbounded)")
 	fs.DurationVar(&c.timeout, "timeout", 10*time.Minute, "give up on the whole run after this long")
 	fs.BoolVar(&c.quiet, "quiet", false, "no progress line")
+	fs.StringVar(&c.metricsAddr, "metrics-addr", "", "serve the Batcher's metrics in the Prometheus text format at http://ADDR/metrics while the run lasts, such as 127.0.0.1:9464 (:0 picks a free port, which the output names); empty for none")
 	fs.Usage = func() {}
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
@@ -173,6 +178,9 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	if c.capacity < 0 {
 		bad("capacity", c.capacity, "must be 0 (the default) or more")
 	}
+	if c.limiter != limiterController && c.limiter != limiterFixed {
+		bad("limiter", c.limiter, "must be controller or fixed")
+	}
 	if !(c.margin >= 0 && c.margin < 1) {
 		bad("margin", c.margin, "must be 0 or more and less than 1")
 	}
@@ -181,6 +189,11 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	}
 	if c.timeout <= 0 {
 		bad("timeout", c.timeout, "must be more than 0")
+	}
+	if a := c.metricsAddr; a != "" {
+		if _, port, err := net.SplitHostPort(a); err != nil || port == "" {
+			bad("metrics-addr", a, "must be host:port or :port, such as 127.0.0.1:9464")
+		}
 	}
 	if c.cosmosEndpoint != "" && c.clickhouse != "" {
 		bad("clickhouse", c.clickhouse, "cannot be used with -cosmos-endpoint: choose one target")

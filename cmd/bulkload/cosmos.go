@@ -193,7 +193,7 @@ func isLoopback(host string) bool {
 
 // loadBatcher loads items through a Batcher whose limiter grants the
 // configured capacity, with the samples/cosmos Loader as its processor.
-func loadBatcher(ctx context.Context, cfg config, lim batcher.RateLimiter, t *cosmosTarget, items []cosmos.Item, prog *progress) (phase, error) {
+func loadBatcher(ctx context.Context, cfg config, lim batcher.RateLimiter, t *cosmosTarget, items []cosmos.Item, prog *progress, metrics *metricsServer) (phase, error) {
 	s := newSeries()
 	cc, closeTarget, err := t.open(ctx, s, false)
 	if err != nil {
@@ -204,6 +204,10 @@ func loadBatcher(ctx context.Context, cfg config, lim batcher.RateLimiter, t *co
 	b := batcher.NewBatcher().WithRateLimiter(lim).WithEmitBatch()
 	b.AddListener(sent.event)
 	if err := b.Start(ctx); err != nil {
+		return phase{}, err
+	}
+	if err := metrics.serve(ctx, b); err != nil {
+		b.Close()
 		return phase{}, err
 	}
 	loader := cosmos.NewLoader(cc, b).WithMargin(cfg.margin)

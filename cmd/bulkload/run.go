@@ -68,10 +68,12 @@ func runJob(ctx context.Context, args []string, stdout, stderr io.Writer) (*repo
 	}
 	defer closeLimiter()
 	fmt.Fprintln(stdout, headline(cfg, items))
+	metrics := &metricsServer{addr: cfg.metricsAddr, out: stdout}
+	defer metrics.close()
 
 	var runErr error
 	if cfg.target() == "clickhouse" {
-		p, err := loadClickHouse(ctx, cfg, lim, items, prog)
+		p, err := loadClickHouse(ctx, cfg, lim, items, prog, metrics)
 		if err != nil && p.name == "" {
 			return nil, err
 		}
@@ -79,7 +81,7 @@ func runJob(ctx context.Context, args []string, stdout, stderr io.Writer) (*repo
 		runErr = err
 	} else {
 		t := &cosmosTarget{cfg: cfg}
-		p, err := loadBatcher(ctx, cfg, lim, t, items, prog)
+		p, err := loadBatcher(ctx, cfg, lim, t, items, prog, metrics)
 		if err != nil && p.name == "" {
 			return nil, err
 		}
@@ -256,7 +258,39 @@ func summary(w io.Writer, rep *report) {
 		fmt.Fprintf(w, "the batcher finished in %s with %s 429s; the naive loader took %s (%.1fx the batcher's time) with %s 429s\n",
 			b.elapsed.Round(100*time.Millisecond), commas(b.throttle), n.elapsed.Round(100*time.Millisecond),
 			n.elapsed.Seconds()/b.elapsed.Seconds(), commas(n.throttle))
+		fmt.Fprintln(w, tradeOff(cfg, b, n))
 	}
+}
+
+// tradeOff says plainly what the naive loader's time cost: when it is
+// faster, it is so only by taking the other workload's share and failing
+// its writes.
+func tradeOff(cfg config, b, n phase) string {
+	var s string
+	if n.elapsed < b.elapsed {
+		s = fmt.Sprintf("the naive loader was %.1fx as fast only by taking ", b.elapsed.Seconds()/n.elapsed.Seconds())
+	} else {
+		s = "the naive loader was slower, and took "
+		if n.other == nil {
+			s += "every RU it could all the same"
+		}
+	}
+	if n.other == nil || b.other == nil {
+		if n.elapsed < b.elapsed {
+			s += "every RU it could"
+		}
+		return s + fmt.Sprintf(": %s of its requests answered 429, which a client sharing the container meets too; the batcher keeps to its limit (%s %s/s) and leaves the rest to them",
+			commas(n.throttle), commas(int64(cfg.capacity)), cfg.unit())
+	}
+	if n.elapsed < b.elapsed {
+		s += "the other workload's share"
+	} else {
+		s += "the other workload's share all the same"
+	}
+	return s + fmt.Sprintf(": its %s writes met %s 429s and %s failed, its p99 %s against %s while the batcher loaded (%s 429s, %s failed)",
+		commas(n.other.writes), commas(n.other.throttled), commas(n.other.failed),
+		n.other.p99.Round(time.Millisecond), b.other.p99.Round(time.Millisecond),
+		commas(b.other.throttled), commas(b.other.failed))
 }
 
 func wastedWord(clickhouse bool) string {
