@@ -208,6 +208,14 @@ install_missing() {
       die "apt-get install ${pkgs[*]} failed"
     log "installed ${pkgs[*]} in $(secs_since "$t")s"
   fi
+  install_node_packages
+}
+
+# The npm packages live in this checkout ($NODE_DIR): tests start private
+# Azurite servers from them (cmd/sharedsim), so they are installed even when
+# every shared service already answers, started by another checkout.
+install_node_packages() {
+  local t
   if ! node_pkg_ok @vercel/cosmosdb-server "$COSMOS_VERSION" || ! node_pkg_ok azurite "$AZURITE_VERSION"; then
     t=$(now_ms)
     mkdir -p "$NODE_DIR"
@@ -306,10 +314,13 @@ cmd_up() {
       to_start+=("$name")
     fi
   done
-  # Install only when something must be started: services that answer need
-  # nothing here (a probe's own client missing makes its service look down).
+  # Install the Debian packages only when something must be started:
+  # services that answer need nothing here (a probe's own client missing
+  # makes its service look down). The npm packages are always checked.
   if [ ${#to_start[@]} -gt 0 ]; then
     install_missing
+  else
+    install_node_packages
   fi
   for name in "${to_start[@]}"; do
     "start_$name"
