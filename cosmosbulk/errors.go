@@ -226,6 +226,7 @@ type BatchOperationError struct {
 	SubStatusCode int
 }
 
+// Error says which operation of the batch failed, its status and why.
 func (e *BatchOperationError) Error() string {
 	s := fmt.Sprintf("cosmosbulk: operation %d of a transactional batch of partition key %q: %d %s",
 		e.Index, e.PartitionKey, e.StatusCode, http.StatusText(e.StatusCode))
@@ -252,6 +253,8 @@ type ItemError struct {
 	Err error
 }
 
+// Error names the item, its partition key, the status and the likely
+// cause, with any secret masked.
 func (e *ItemError) Error() string {
 	what := "failed"
 	switch {
@@ -265,6 +268,7 @@ func (e *ItemError) Error() string {
 	return fmt.Sprintf("cosmosbulk: item %q (partition key %q) %s: %s", e.ID, e.PartitionKey, what, redact.String(e.Err.Error()))
 }
 
+// Unwrap returns the error the write failed with, for errors.Is and errors.As.
 func (e *ItemError) Unwrap() error { return e.Err }
 
 // hint says in a few words what a permanent status usually means.

@@ -43,6 +43,8 @@ func (t Throughput) RU() int {
 	return t.ManualRU
 }
 
+// String describes the throughput as a person reads it: manual or
+// autoscale, its figure, and whether it is the container's or the database's.
 func (t Throughput) String() string {
 	on := "container"
 	if t.Database {

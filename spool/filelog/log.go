@@ -31,6 +31,7 @@ const (
 // written to the file, with an fsync at most d later. d must be more than 0.
 func SyncEvery(d time.Duration) SyncPolicy { return SyncPolicy(d) }
 
+// String names the policy as its constructor does.
 func (p SyncPolicy) String() string {
 	switch {
 	case p == SyncEveryAppend:
@@ -64,6 +65,7 @@ type Cut struct {
 	SavedAs string
 }
 
+// String says what was cut, where, and why.
 func (c Cut) String() string {
 	if c.Tail {
 		return fmt.Sprintf("filelog: cut a torn tail of %d bytes at offset %d of %s", c.Bytes, c.Offset, c.File)

@@ -18,6 +18,7 @@ type CorruptError struct {
 	Offset int64
 }
 
+// Error says which segment is corrupt and where.
 func (e *CorruptError) Error() string {
 	return fmt.Sprintf("filelog: %s is corrupt at offset %d (the disk changed under the open log); reopen the log to set the rest of the segment aside", e.File, e.Offset)
 }
