@@ -47,16 +47,27 @@
 //
 // The Loader learns the ranges from the answers: every document response,
 // 429s included, names the range that served it in
-// x-ms-documentdb-partitionkeyrangeid ([PartitionKeyRangeID]). A key no
-// answer has named yet is in the default lane, which all such keys share
-// (they may be on one partition, so a 429 of one of them pauses them all);
-// once an answer names its range, the key's next items go to that range's
-// lane. An item stays in the lane it was loaded in, so items loaded before
-// their key's first answer are written, and paused, with the default lane.
-// A split shows up as a new range id for a key, which then moves to the new
-// range's lane. The Loader remembers the ranges of up to 65,536 keys
-// (forgetting an arbitrary one for each new one beyond) and gives lanes to
-// up to 1,024 ranges (the keys of further ones stay in the default lane).
+// x-ms-documentdb-partitionkeyrangeid ([PartitionKeyRangeID]). The first
+// item of a key no answer has named yet goes at once, in the default lane
+// (which all such first writes share: they may be on one partition, so a
+// 429 of one of them pauses them all); the key's further items are held,
+// outside the Batcher's buffer, until an answer to that first write names
+// the key's range, and then go to the range's lane. So items loaded up
+// front, before any answer, are in their ranges' lanes all the same, at
+// the price of one round trip for each key's second item. (Computing each
+// key's range instead would take the service's hash of partition keys,
+// which the Go SDK keeps internal, and its partition key ranges.) The
+// holding stops when an answer names no range (a service that does not
+// tell), and holds at most 65,536 items (further ones go to the default
+// lane); if the first write ends without an answer, the held items go to
+// the default lane. [Loader.WithRangeLanes](false) keeps every item in
+// the default lane. A split shows up as a new range id for a key, which
+// then moves to the new range's lane. The Loader remembers the ranges of up
+// to 65,536 keys (forgetting an arbitrary one for each new one beyond) and
+// gives lanes to up to 1,024 ranges (the keys of further ones stay in the
+// default lane). A container with one physical partition has one range:
+// all its writes share one lane, so an overshoot of its budget costs one
+// 429 and one pause, not one for each watcher.
 //
 // Within a lane, items are spread over several watchers by a hash of their
 // partition key ([Loader.WithLanes], 16 by default), so that each flush

@@ -105,7 +105,7 @@ func TestIntegrationLoaderFailsPermanentErrorsAtOnce(t *testing.T) {
 		"no-id":    {ID: "no-id", PartitionKey: "solo-1", Body: []byte(`{"pk":"solo-1"}`)},
 		"not-json": {ID: "not-json", PartitionKey: "solo-2", Body: []byte(`not json`)},
 	}
-	var ops []*batcher.Operation
+	var ops []*cosmosbulk.Write
 	for _, it := range append(slices.Clone(good), bad["no-id"], bad["not-json"]) {
 		op, err := l.Load(ctx, it)
 		if err != nil {
@@ -114,17 +114,17 @@ func TestIntegrationLoaderFailsPermanentErrorsAtOnce(t *testing.T) {
 		ops = append(ops, op)
 	}
 	for _, op := range ops {
-		it := op.Payload().(cosmosbulk.Item)
+		it := op.Item()
 		err := op.Wait(ctx)
 		var ie *cosmosbulk.ItemError
 		switch it.ID {
 		case "no-id":
-			if !errors.As(err, &ie) || ie.StatusCode != 400 || ie.Class != cosmosbulk.Permanent || op.Attempt() != 1 {
-				t.Errorf("no-id: %v after %d attempts; want a permanent 400 at the first", err, op.Attempt())
+			if !errors.As(err, &ie) || ie.StatusCode != 400 || ie.Class != cosmosbulk.Permanent || op.Operation().Attempt() != 1 {
+				t.Errorf("no-id: %v after %d attempts; want a permanent 400 at the first", err, op.Operation().Attempt())
 			}
 		case "not-json":
-			if !errors.Is(err, batcher.ErrTooManyAttempts) || !errors.As(err, &ie) || ie.Class != cosmosbulk.Transient || op.Attempt() != 3 {
-				t.Errorf("not-json: %v after %d attempts; want the server's 500 retried 3 times", err, op.Attempt())
+			if !errors.Is(err, batcher.ErrTooManyAttempts) || !errors.As(err, &ie) || ie.Class != cosmosbulk.Transient || op.Operation().Attempt() != 3 {
+				t.Errorf("not-json: %v after %d attempts; want the server's 500 retried 3 times", err, op.Operation().Attempt())
 			}
 		default:
 			if err != nil {

@@ -14,6 +14,7 @@ import (
 	"github.com/ratebatch/batcher"
 	"github.com/ratebatch/batcher/cosmosbulk"
 	"github.com/ratebatch/batcher/internal/cosmosmodel"
+	"github.com/ratebatch/batcher/ratelimiter"
 )
 
 // Load 300 orders into a container whose provisioned throughput the
@@ -88,4 +89,62 @@ func ExampleClassify() {
 	// throttle 250ms true
 	// permanent
 	// transient
+}
+
+// Load items one by one and wait on each write. The first item of each
+// customer goes at once; the customer's next ones wait until that first
+// write has named the customer's partition key range, and then go to that
+// range's throttle lane (one of the model's two physical partitions).
+func ExampleLoader_Load() {
+	ctx := context.Background()
+	m, err := cosmosmodel.New(cosmosmodel.Options{ProvisionedRU: 4000, Partitions: 2})
+	if err != nil {
+		log.Fatal(err)
+	}
+	if err := m.Start(); err != nil {
+		log.Fatal(err)
+	}
+	defer m.Close()
+	client, err := m.NewClient(nil)
+	if err != nil {
+		log.Fatal(err)
+	}
+	container, err := cosmosbulk.CreateContainer(ctx, client, "shop", "orders", "/customer")
+	if err != nil {
+		log.Fatal(err)
+	}
+	b := batcher.NewBatcher().WithRateLimiter(ratelimiter.NewProvisioned(4000))
+	if err := b.Start(ctx); err != nil {
+		log.Fatal(err)
+	}
+	defer b.Close()
+	loader := cosmosbulk.NewLoader(container, b)
+	var writes []*cosmosbulk.Write
+	for i := range 6 {
+		id, customer := fmt.Sprintf("order-%d", i), fmt.Sprintf("customer-%d", i%2)
+		body := fmt.Sprintf(`{"id":%q,"customer":%q}`, id, customer)
+		w, err := loader.Load(ctx, cosmosbulk.Item{ID: id, PartitionKey: customer, Body: []byte(body)})
+		if err != nil {
+			log.Fatal(err)
+		}
+		writes = append(writes, w)
+	}
+	for _, w := range writes {
+		if err := w.Wait(ctx); err != nil {
+			log.Println(err)
+			continue
+		}
+		lane := "the default lane"
+		if id := w.RangeID(); id != "" {
+			lane = "the lane of range " + id
+		}
+		fmt.Printf("%s written, in %s\n", w.Item().ID, lane)
+	}
+	// Output:
+	// order-0 written, in the default lane
+	// order-1 written, in the default lane
+	// order-2 written, in the lane of range 0
+	// order-3 written, in the lane of range 1
+	// order-4 written, in the lane of range 0
+	// order-5 written, in the lane of range 1
 }

@@ -94,6 +94,7 @@ type Loader struct {
 	maxAttempts  int
 	margin       float64
 	lanes        int
+	rangeLanes   bool
 
 	once    sync.Once
 	w       []*batcher.Watcher // the default range's, one per lane
@@ -126,6 +127,7 @@ func newLoader(s store, b *batcher.Batcher) *Loader {
 		maxAttempts:  DefaultMaxAttempts,
 		margin:       DefaultMargin,
 		lanes:        DefaultLanes,
+		rangeLanes:   true,
 	}
 }
 
@@ -169,6 +171,17 @@ func (l *Loader) WithMaxAttempts(n int) *Loader {
 func (l *Loader) WithLanes(n int) *Loader {
 	l.checkNotStarted("WithLanes")
 	l.lanes = n
+	return l
+}
+
+// WithRangeLanes sets whether the Loader gives each partition key range a
+// throttle lane of its own (true, the default: see the package doc's
+// Lanes) or keeps every item in one lane, the default lane, whatever its
+// range (false: a 429 of any key pauses every write; nothing is learned or
+// held).
+func (l *Loader) WithRangeLanes(on bool) *Loader {
+	l.checkNotStarted("WithRangeLanes")
+	l.rangeLanes = on
 	return l
 }
 
@@ -249,21 +262,40 @@ func laneOf(pk string, lanes int) int {
 	return int(h.Sum32() % uint32(lanes))
 }
 
-// Load enqueues item and returns its operation, whose Wait says how the
-// write ended. It blocks while the Batcher's buffer is full, until ctx ends;
-// ctx governs only that wait. It returns the Batcher's error if Enqueue
-// refuses the item (not started, shut down, costlier than the limiter's
-// maximum), or an error naming a bad setting of the Loader.
-func (l *Loader) Load(ctx context.Context, item Item) (*batcher.Operation, error) {
+// Load enqueues item and returns its write, whose Wait says how it ended.
+// It blocks while the Batcher's buffer is full, until ctx ends; ctx governs
+// only that wait. It returns the Batcher's error if Enqueue refuses the
+// item (not started, shut down, costlier than the limiter's maximum), or an
+// error naming a bad setting of the Loader.
+//
+// The first item of a partition key whose range the Loader has not learned
+// yet goes at once, in the default lane; the key's further items are held,
+// outside the Batcher's buffer, until an answer to that first write names
+// the key's range, and then enqueued in the range's lane (see the package
+// doc's Lanes). A held item's Write gets its operation then; if the
+// Batcher refuses it (shut down meanwhile), its Wait returns the refusal.
+func (l *Loader) Load(ctx context.Context, item Item) (*Write, error) {
 	ws, err := l.watchers()
 	if err != nil {
 		return nil, err
 	}
-	op := batcher.NewOperation(l.watcherOf(item.PartitionKey, ws), l.declare(item), item, true)
+	w := newWrite(item)
+	rt := l.route(item.PartitionKey, ws, w)
+	if rt.held {
+		return w, nil
+	}
+	op := batcher.NewOperation(rt.w, l.declare(item), item, true)
 	if err := l.b.EnqueueContext(ctx, op); err != nil {
+		if rt.learner != nil {
+			l.releaseHeld(item.PartitionKey, rt.learner)
+		}
 		return nil, fmt.Errorf("cosmosbulk: item %q: %w", item.ID, err)
 	}
-	return op, nil
+	w.set(op, rt.rangeID, nil)
+	if rt.learner != nil {
+		go l.awaitRange(item.PartitionKey, rt.learner, op)
+	}
+	return w, nil
 }
 
 // LoadAll loads every item and waits until each has been written or has
@@ -274,11 +306,11 @@ func (l *Loader) Load(ctx context.Context, item Item) (*batcher.Operation, error
 // already enqueued are still written unless the Batcher is closed.
 func (l *Loader) LoadAll(ctx context.Context, items iter.Seq[Item]) error {
 	var (
-		ops  []*batcher.Operation
+		ws   []*Write
 		errs []error
 	)
 	for it := range items {
-		op, err := l.Load(ctx, it)
+		w, err := l.Load(ctx, it)
 		if err != nil {
 			errs = append(errs, err)
 			if ctx.Err() != nil {
@@ -286,17 +318,17 @@ func (l *Loader) LoadAll(ctx context.Context, items iter.Seq[Item]) error {
 			}
 			continue
 		}
-		ops = append(ops, op)
+		ws = append(ws, w)
 	}
-	for _, op := range ops {
-		if err := op.Wait(ctx); err != nil {
+	for _, w := range ws {
+		if err := w.Wait(ctx); err != nil {
 			if ctx.Err() != nil {
 				errs = append(errs, ctx.Err())
 				break
 			}
 			var ie *ItemError
 			if !errors.As(err, &ie) {
-				err = fmt.Errorf("cosmosbulk: item %q: %w", op.Payload().(Item).ID, err)
+				err = fmt.Errorf("cosmosbulk: item %q: %w", w.Item().ID, err)
 			}
 			errs = append(errs, err)
 		}
@@ -416,7 +448,7 @@ func fitBatch(ops []*batcher.Operation) int {
 func (l *Loader) upsert(ctx context.Context, op *batcher.Operation) {
 	it := op.Payload().(Item)
 	charge, rangeID, err := l.store.upsert(ctx, it.PartitionKey, it.Body)
-	l.learn(it.PartitionKey, rangeID)
+	l.learn(it.PartitionKey, rangeID, answered(err))
 	l.countRequest(1, charge, err)
 	l.setCost(op, charge)
 	if err != nil {
@@ -432,7 +464,7 @@ func (l *Loader) writeBatch(ctx context.Context, pk string, ops []*batcher.Opera
 		bodies[i] = op.Payload().(Item).Body
 	}
 	res, err := l.store.batch(ctx, pk, bodies)
-	l.learn(pk, res.rangeID)
+	l.learn(pk, res.rangeID, answered(err))
 	l.batches.Add(1)
 	l.countRequest(len(ops), res.charge, err)
 	if err != nil {

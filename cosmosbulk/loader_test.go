@@ -32,6 +32,8 @@ type fakeStore struct {
 	// fail, if set, may return an error for a write of the document id, at
 	// its nth try (from 1).
 	fail func(id string, n int) error
+	// rangeOf, if set, names the partition key range of each answer.
+	rangeOf func(pk string) string
 
 	mu       sync.Mutex
 	docs     map[string]int // id -> times written
@@ -119,11 +121,21 @@ func (s *fakeStore) upsert(ctx context.Context, pk string, body []byte) (float64
 	s.tries[id]++
 	if s.fail != nil {
 		if err := s.fail(id, s.tries[id]); err != nil {
-			return 1, "", err
+			if StatusCode(err) == 0 {
+				return 0, "", err // no answer
+			}
+			return 1, s.rangeID(pk), err
 		}
 	}
 	s.docs[id]++
-	return math.Round(c*100) / 100, "", nil
+	return math.Round(c*100) / 100, s.rangeID(pk), nil
+}
+
+func (s *fakeStore) rangeID(pk string) string {
+	if s.rangeOf == nil {
+		return ""
+	}
+	return s.rangeOf(pk)
 }
 
 func (s *fakeStore) batch(ctx context.Context, pk string, bodies [][]byte) (batchResult, error) {
@@ -140,7 +152,7 @@ func (s *fakeStore) batch(ctx context.Context, pk string, bodies [][]byte) (batc
 	if after, ok := s.admitLocked(total); !ok {
 		return batchResult{}, throttleErr(after)
 	}
-	r := batchResult{success: true, ops: make([]opResult, len(bodies))}
+	r := batchResult{rangeID: s.rangeID(pk), success: true, ops: make([]opResult, len(bodies))}
 	failedAt := -1
 	for i, b := range bodies {
 		id := docID(b)
@@ -240,7 +252,9 @@ func TestProcessBatchGroupsByPartitionKey(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		s := newFakeStore(0)
 		b := start(t, ratelimiter.NewProvisioned(10000))
-		l := newLoader(s, b)
+		// Without range lanes, nothing is held for a key's first write to
+		// learn its range (see TestRangesRouteKeys).
+		l := newLoader(s, b).WithRangeLanes(false)
 		var items []Item
 		for i, pk := range []string{"a", "b", "a", "c", "a", "c"} {
 			items = append(items, item(i, pk, 10))
@@ -582,21 +596,21 @@ func TestLoaderThrottlesOnlyTheHotLane(t *testing.T) {
 			it.Body = []byte(fmt.Sprintf(`{"id":%q,"pk":%q}`, it.ID, pk))
 			items = append(items, it)
 		}
-		var ops []*batcher.Operation
+		var ws []*Write
 		for _, it := range items {
-			op, err := l.Load(t.Context(), it)
+			w, err := l.Load(t.Context(), it)
 			if err != nil {
 				t.Fatal(err)
 			}
-			ops = append(ops, op)
+			ws = append(ws, w)
 		}
-		for _, op := range ops {
-			if err := op.Wait(t.Context()); err != nil {
+		for _, w := range ws {
+			if err := w.Wait(t.Context()); err != nil {
 				t.Fatal(err)
 			}
-			want := l.w[l.Lane(op.Payload().(Item).PartitionKey)]
-			if op.Watcher() != want {
-				t.Errorf("item %s is not on its lane's watcher", op.Payload().(Item).ID)
+			want := l.w[l.Lane(w.Item().PartitionKey)]
+			if w.Operation().Watcher() != want {
+				t.Errorf("item %s is not on its lane's watcher", w.Item().ID)
 			}
 		}
 		if len(l.w) != DefaultLanes {
@@ -707,6 +721,78 @@ func TestLoaderFollowsAThroughputChange(t *testing.T) {
 		t.Logf("429s: %d by 4.5 s, %d by 5.5 s, %d at the end", refusedAt[0], refusedAt[1], s.refused)
 		if s.refused != refusedAt[1] {
 			t.Errorf("%d 429s after the limiter followed the drop (%d by 5.5 s), want none", s.refused-refusedAt[1], refusedAt[1])
+		}
+	})
+}
+
+// TestLoaderHoldsAKeyUntilItsRangeIsKnown checks, on fake time, the
+// learning step for items loaded up front: a key's first item goes alone,
+// in the default lane; its further items wait for that first answer and
+// then go, together, to the lane of the range it named; and if the first
+// write ends without an answer (its retries run out on resets), the held
+// items are written in the default lane rather than held for ever.
+func TestLoaderHoldsAKeyUntilItsRangeIsKnown(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		s := newFakeStore(0)
+		s.latency = 20 * time.Millisecond
+		s.rangeOf = func(pk string) string {
+			if pk == "hot" {
+				return "1"
+			}
+			return "2"
+		}
+		s.fail = func(id string, n int) error {
+			if id == "lost-0" {
+				return errors.New("read tcp: connection reset by peer")
+			}
+			return nil
+		}
+		b := start(t, ratelimiter.NewProvisioned(100000))
+		l := newLoader(s, b).WithMaxAttempts(2)
+		var ws []*Write
+		for _, pk := range []string{"hot", "cold", "lost"} {
+			for i := range 3 {
+				it := item(i, pk, 10)
+				it.ID = fmt.Sprint(pk, "-", i)
+				it.Body = []byte(fmt.Sprintf(`{"id":%q,"pk":%q}`, it.ID, pk))
+				w, err := l.Load(t.Context(), it)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if i > 0 && w.Operation() != nil {
+					t.Errorf("%s: enqueued before its key's first answer", it.ID)
+				}
+				ws = append(ws, w)
+			}
+		}
+		for _, w := range ws {
+			err := w.Wait(t.Context())
+			id := w.Item().ID
+			want := map[string]string{"hot-1": "1", "hot-2": "1", "cold-1": "2", "cold-2": "2"}[id]
+			switch {
+			case id == "lost-0":
+				if !errors.Is(err, batcher.ErrTooManyAttempts) {
+					t.Errorf("lost-0: %v; want its retries run out", err)
+				}
+			case err != nil:
+				t.Errorf("%s: %v", id, err)
+			case w.RangeID() != want:
+				t.Errorf("%s written in range %q's lane, want %q", id, w.RangeID(), want)
+			}
+			select {
+			case <-w.Done():
+			default:
+				t.Errorf("%s: Done not closed after Wait", id)
+			}
+		}
+		got := s.callList()
+		slices.Sort(got)
+		want := []string{"batch cold 2", "batch hot 2", "batch lost 2", "upsert cold", "upsert hot", "upsert lost", "upsert lost"}
+		if !slices.Equal(got, want) {
+			t.Errorf("requests %v, want %v", got, want)
+		}
+		if n := len(l.ranges.learning); n != 0 || l.ranges.held != 0 {
+			t.Errorf("%d keys still learning, %d items held", n, l.ranges.held)
 		}
 	})
 }

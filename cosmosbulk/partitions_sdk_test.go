@@ -48,7 +48,7 @@ func TestSDKHotPartitionThrottlesOnlyItsLane(t *testing.T) {
 		}
 	}
 	const n = 1200
-	var ops []*batcher.Operation
+	var ops []*cosmosbulk.Write
 	t0 := time.Now()
 	for i := range n {
 		pk := hot
@@ -169,7 +169,7 @@ func TestSDKColdPartitionsGoOnWhileTheHotOneIsPaused(t *testing.T) {
 		t.Fatal(err)
 	}
 	const n = 1600
-	var ops []*batcher.Operation
+	var ops []*cosmosbulk.Write
 	for i := range n {
 		pk := hot
 		if i%2 == 1 {
@@ -213,5 +213,80 @@ func TestSDKColdPartitionsGoOnWhileTheHotOneIsPaused(t *testing.T) {
 	}
 	if during < 3 {
 		t.Errorf("%d batches of cold keys released while the hot lane was paused, want at least 3: cold partitions wait on the hot one's pauses", during)
+	}
+}
+
+// TestSDKColdPartitionsGoOnFromTheStart is S5's promise for items loaded up
+// front, before any answer has named a range: four physical partitions,
+// half the writes to one key, every item loaded at once. The Loader holds a
+// key's further items until its first write has named the key's range, so
+// the cold keys' items are in their ranges' lanes, not in the default lane
+// with the hot key's: batches of cold keys keep being released while the
+// hot lane is paused, and the cold items are done long before the hot ones.
+// Before the hold, every item loaded up front shared the default lane, and
+// the cold items waited on each of the hot key's pauses.
+func TestSDKColdPartitionsGoOnFromTheStart(t *testing.T) {
+	const provisioned = 4000 // 1,000 RU/s a partition
+	m, _, cc := model(t, cosmosmodel.Options{ProvisionedRU: provisioned, Partitions: 4})
+	b := batcher.NewBatcher().WithRateLimiter(ratelimiter.NewProvisioned(provisioned))
+	if err := b.Start(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	l := cosmosbulk.NewLoader(cc, b)
+	hot := "hot"
+	var cold []string // keys on the three other partitions
+	for i := 0; len(cold) < 30; i++ {
+		if k := fmt.Sprint("cold-", i); m.PartitionOf(k) != m.PartitionOf(hot) {
+			cold = append(cold, k)
+		}
+	}
+	const n = 1600 // 800 hot writes: about 4.6s of the hot partition's 1,000 RU/s
+	var hotW, coldW []*cosmosbulk.Write
+	t0 := time.Now()
+	for i := range n {
+		pk := hot
+		if i%2 == 1 {
+			pk = cold[i/2%len(cold)]
+		}
+		id := fmt.Sprint("doc-", i)
+		w, err := l.Load(t.Context(), cosmosbulk.Item{ID: id, PartitionKey: pk, Body: []byte(fmt.Sprintf(`{"id":%q,"pk":%q}`, id, pk))})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if pk == hot {
+			hotW = append(hotW, w)
+		} else {
+			coldW = append(coldW, w)
+		}
+	}
+	done := func(ws []*cosmosbulk.Write) time.Duration {
+		for _, w := range ws {
+			if err := w.Wait(t.Context()); err != nil {
+				t.Fatal(err)
+			}
+		}
+		return time.Since(t0)
+	}
+	coldAt := done(coldW)
+	hotAt := done(hotW)
+	if err := b.Shutdown(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if items, _ := m.Items("db", "c"); len(items) != n {
+		t.Errorf("%d stored, want %d", len(items), n)
+	}
+	ps := m.PartitionStats()
+	hp := ps[m.PartitionOf(hot)]
+	t.Logf("cold items done at %v, hot at %v; partitions %+v; loader %+v", coldAt, hotAt, ps, l.Stats())
+	if hp.Throttled == 0 {
+		t.Fatal("the hot partition was never throttled: the test shows nothing")
+	}
+	// The cold items cost about 800 × 5.71 RU over three partitions of
+	// 1,000 RU/s: 1.5s at their budgets, and less than the hot partition's
+	// 4.6s however the Batcher shares its capacity. Waiting on the hot
+	// lane's pauses, they were done with the hot ones.
+	if coldAt > hotAt/2+time.Second {
+		t.Errorf("cold items done at %v, the hot ones at %v: the cold ones waited on the hot partition's pauses", coldAt, hotAt)
 	}
 }

@@ -77,15 +77,13 @@ type windowResult struct {
 // writes waited on the hot partition's pauses.
 type hotResult struct {
 	ColdItems int `json:"cold_items"` // items on partitions other than the hot key's
-	// ColdElapsed is when the last cold item outside the hot key's lane
-	// was written (all cold items if every one shares that lane, as with
-	// one lane).
+	// ColdElapsed is when the last cold item was written.
 	ColdElapsed   float64 `json:"cold_elapsed_s"`
 	ColdIdeal     float64 `json:"cold_ideal_s"`    // the busiest cold partition's RU / its budget
 	ColdThrottled int64   `json:"cold_throttled"`  // 429s on the cold partitions
-	LanesPaused   int     `json:"lanes_paused"`    // lanes a throttle paused (ours, seed)
-	ColdInPaused  int     `json:"cold_in_paused"`  // cold items in a lane a throttle paused
-	HotLaneShared int     `json:"hot_lane_shared"` // cold items in the hot key's lane
+	LanesPaused   int     `json:"lanes_paused"`    // throttle lanes a throttle paused (ours, seed)
+	ColdInPaused  int     `json:"cold_in_paused"`  // cold items in a throttle lane a hot item's throttle paused
+	HotLaneShared int     `json:"hot_lane_shared"` // cold items in a throttle lane with hot items
 }
 
 // discoveryResult is S7's.
@@ -355,20 +353,24 @@ func loadBatcher(ctx context.Context, cfg config, sc scenario, loader string, m 
 	}
 	l := cosmosbulk.NewLoader(cc, b).WithMaxBatchSize(cfg.batch).WithMargin(cfg.margin)
 	if loader == seed {
-		l.WithLanes(1)
+		l.WithLanes(1).WithRangeLanes(false)
 	}
 	var (
-		pmu    sync.Mutex
-		paused = map[int]bool{}
+		pmu       sync.Mutex
+		paused    = map[*batcher.Watcher]bool{} // watchers of throttled batches
+		hotPaused = map[*batcher.Watcher]bool{} // of throttled hot items
 	)
 	if sc.HotShare > 0 {
 		b.AddListener(func(e batcher.Event) {
 			if e.Kind != batcher.Throttled || len(e.Batch) == 0 {
 				return
 			}
-			lane := l.Lane(e.Batch[0].Payload().(cosmosbulk.Item).PartitionKey)
+			op := e.Batch[0]
 			pmu.Lock()
-			paused[lane] = true
+			paused[op.Watcher()] = true
+			if m.PartitionOf(op.Payload().(cosmosbulk.Item).PartitionKey) == hotPart {
+				hotPaused[op.Watcher()] = true
+			}
 			pmu.Unlock()
 		})
 	}
@@ -406,44 +408,36 @@ func loadBatcher(ctx context.Context, cfg config, sc scenario, loader string, m 
 	changed := scheduleChanges(m, sc, cfg.ruScale)
 	defer changed.stop()
 
-	var cold []*batcher.Operation // cold items outside the hot key's lane
-	nCold := 0
+	var (
+		ws   []*cosmosbulk.Write
+		cold []*cosmosbulk.Write // items on the cold partitions
+	)
 	var coldDone chan time.Time
 	var err error
 	if sc.HotShare > 0 {
-		ops := make([]*batcher.Operation, 0, len(items))
+		ws = make([]*cosmosbulk.Write, 0, len(items))
 		for _, it := range items {
-			op, lerr := l.Load(ctx, it)
+			w, lerr := l.Load(ctx, it)
 			if lerr != nil {
 				err = lerr
 				break
 			}
-			ops = append(ops, op)
+			ws = append(ws, w)
 			if m.PartitionOf(it.PartitionKey) != hotPart {
-				nCold++
-				if l.Lane(it.PartitionKey) != l.Lane(hotKey) {
-					cold = append(cold, op)
-				}
-			}
-		}
-		if len(cold) == 0 { // one lane: every cold item shares the hot key's
-			for _, op := range ops {
-				if m.PartitionOf(op.Payload().(cosmosbulk.Item).PartitionKey) != hotPart {
-					cold = append(cold, op)
-				}
+				cold = append(cold, w)
 			}
 		}
 		coldDone = make(chan time.Time, 1)
 		go func() {
-			for _, op := range cold {
-				if op.Wait(ctx) != nil {
+			for _, w := range cold {
+				if w.Wait(ctx) != nil {
 					break
 				}
 			}
 			coldDone <- time.Now()
 		}()
-		for _, op := range ops {
-			if werr := op.Wait(ctx); werr != nil {
+		for _, w := range ws {
+			if werr := w.Wait(ctx); werr != nil {
 				err = werr
 				break
 			}
@@ -456,23 +450,37 @@ func loadBatcher(ctx context.Context, cfg config, sc scenario, loader string, m 
 	run.capacityEnd = lim.Capacity()
 	if coldDone != nil {
 		end := <-coldDone
-		h := &hotResult{ColdItems: nCold, ColdElapsed: end.Sub(run.start).Seconds()}
-		pmu.Lock()
-		h.LanesPaused = len(paused)
-		hotLane := l.Lane(hotKey)
-		for _, it := range items {
-			if m.PartitionOf(it.PartitionKey) == hotPart {
-				continue
+		h := &hotResult{ColdItems: len(cold), ColdElapsed: end.Sub(run.start).Seconds()}
+		// A write's throttle lane: its range's ("" the default lane), which
+		// each of its watchers belongs to.
+		laneOf := map[*batcher.Watcher]string{}
+		hotLanes := map[string]bool{}
+		for _, w := range ws {
+			if op := w.Operation(); op != nil {
+				laneOf[op.Watcher()] = w.RangeID()
+				if m.PartitionOf(w.Item().PartitionKey) == hotPart {
+					hotLanes[w.RangeID()] = true
+				}
 			}
-			lane := l.Lane(it.PartitionKey)
-			if paused[lane] {
+		}
+		pmu.Lock()
+		pausedLanes, hotPausedLanes := map[string]bool{}, map[string]bool{}
+		for w := range paused {
+			pausedLanes[laneOf[w]] = true
+		}
+		for w := range hotPaused {
+			hotPausedLanes[laneOf[w]] = true
+		}
+		pmu.Unlock()
+		h.LanesPaused = len(pausedLanes)
+		for _, w := range cold {
+			if hotPausedLanes[w.RangeID()] {
 				h.ColdInPaused++
 			}
-			if lane == hotLane {
+			if hotLanes[w.RangeID()] {
 				h.HotLaneShared++
 			}
 		}
-		pmu.Unlock()
 		run.hot = h
 	}
 	if disc != nil {
