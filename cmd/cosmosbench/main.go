@@ -21,6 +21,10 @@
 //	go run ./cmd/cosmosbench [-scenarios S1,S2,...] [-loaders ours,naive,seed]
 //	    [-scale 1] [-ru-scale 1] [-runs 1] [-json]
 //
+// A Batcher loader (ours, seed, lanes) takes a Loader margin of its own
+// after @ (-loaders ours@0.05,ours@0.02 compares two margins, alternated in
+// one run); -margin sets the others'.
+//
 // Documents are 1 KB, over -keys partition keys (S5: half of them to one
 // key), as many as the loader could write in the scenario's length (60s,
 // times -scale) at what the model would serve it. -ru-scale multiplies
@@ -51,6 +55,7 @@ import (
 	"os/signal"
 	"runtime"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -78,7 +83,7 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	fs.SetOutput(stderr)
 	var cfg config
 	sc := fs.String("scenarios", "S1,S2,S3,S4,S5,S6,S7", "scenarios to run, comma-separated")
-	ld := fs.String("loaders", "ours,naive,seed", "loaders to compare, comma-separated: ours, naive, seed, and lanes (a diagnostic: ours' Loader with a fixed capacity, no Controller)")
+	ld := fs.String("loaders", "ours,naive,seed", "loaders to compare, comma-separated: ours, naive, seed, and lanes (a diagnostic: ours' Loader with a fixed capacity, no Controller); ours, seed and lanes take a margin of their own after @ (ours@0.02), to compare margins in one run")
 	fs.Float64Var(&cfg.scale, "scale", 1, "multiplies the scenarios' times (60s each at 1; 0.25 for a quick run)")
 	fs.Float64Var(&cfg.ruScale, "ru-scale", 1, "multiplies every throughput (10,000 RU/s at 1)")
 	fs.IntVar(&cfg.runs, "runs", 1, "runs of each loader in each scenario, alternated")
@@ -110,8 +115,13 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	}
 	for _, l := range strings.Split(*ld, ",") {
 		l = strings.TrimSpace(l)
-		if l != ours && l != naive && l != seed && l != lanes {
+		if k := kindOf(l); k != ours && k != naive && k != seed && k != lanes {
 			errs = append(errs, fmt.Errorf("-loaders: no loader %q (ours, naive, seed, lanes)", l))
+		}
+		if kind, m, ok := strings.Cut(l, "@"); ok {
+			if v, err := strconv.ParseFloat(m, 64); err != nil || !(v >= 0 && v < 1) || kind == naive {
+				errs = append(errs, fmt.Errorf("-loaders: %q: a margin after @ must be 0 or more and less than 1, for ours, seed or lanes", l))
+			}
 		}
 		cfg.loaders = append(cfg.loaders, l)
 	}
@@ -143,6 +153,23 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 		errs = append(errs, fmt.Errorf("-timeout is %v; it must be at least 1", cfg.timeoutFactor))
 	}
 	return cfg, errors.Join(errs...)
+}
+
+// kindOf returns the loader without its margin: ours for ours@0.02.
+func kindOf(loader string) string {
+	k, _, _ := strings.Cut(loader, "@")
+	return k
+}
+
+// marginOf returns the Loader's margin for loader: its own after @, or
+// -margin.
+func marginOf(cfg config, loader string) float64 {
+	if _, m, ok := strings.Cut(loader, "@"); ok {
+		if v, err := strconv.ParseFloat(m, 64); err == nil {
+			return v
+		}
+	}
+	return cfg.margin
 }
 
 // report is the JSON output.

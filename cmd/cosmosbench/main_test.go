@@ -9,11 +9,11 @@ import (
 )
 
 func TestParseFlagsNamesEachBadSetting(t *testing.T) {
-	_, err := parseFlags([]string{"-scenarios", "S1,S9", "-loaders", "ours,fast", "-scale", "0", "-ru-scale", "-1", "-runs", "0", "-keys", "0", "-refresh", "1ms"}, &bytes.Buffer{})
+	_, err := parseFlags([]string{"-scenarios", "S1,S9", "-loaders", "ours,fast,ours@2,naive@0.1,lanes@0.02", "-scale", "0", "-ru-scale", "-1", "-runs", "0", "-keys", "0", "-refresh", "1ms"}, &bytes.Buffer{})
 	if err == nil {
 		t.Fatal("no error for bad flags")
 	}
-	for _, want := range []string{`"S9"`, `"fast"`, "-scale is 0", "-ru-scale is -1", "-runs is 0", "-keys is 0", "-refresh is 1ms"} {
+	for _, want := range []string{`"S9"`, `"fast"`, `"ours@2": a margin`, `"naive@0.1": a margin`, "-scale is 0", "-ru-scale is -1", "-runs is 0", "-keys is 0", "-refresh is 1ms"} {
 		if !strings.Contains(err.Error(), want) {
 			t.Errorf("error %q does not name %s", err, want)
 		}
@@ -122,7 +122,7 @@ func TestS3ConvergesAndCompletes(t *testing.T) {
 // their items, all loaded up front, are done within twice their ideal and
 // a second. The Loader holds a key's items until its first write has named
 // the key's partition key range, so that they go to the range's lane
-// (a0c1f5e). Before it they shared the default lane, one throttle lane
+// (6a864ff). Before it they shared the default lane, one throttle lane
 // since 6c6a274, and were done at 8.2s against their ideal of 1.2s (9.9s
 // on the Batcher before lanes; 1.3s with per-watcher lanes).
 func TestS5HotPartitionCompletes(t *testing.T) {

@@ -113,11 +113,11 @@ func runOne(ctx context.Context, cfg config, sc scenario, loader string) (result
 	cnt := newCounter(born)
 	o := &azcosmos.ClientOptions{}
 	o.PerRetryPolicies = []policy.Policy{cnt}
-	if loader == naive {
+	if kindOf(loader) == naive {
 		o.Retry = policy.RetryOptions{} // the SDK's defaults: 3 retries, honouring the retry-after
 	} else {
 		o.Retry = policy.RetryOptions{MaxRetries: -1} // 429s to the Loader
-		if loader == seed {
+		if kindOf(loader) == seed {
 			o.PerRetryPolicies = append(o.PerRetryPolicies, fixedRetryAfter{})
 		}
 	}
@@ -147,7 +147,7 @@ func runOne(ctx context.Context, cfg config, sc scenario, loader string) (result
 	}
 
 	var run loadRun
-	switch loader {
+	switch kindOf(loader) {
 	case ours, seed, lanes:
 		run, err = loadBatcher(rctx, cfg, sc, loader, m, client, cc, items, hotPart)
 	case naive:
@@ -315,7 +315,7 @@ type loadRun struct {
 // reading the container's throughput.
 func limiterFor(cfg config, sc scenario, loader string, client *azcosmos.Client) (batcher.RateLimiter, *cosmosbulk.ThroughputLimiter) {
 	ceiling := int(sc.LimiterRU * cfg.ruScale)
-	if loader == seed || loader == lanes {
+	if k := kindOf(loader); k == seed || k == lanes {
 		return ratelimiter.NewProvisioned(ceiling), nil
 	}
 	if sc.Discover {
@@ -351,8 +351,8 @@ func loadBatcher(ctx context.Context, cfg config, sc scenario, loader string, m 
 			}
 		})
 	}
-	l := cosmosbulk.NewLoader(cc, b).WithMaxBatchSize(cfg.batch).WithMargin(cfg.margin)
-	if loader == seed {
+	l := cosmosbulk.NewLoader(cc, b).WithMaxBatchSize(cfg.batch).WithMargin(marginOf(cfg, loader))
+	if kindOf(loader) == seed {
 		l.WithLanes(1).WithRangeLanes(false)
 	}
 	var (
