@@ -241,8 +241,8 @@ func (e *env) checkReleases(t *testing.T, provisioned float64) float64 {
 // tolerance is the widest spread of delays (transit.spread) under which
 // the tests hold 429s to under 1% of requests. A request held up on the way
 // lands in the service's next second, beside the requests released then,
-// and the Loader's margin (DefaultMargin, 5%) leaves room for about a
-// twentieth of a second's worth of them: half a flush's share. Delays that differ
+// and the Loader's margin (DefaultMargin, 2%) leaves room for about a
+// fiftieth of a second's worth of them: a fifth of a flush's share. Delays that differ
 // by more than tolerance (the requests travel through this process, which
 // other tests may be starving) bunch more than that into one second,
 // whatever the client does: the tests then report the 429s rather than

@@ -27,7 +27,7 @@ const (
 	DefaultMaxBatchSize = MaxTransactionalBatchOps
 	DefaultConcurrency  = 16
 	DefaultMaxAttempts  = 5
-	DefaultMargin       = 0.05
+	DefaultMargin       = 0.02
 	DefaultLanes        = 16
 )
 
@@ -186,15 +186,17 @@ func (l *Loader) WithRangeLanes(on bool) *Loader {
 }
 
 // WithMargin sets how much more than its request charge each write counts
-// for against the Batcher's capacity: 0.05 (the default) counts 5% more.
+// for against the Batcher's capacity: 0.02 (the default) counts 2% more.
 // The Batcher keeps within its capacity by the moments it releases batches;
 // the service counts request units by the moments requests reach it, which
 // come a little later, and not all equally late. A margin leaves room for
 // requests that reach the service's next second rather than the one they
 // were released in: with a margin m, the Batcher uses about 1/(1+m) of a
 // rate limiter granting exactly the provisioned throughput, and m of a
-// second's worth may land late without a 429 (see the package doc). margin
-// must be 0 or more and less than 1.
+// second's worth may land late without a 429 (see the package doc). Raise
+// it if requests take much longer one moment than the next (a loaded
+// client, a distant region): a margin of m absorbs delays that differ by
+// about m seconds. margin must be 0 or more and less than 1.
 func (l *Loader) WithMargin(margin float64) *Loader {
 	l.checkNotStarted("WithMargin")
 	l.margin = margin

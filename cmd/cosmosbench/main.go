@@ -83,13 +83,13 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	fs.SetOutput(stderr)
 	var cfg config
 	sc := fs.String("scenarios", "S1,S2,S3,S4,S5,S6,S7", "scenarios to run, comma-separated")
-	ld := fs.String("loaders", "ours,naive,seed", "loaders to compare, comma-separated: ours, naive, seed, and lanes (a diagnostic: ours' Loader with a fixed capacity, no Controller); ours, seed and lanes take a margin of their own after @ (ours@0.02), to compare margins in one run")
+	ld := fs.String("loaders", "ours,naive,seed", "loaders to compare, comma-separated: ours, naive, seed, and the diagnostics lanes (ours' Loader with a fixed capacity, no Controller) and onelane (ours with every item in one throttle lane); all but naive take a margin of their own after @ (ours@0.02), to compare margins in one run")
 	fs.Float64Var(&cfg.scale, "scale", 1, "multiplies the scenarios' times (60s each at 1; 0.25 for a quick run)")
 	fs.Float64Var(&cfg.ruScale, "ru-scale", 1, "multiplies every throughput (10,000 RU/s at 1)")
 	fs.IntVar(&cfg.runs, "runs", 1, "runs of each loader in each scenario, alternated")
 	fs.IntVar(&cfg.keys, "keys", 64, "partition keys the items are spread over (S5: besides the hot one)")
 	fs.IntVar(&cfg.batch, "batch", 100, "the Loader's MaxBatchSize (ours, seed): items per lane per batch, 1 to 100")
-	fs.Float64Var(&cfg.margin, "margin", cosmosbulk.DefaultMargin, "the Loader's margin (ours, seed, lanes): each write counts this much over its charge")
+	fs.Float64Var(&cfg.margin, "margin", cosmosbulk.DefaultMargin, "the Loader's margin (ours, seed, lanes, onelane): each write counts this much over its charge")
 	fs.IntVar(&cfg.naiveWorkers, "naive-workers", 1000, "the naive loader's writes in flight at once")
 	fs.DurationVar(&cfg.refresh, "refresh", 6*time.Second, "S7: how often ours reads the container's throughput")
 	fs.Float64Var(&cfg.timeoutFactor, "timeout", 3, "a run gives up after this many times the scenario's ideal, plus 10s")
@@ -115,12 +115,12 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	}
 	for _, l := range strings.Split(*ld, ",") {
 		l = strings.TrimSpace(l)
-		if k := kindOf(l); k != ours && k != naive && k != seed && k != lanes {
-			errs = append(errs, fmt.Errorf("-loaders: no loader %q (ours, naive, seed, lanes)", l))
+		if k := kindOf(l); k != ours && k != naive && k != seed && k != lanes && k != onelane {
+			errs = append(errs, fmt.Errorf("-loaders: no loader %q (ours, naive, seed, lanes, onelane)", l))
 		}
 		if kind, m, ok := strings.Cut(l, "@"); ok {
 			if v, err := strconv.ParseFloat(m, 64); err != nil || !(v >= 0 && v < 1) || kind == naive {
-				errs = append(errs, fmt.Errorf("-loaders: %q: a margin after @ must be 0 or more and less than 1, for ours, seed or lanes", l))
+				errs = append(errs, fmt.Errorf("-loaders: %q: a margin after @ must be 0 or more and less than 1, for any loader but naive", l))
 			}
 		}
 		cfg.loaders = append(cfg.loaders, l)

@@ -30,6 +30,11 @@ const (
 	// lanes is a diagnostic: ours' Loader and lanes with a fixed capacity
 	// (ratelimiter.Provisioned at the configured figure), no Controller.
 	lanes = "lanes"
+	// onelane is a diagnostic: ours with every item in one throttle lane
+	// (cosmosbulk.Loader.WithRangeLanes(false)), as the Loader's items
+	// loaded before any answer were until it held keys until their range
+	// was known.
+	onelane = "onelane"
 )
 
 const (
@@ -148,7 +153,7 @@ func runOne(ctx context.Context, cfg config, sc scenario, loader string) (result
 
 	var run loadRun
 	switch kindOf(loader) {
-	case ours, seed, lanes:
+	case ours, seed, lanes, onelane:
 		run, err = loadBatcher(rctx, cfg, sc, loader, m, client, cc, items, hotPart)
 	case naive:
 		run, err = loadNaive(rctx, cfg, sc, m, cc, items, hotPart, ow)
@@ -352,8 +357,11 @@ func loadBatcher(ctx context.Context, cfg config, sc scenario, loader string, m 
 		})
 	}
 	l := cosmosbulk.NewLoader(cc, b).WithMaxBatchSize(cfg.batch).WithMargin(marginOf(cfg, loader))
-	if kindOf(loader) == seed {
+	switch kindOf(loader) {
+	case seed:
 		l.WithLanes(1).WithRangeLanes(false)
+	case onelane:
+		l.WithRangeLanes(false)
 	}
 	var (
 		pmu       sync.Mutex
