@@ -52,6 +52,14 @@ const (
 	// percent or so over, not 10-25% over as a growing step does in the
 	// second or so an answer takes to tell.
 	ControllerProbeFlat = 12
+	// ControllerLooseCut is how many times the knee the capacity must have
+	// been at the last cut for the probe to skip its flat steps: twice. A
+	// capacity far over what the datastore's window served (a slow start
+	// that doubled past it, a throughput that fell by more than half, a
+	// window whose work was held back) says the knee is only a lower bound
+	// of what the datastore serves, so the probe grows at once, as a
+	// throughput that doubled needs.
+	ControllerLooseCut = 2
 	// ControllerUsedShare is the least share of the capacity the last
 	// window must have served for the capacity to grow after a cut: 80%.
 	// Capacity that is not used (the Batcher paused, a lane waiting out a
@@ -139,7 +147,8 @@ const (
 //     below the knee, by half the way to it (at least
 //     ControllerProbeStep*K), up to K; from K on, by steps of
 //     ControllerProbeStep*K (of the floor if K is less), 1% of K a window,
-//     for ControllerProbeFlat ticks (three windows), and then by steps
+//     for ControllerProbeFlat ticks (three windows; none if L was more
+//     than ControllerLooseCut times K when the cut came), and then by steps
 //     that grow ControllerProbeGrowth times each tick: from 0.95 K back to
 //     K in about 1.5s, then 1%, 2%, 3% over K at the end of the three
 //     windows that follow, then 6%, 21% and 99% at the end of the next
@@ -215,6 +224,7 @@ type Controller struct {
 		holdTo   time.Time // no growth before it
 		pending  bool      // a throttle came that is not an echo, within the window of the last cut
 		probes   int       // ticks of growth past the knee since the last cut
+		cutFrom  float64   // L when the last cut came
 		after    time.Duration
 		settle   float64                        // L before a cut made between ticks, which the ticks that follow settle; 0 if none
 		events   []batcher.Event                // changes for the goroutine to emit, in order
@@ -550,6 +560,7 @@ func (c *Controller) cutLocked(now, from time.Time, served float64) {
 	m.byAnswer = c.servedLocked(m.answered, from, now)
 	served = max(served, m.byAnswer)
 	m.knee = min(m.limit, served)
+	m.cutFrom = m.limit
 	m.limit = max((1-c.backoff)*m.knee, float64(c.floor))
 	m.cutAt = now
 	hold := max(c.window, min(m.after, MaxControllerHold))
@@ -657,7 +668,7 @@ func (c *Controller) decide(now time.Time) {
 	default:
 		if m.step == 0 {
 			m.step = ControllerProbeStep * max(m.knee, float64(c.floor))
-		} else if m.probes >= ControllerProbeFlat {
+		} else if m.probes >= ControllerProbeFlat || m.cutFrom > ControllerLooseCut*m.knee {
 			m.step *= ControllerProbeGrowth
 		}
 		m.probes++

@@ -108,9 +108,10 @@ const msec = time.Millisecond
 // Limited at 20 times what the datastore serves, the Controller cuts, at
 // the first throttle, to 95% of what was served in the datastore's window
 // (which the retry-after says ends 800ms later); holds for the window;
-// recovers to the knee in halves; then probes with steps of 0.25% of the
-// knee (flat for ControllerProbeFlat ticks), as long as the capacity is
-// used. Echoes of batches released
+// recovers to the knee in halves; then probes with steps that grow 1.5
+// times a tick from the first (the cut came from 20 times the knee, which
+// is then only a lower bound of what the datastore serves), as long as the
+// capacity is used. Echoes of batches released
 // before the cut do not cut again.
 func TestControllerCutsToWhatWasServedThenProbes(t *testing.T) {
 	c := ratelimiter.NewController(10000).WithInitial(10000)
@@ -129,17 +130,17 @@ func TestControllerCutsToWhatWasServedThenProbes(t *testing.T) {
 		{at: 2260 * msec, want: 499, full: true},                             // 499.6875 (the least step, 1.25)
 		{at: 2510 * msec, want: 500, full: true},                             // the knee
 		{at: 2760 * msec, want: 501, full: true},                             // + 1.25 (0.25% of K)
-		{at: 3010 * msec, want: 502, full: true},                             // + 1.25: flat for 12 ticks
-		{at: 3260 * msec, want: 503, full: true},                             // 503.75
-		{at: 3510 * msec, want: 505},                                         // 505
-		{at: 3760 * msec, want: 506},                                         // 506.25 (the window served 1509)
-		{at: 4010 * msec, want: 507},                                         // 507.5 (the window served 1008)
-		{at: 4260 * msec, want: 508},                                         // 508.75 (503: over 80% of 507.5)
-		{at: 4760 * msec, want: 508},                                         // nothing served since 3.26s: no growth
+		{at: 3010 * msec, want: 503, full: true},                             // + 1.875: no flat steps, the cut came from 20 K
+		{at: 3260 * msec, want: 505, full: true},                             // + 2.8125
+		{at: 3510 * msec, want: 510},                                         // + 4.21875
+		{at: 3760 * msec, want: 516},                                         // + 6.328125 (the window served 1509)
+		{at: 4010 * msec, want: 525},                                         // + 9.49 (the window served 1008)
+		{at: 4260 * msec, want: 540},                                         // + 14.24 (505: over 80% of 525.97)
+		{at: 4760 * msec, want: 540},                                         // nothing served since 3.26s: no growth
 	})
 	want := []string{"475 throttled 1s", "487 recovering", "493 recovering", "496 recovering", "498 recovering",
-		"499 recovering", "500 recovering", "501 probing", "502 probing", "503 probing", "505 probing", "506 probing",
-		"507 probing", "508 probing"}
+		"499 recovering", "500 recovering", "501 probing", "503 probing", "505 probing", "510 probing", "516 probing",
+		"525 probing", "540 probing"}
 	if !slices.Equal(events, want) {
 		t.Errorf("events\n got %q\nwant %q", events, want)
 	}
@@ -269,7 +270,8 @@ func TestControllerCutsOncePerWindow(t *testing.T) {
 // Growth waits for the retry-after (at most MaxControllerHold), for demand
 // at least the capacity, for the capacity to be used, and stops at the
 // ceiling; past the knee, its steps stay 0.25% of the knee for 12 ticks,
-// then grow 1.5 times a tick.
+// then grow 1.5 times a tick (at once after a cut from more than twice the
+// knee).
 func TestControllerHoldsAndStopsAtTheCeiling(t *testing.T) {
 	c := ratelimiter.NewController(110).WithInitial(110).WithFloor(50)
 	events := runCtl(t, c, []ctlStep{
@@ -298,10 +300,9 @@ func TestControllerHoldsAndStopsAtTheCeiling(t *testing.T) {
 		{at: 11260 * msec, want: 50},             // the floor: nothing served in the last second
 		{at: 71090 * msec, want: 50, full: true}, // an absurd retry-after holds for MaxControllerHold only
 		{at: 71260 * msec, want: 50, full: true}, // 50.125: the first probe step from the floor is 0.0025 of it
-		{at: 71510 * msec, want: 50, full: true}, // 50.25
-		{at: 71760 * msec, want: 50, full: true}, // 50.375
-		{at: 72010 * msec, want: 50, full: true}, // 50.5
-		{at: 73010 * msec, want: 51},             // 51.0
+		{at: 71510 * msec, want: 50, full: true}, // 50.3125: the cut came from far over the knee (0): no flat steps
+		{at: 71760 * msec, want: 50, full: true}, // 50.59
+		{at: 72010 * msec, want: 51},             // 51.02
 	})
 	if len(events) == 0 || events[0] != "95 throttled 3s" {
 		t.Errorf("events %q, want the first to be a cut to 95 holding 3s", events)
