@@ -38,10 +38,28 @@ const (
 	// half a second sooner.
 	ControllerProbeStep = 0.0025
 	// ControllerProbeGrowth is how much bigger each growth step past the
-	// knee is than the one before: 1.5 times, so the capacity gains 2% of
-	// the knee in the first window past it, 12% by the second, 64% by the
-	// third, and more than doubles within the fourth.
+	// knee is than the one before, once ControllerProbeFlat ticks have
+	// passed: 1.5 times, so the capacity gains 3% of the knee in the first
+	// window of growing steps, 18% by the second, 96% by the third.
 	ControllerProbeGrowth = 1.5
+	// ControllerProbeFlat is how many ticks past the knee the growth steps
+	// stay ControllerProbeStep of the knee before they grow: 12, three
+	// windows, in which the capacity gains 1% of the knee a window. A cut's
+	// knee is what the datastore served in the window that throttled,
+	// which may fall short of what it serves by a batch or so (a batch
+	// that no longer fits in its window is throttled whole); near the knee
+	// the probe goes slowly, so that it finds the datastore's limit a
+	// percent or so over, not 10-25% over as a growing step does in the
+	// second or so an answer takes to tell.
+	ControllerProbeFlat = 12
+	// ControllerLooseCut is how many times the knee the capacity must have
+	// been at the last cut for the probe to skip its flat steps: twice. A
+	// capacity far over what the datastore's window served (a slow start
+	// that doubled past it, a throughput that fell by more than half, a
+	// window whose work was held back) says the knee is only a lower bound
+	// of what the datastore serves, so the probe grows at once, as a
+	// throughput that doubled needs.
+	ControllerLooseCut = 2
 	// ControllerUsedShare is the least share of the capacity the last
 	// window must have served for the capacity to grow after a cut: 80%.
 	// Capacity that is not used (the Batcher paused, a lane waiting out a
@@ -51,6 +69,14 @@ const (
 	// ControllerInitialShare is the share of the ceiling a Controller
 	// starts at by default: 1/32, so that five doublings reach the ceiling.
 	ControllerInitialShare = 32
+	// ControllerLaneShare is the share of what the datastore's window
+	// served that the lanes throttled in it must have carried for their
+	// throttles to cut the capacity: more than half. A throttle that only
+	// a lane or two see (a hot partition, with its own budget) is left to
+	// their own pauses; one that the lanes carrying most of the work see
+	// is the datastore's as a whole. Throttles of watchers without a
+	// [batcher.Lane] always count as the whole datastore's.
+	ControllerLaneShare = 0.5
 	// MaxControllerHold bounds how long a retry-after holds growth back
 	// (an hour's retry-after from a confused server holds it one minute).
 	MaxControllerHold = time.Minute
@@ -102,7 +128,10 @@ const (
 //     at most): if the window served more, K and L rise to match (a
 //     settled cut is never deeper than the first).
 //     One cut per window, however many operations, batches or watchers
-//     throttled in it: one burst of throttles is one signal. A throttle
+//     throttled in it: one burst of throttles is one signal. And only
+//     when the lanes throttled in the window carried more than
+//     ControllerLaneShare (half) of what it served, or a watcher without
+//     a lane was throttled (see Throttles per lane). A throttle
 //     within the window of a cut that is not an echo waits for the
 //     window's end, and the first tick after it cuts on that throttle's
 //     window (what went out after the last cut only).
@@ -116,14 +145,18 @@ const (
 //     batches released in it, or by the answers that came in it), L
 //     grows:
 //     below the knee, by half the way to it (at least
-//     ControllerProbeStep*K), up to K; from K on, by steps that start at
-//     ControllerProbeStep*K (of the floor if K is less) and grow
-//     ControllerProbeGrowth times each tick: from 0.95 K back to K in about 1.5s, then 2%, 12%, 64% over K
-//     at the end of the windows that follow, and more than twice K within
-//     the fourth, up to the ceiling. So a steady datastore is probed
+//     ControllerProbeStep*K), up to K; from K on, by steps of
+//     ControllerProbeStep*K (of the floor if K is less), 1% of K a window,
+//     for ControllerProbeFlat ticks (three windows; none if L was more
+//     than ControllerLooseCut times K when the cut came), and then by steps
+//     that grow ControllerProbeGrowth times each tick: from 0.95 K back to
+//     K in about 1.5s, then 1%, 2%, 3% over K at the end of the three
+//     windows that follow, then 6%, 21% and 99% at the end of the next
+//     three, and more than twice K early in the seventh, up to the
+//     ceiling. So a steady datastore is probed
 //     gently (an overshoot of a percent or two, for about a window, every
-//     three seconds), and a throughput that doubles is found within about
-//     four seconds.
+//     four to six seconds, though its knee measures a batch or so short),
+//     and a throughput that doubles is found within about seven seconds.
 //
 // While the capacity is not used (the work needs less, or the Batcher or a
 // lane waits out a pause) L does not grow: what is not used proves nothing.
@@ -146,6 +179,17 @@ const (
 // while the retry-after runs, and while the capacity is not used; and it
 // measures a cut on the datastore's window, not on a second that holds a
 // lane's wait.
+//
+// A throttle that only some lanes see does not cut the capacity of all: it
+// cuts only when the lanes throttled in the datastore's window (each
+// [batcher.Watcher.Lane], counted once however many of its watchers were
+// throttled) carried more than ControllerLaneShare of what the window
+// served. So the Loader's lanes, one per physical partition of a Cosmos DB
+// container, keep the whole capacity while one hot partition waits out its
+// own 429s, and the cold partitions use it; when every partition (or the
+// only one) throttles, or the hot one is all that is left to write, the
+// capacity is cut as before. Watchers without a lane are taken as one
+// budget: their throttles cut as the rule says.
 //
 // # Events
 //
@@ -179,22 +223,25 @@ type Controller struct {
 		cutAt    time.Time // when the last cut was made; zero before any
 		holdTo   time.Time // no growth before it
 		pending  bool      // a throttle came that is not an echo, within the window of the last cut
+		probes   int       // ticks of growth past the knee since the last cut
+		cutFrom  float64   // L when the last cut came
 		after    time.Duration
-		settle   float64         // L before a cut made between ticks, which the ticks that follow settle; 0 if none
-		events   []batcher.Event // changes for the goroutine to emit, in order
-		wake     chan struct{}   // tells the goroutine of events; capacity 1
-		good     bool            // a batch released since changed succeeded, since the last tick
-		changed  time.Time       // when L last grew while starting
-		served   []bucket        // served, by the moment of release; a ring of two windows
-		answered []bucket        // the same by the moment of the answer
-		byAnswer float64         // what the answers since the datastore's window began served, at the last cut
-		from     time.Time       // the start of the window a cut between ticks measured, for the tick to settle it on
-		pendFrom time.Time       // the same for a pending throttle
-		latNow   time.Duration   // the longest a batch took, since the last tick
-		lats     []time.Duration // the same for each of the last ticks of a window, a ring
-		latNext  int             // where the tick ending now goes in lats
-		throttle int64           // operations throttled, in all
-		ops      int64           // operations observed, in all
+		settle   float64                        // L before a cut made between ticks, which the ticks that follow settle; 0 if none
+		events   []batcher.Event                // changes for the goroutine to emit, in order
+		wake     chan struct{}                  // tells the goroutine of events; capacity 1
+		good     bool                           // a batch released since changed succeeded, since the last tick
+		changed  time.Time                      // when L last grew while starting
+		served   []bucket                       // served, by the moment of release; a ring of two windows
+		answered []bucket                       // the same by the moment of the answer
+		byAnswer float64                        // what the answers since the datastore's window began served, at the last cut
+		from     time.Time                      // the start of the window a cut between ticks measured, for the tick to settle it on
+		pendFrom time.Time                      // the same for a pending throttle
+		latNow   time.Duration                  // the longest a batch took, since the last tick
+		lats     []time.Duration                // the same for each of the last ticks of a window, a ring
+		latNext  int                            // where the tick ending now goes in lats
+		lanes    map[*batcher.Lane]*laneMeasure // what each lane served, and when it was last throttled
+		throttle int64                          // operations throttled, in all
+		ops      int64                          // operations observed, in all
 	}
 
 	running  atomic.Bool
@@ -380,6 +427,19 @@ func (c *Controller) ObserveBatch(o batcher.BatchOutcome) {
 	m := &c.mu
 	c.addLocked(m.served, o.Released, served)
 	c.addLocked(m.answered, o.Returned, served)
+	var lm *laneMeasure
+	if o.Watcher != nil && o.Watcher.Lane() != nil {
+		lane := o.Watcher.Lane()
+		if lm = m.lanes[lane]; lm == nil {
+			if m.lanes == nil {
+				m.lanes = map[*batcher.Lane]*laneMeasure{}
+			}
+			lm = &laneMeasure{served: make([]bucket, 2*controllerBuckets)}
+			m.lanes[lane] = lm
+		}
+		c.addLocked(lm.served, o.Released, served)
+		lm.seen = o.Returned
+	}
 	m.latNow = max(m.latNow, o.Returned.Sub(o.Released))
 	m.good = m.good || (o.Succeeded > 0 && !o.Released.Before(m.changed))
 	m.ops += int64(o.Operations)
@@ -390,7 +450,6 @@ func (c *Controller) ObserveBatch(o batcher.BatchOutcome) {
 	if !m.cutAt.IsZero() && o.Released.Before(m.cutAt.Add(c.tick())) {
 		return // released before the last cut reached the Batcher: an echo
 	}
-	m.after = max(m.after, o.RetryAfter)
 	now := time.Now()
 	// The datastore's window that throttled: a retry-after under the
 	// window says when it ends; otherwise take the window up to now.
@@ -398,6 +457,13 @@ func (c *Controller) ObserveBatch(o batcher.BatchOutcome) {
 	if o.RetryAfter > 0 && o.RetryAfter < c.window {
 		from = now.Add(o.RetryAfter - c.window)
 	}
+	if lm != nil {
+		lm.throttled = now
+		if !c.wideLocked(from, now) {
+			return // a lane's own budget: its pause is its control
+		}
+	}
+	m.after = max(m.after, o.RetryAfter)
 	if !m.cutAt.IsZero() && now.Before(m.cutAt.Add(c.window)) {
 		m.pending, m.pendFrom = true, from // the window's end cuts (see decide)
 		return
@@ -411,6 +477,33 @@ func (c *Controller) ObserveBatch(o batcher.BatchOutcome) {
 	case m.wake <- struct{}{}:
 	default:
 	}
+}
+
+// A laneMeasure is what one lane's batches served, by the moments of
+// release, and when the lane was last throttled.
+type laneMeasure struct {
+	served    []bucket
+	throttled time.Time // the last throttle that was not an echo; zero if none
+	seen      time.Time // the last outcome's return
+}
+
+// wideLocked reports whether the lanes throttled since from carried more
+// than ControllerLaneShare of what the batches released since then served
+// (or nothing was served): whether their throttles are the datastore's as
+// a whole rather than a lane's own budget.
+func (c *Controller) wideLocked(from, now time.Time) bool {
+	m := &c.mu
+	all := c.servedLocked(m.served, from, now)
+	if all <= 0 {
+		return true
+	}
+	throttled := 0.0
+	for _, lm := range m.lanes {
+		if !lm.throttled.Before(from) {
+			throttled += c.servedLocked(lm.served, from, now)
+		}
+	}
+	return throttled > ControllerLaneShare*all
 }
 
 func (c *Controller) tick() time.Duration { return c.window / ControllerTicksPerWindow }
@@ -467,11 +560,12 @@ func (c *Controller) cutLocked(now, from time.Time, served float64) {
 	m.byAnswer = c.servedLocked(m.answered, from, now)
 	served = max(served, m.byAnswer)
 	m.knee = min(m.limit, served)
+	m.cutFrom = m.limit
 	m.limit = max((1-c.backoff)*m.knee, float64(c.floor))
 	m.cutAt = now
 	hold := max(c.window, min(m.after, MaxControllerHold))
 	m.holdTo = now.Add(hold)
-	m.pending, m.after, m.step, m.settle = false, 0, 0, 0
+	m.pending, m.after, m.step, m.settle, m.probes = false, 0, 0, 0, 0
 	c.noteLocked(batcher.Event{Kind: batcher.CapacityChanged, Msg: "throttled", Duration: hold})
 }
 
@@ -521,12 +615,19 @@ func (c *Controller) decide(now time.Time) {
 	m.latNext = (m.latNext + 1) % len(m.lats)
 	m.latNow = 0
 	lat := slices.Max(m.lats) // the longest a batch took in the last window
+	for lane, lm := range m.lanes {
+		if now.Sub(lm.seen) > 2*c.window {
+			delete(m.lanes, lane) // forgotten: nothing of it in the rings
+		}
+	}
 	if m.settle > 0 {
 		// A cut made on what had been served when the throttle came:
 		// settle it on what the datastore's window served, with the
 		// answers that came after, until they have all come (a window,
-		// and the longest a batch takes, after the window began; four
-		// windows at most). It only ever raises the cut.
+		// and the longest a batch took in the last window, or a window if
+		// that is more, after the window began; four windows at most: a
+		// stalled process holds answers the longest batch seen does not
+		// measure). It only ever raises the cut.
 		served := max(c.servedLocked(m.served, m.from, minTime(now, m.from.Add(c.window))), m.byAnswer)
 		if k := min(m.settle, served); k > m.knee {
 			m.knee = k
@@ -535,7 +636,7 @@ func (c *Controller) decide(now time.Time) {
 				c.noteLocked(batcher.Event{Kind: batcher.CapacityChanged, Msg: "throttled", Duration: m.holdTo.Sub(m.cutAt)})
 			}
 		}
-		if now.After(m.from.Add(c.window+lat)) || now.After(m.cutAt.Add(4*c.window)) {
+		if now.After(m.from.Add(c.window+max(lat, c.window))) || now.After(m.cutAt.Add(4*c.window)) {
 			m.settle = 0
 		}
 	}
@@ -567,9 +668,10 @@ func (c *Controller) decide(now time.Time) {
 	default:
 		if m.step == 0 {
 			m.step = ControllerProbeStep * max(m.knee, float64(c.floor))
-		} else {
+		} else if m.probes >= ControllerProbeFlat || m.cutFrom > ControllerLooseCut*m.knee {
 			m.step *= ControllerProbeGrowth
 		}
+		m.probes++
 		m.limit += m.step
 		c.noteLocked(batcher.Event{Kind: batcher.CapacityChanged, Msg: "probing"})
 	}

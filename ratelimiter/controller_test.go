@@ -109,7 +109,9 @@ const msec = time.Millisecond
 // the first throttle, to 95% of what was served in the datastore's window
 // (which the retry-after says ends 800ms later); holds for the window;
 // recovers to the knee in halves; then probes with steps that grow 1.5
-// times a tick, as long as the capacity is used. Echoes of batches released
+// times a tick from the first (the cut came from 20 times the knee, which
+// is then only a lower bound of what the datastore serves), as long as the
+// capacity is used. Echoes of batches released
 // before the cut do not cut again.
 func TestControllerCutsToWhatWasServedThenProbes(t *testing.T) {
 	c := ratelimiter.NewController(10000).WithInitial(10000)
@@ -128,7 +130,7 @@ func TestControllerCutsToWhatWasServedThenProbes(t *testing.T) {
 		{at: 2260 * msec, want: 499, full: true},                             // 499.6875 (the least step, 1.25)
 		{at: 2510 * msec, want: 500, full: true},                             // the knee
 		{at: 2760 * msec, want: 501, full: true},                             // + 1.25 (0.25% of K)
-		{at: 3010 * msec, want: 503, full: true},                             // + 1.875
+		{at: 3010 * msec, want: 503, full: true},                             // + 1.875: no flat steps, the cut came from 20 K
 		{at: 3260 * msec, want: 505, full: true},                             // + 2.8125
 		{at: 3510 * msec, want: 510},                                         // + 4.21875
 		{at: 3760 * msec, want: 516},                                         // + 6.328125 (the window served 1509)
@@ -186,8 +188,8 @@ func TestControllerStartsSlowly(t *testing.T) {
 // A throttle cuts at once, on what was served so far; the ticks that
 // follow settle the cut on what the window served, with the answers still
 // on their way when the throttle came, until they have all come (a window
-// and the longest a batch took after the window began), and only ever
-// raise it.
+// and the longest a batch took, or a second window if that is more, after
+// the window began), and only ever raise it.
 func TestControllerSettlesACutAtTheTick(t *testing.T) {
 	c := ratelimiter.NewController(1000).WithInitial(1000)
 	events := runCtl(t, c, []ctlStep{
@@ -198,11 +200,12 @@ func TestControllerSettlesACutAtTheTick(t *testing.T) {
 		{at: 1260 * msec, want: 475},                                  // settled: 0.95 * 500
 		{at: 1600 * msec, o: ok(1100*msec, 10, 300)},                  // another answer on its way
 		{at: 1760 * msec, want: 760},                                  // settled: 0.95 * 800
-		{at: 2100 * msec, o: ok(1140*msec, 10, 100)},                  // too late: 150ms + 1s + 800ms has passed
 		{at: 2240 * msec, want: 760, full: true},                      // held from the cut at 1.15s (not from the tick)
-		{at: 2260 * msec, want: 780},                                  // recovering toward 800
+		{at: 2260 * msec, want: 780, full: true},                      // recovering toward 800; the last tick that settles
+		{at: 2300 * msec, o: ok(1140*msec, 10, 100)},                  // too late: 150ms + 1s + 1s (800ms is less) has passed
+		{at: 2510 * msec, want: 790},                                  // recovering toward 800, not 900
 	})
-	want := []string{"190 throttled 1s", "475 throttled 1s", "760 throttled 1s", "780 recovering"}
+	want := []string{"190 throttled 1s", "475 throttled 1s", "760 throttled 1s", "780 recovering", "790 recovering"}
 	if !slices.Equal(events, want) {
 		t.Errorf("events\n got %q\nwant %q", events, want)
 	}
@@ -266,7 +269,9 @@ func TestControllerCutsOncePerWindow(t *testing.T) {
 
 // Growth waits for the retry-after (at most MaxControllerHold), for demand
 // at least the capacity, for the capacity to be used, and stops at the
-// ceiling.
+// ceiling; past the knee, its steps stay 0.25% of the knee for 12 ticks,
+// then grow 1.5 times a tick (at once after a cut from more than twice the
+// knee).
 func TestControllerHoldsAndStopsAtTheCeiling(t *testing.T) {
 	c := ratelimiter.NewController(110).WithInitial(110).WithFloor(50)
 	events := runCtl(t, c, []ctlStep{
@@ -285,17 +290,19 @@ func TestControllerHoldsAndStopsAtTheCeiling(t *testing.T) {
 		{at: 5010 * msec, want: 99, full: true},  // 99.6875
 		{at: 5260 * msec, want: 99, full: true},  // 99.9375 (least step 0.25)
 		{at: 5510 * msec, want: 100, full: true}, // the knee
-		{at: 6510 * msec, want: 102, full: true}, // probing: 100.25, 100.625, 101.19, 102.03
-		{at: 7260 * msec, want: 108, full: true}, // 103.30, 105.20, 108.04
-		{at: 7510 * msec, want: 110},             // 112.3: the ceiling
-		{at: 9000 * msec, want: 110},             // and stays there
-		{at: 9100 * msec, o: thr(9000*msec, 10, 10, 0, 2*time.Hour)},
-		{at: 9260 * msec, want: 50},              // the floor: nothing served in the last second
-		{at: 69090 * msec, want: 50, full: true}, // an absurd retry-after holds for MaxControllerHold only
-		{at: 69260 * msec, want: 50, full: true}, // 50.125: the first probe step from the floor is 0.0025 of it
-		{at: 69510 * msec, want: 50, full: true}, // 50.3125
-		{at: 69760 * msec, want: 50, full: true}, // 50.59
-		{at: 70010 * msec, want: 51},             // 51.02
+		{at: 6510 * msec, want: 101, full: true}, // probing, flat: 0.25 a tick (0.0025 of the knee)
+		{at: 7510 * msec, want: 102, full: true}, //
+		{at: 8510 * msec, want: 103, full: true}, // 12 flat steps
+		{at: 9510 * msec, want: 106, full: true}, // then growing: 103.375, 103.94, 104.78, 106.05
+		{at: 10010 * msec, want: 110},            // 107.95, 110.8: the ceiling
+		{at: 11000 * msec, want: 110},            // and stays there
+		{at: 11100 * msec, o: thr(11000*msec, 10, 10, 0, 2*time.Hour)},
+		{at: 11260 * msec, want: 50},             // the floor: nothing served in the last second
+		{at: 71090 * msec, want: 50, full: true}, // an absurd retry-after holds for MaxControllerHold only
+		{at: 71260 * msec, want: 50, full: true}, // 50.125: the first probe step from the floor is 0.0025 of it
+		{at: 71510 * msec, want: 50, full: true}, // 50.3125: the cut came from far over the knee (0): no flat steps
+		{at: 71760 * msec, want: 50, full: true}, // 50.59
+		{at: 72010 * msec, want: 51},             // 51.02
 	})
 	if len(events) == 0 || events[0] != "95 throttled 3s" {
 		t.Errorf("events %q, want the first to be a cut to 95 holding 3s", events)
@@ -361,4 +368,54 @@ func TestControllerSettings(t *testing.T) {
 		}
 		c.WithFloor(1)
 	}()
+}
+
+// A throttle that only the lanes carrying a small share of what the
+// datastore's window served see (a hot partition with its own budget) does
+// not cut the capacity: the lane's pause is its control. Once the lanes
+// throttled in the window carried more than half of it, the capacity is
+// cut. A watcher without a lane is taken as the whole datastore's budget.
+func TestControllerCutsOnlyOnThrottlesOfMostLanes(t *testing.T) {
+	hot, cold1, cold2 := batcher.NewLane(), batcher.NewLane(), batcher.NewLane()
+	in := func(l *batcher.Lane, o *batcher.BatchOutcome) *batcher.BatchOutcome {
+		o.Watcher = batcher.NewWatcherFor(nil).WithLane(l)
+		return o
+	}
+	c := ratelimiter.NewController(1000).WithInitial(1000)
+	events := runCtl(t, c, []ctlStep{
+		{at: 10 * msec, demand: 1 << 20},
+		{at: 100 * msec, o: in(hot, ok(50*msec, 10, 200))},
+		{at: 110 * msec, o: in(cold1, ok(60*msec, 10, 200))},
+		{at: 120 * msec, o: in(cold2, ok(70*msec, 10, 400))},
+		{at: 200 * msec, o: in(hot, thr(150*msec, 10, 10, 0, 0)), want: 1000},   // the hot lane: 200 of 800
+		{at: 300 * msec, o: in(cold1, thr(250*msec, 10, 10, 0, 0)), want: 1000}, // and one cold: 400 of 800, not more than half
+		{at: 400 * msec, o: in(cold2, thr(350*msec, 10, 10, 0, 0)), want: 760},  // all three: 0.95 * 800
+		{at: 2500 * msec, o: in(hot, ok(2450*msec, 10, 100))},
+		{at: 2510 * msec, o: in(cold1, ok(2460*msec, 10, 300))},
+		{at: 2600 * msec, o: thr(2550*msec, 10, 10, 0, 0), want: 380}, // a watcher of no lane: 0.95 * 400
+	})
+	want := []string{"760 throttled 1s", "380 throttled 1s"}
+	if !slices.Equal(events, want) {
+		t.Errorf("events\n got %q\nwant %q", events, want)
+	}
+}
+
+// A cut is settled on the answers of the datastore's window for a window
+// after its end at least, even when the batches seen lately took less: a
+// stalled process holds answers back longer than the longest batch it has
+// seen.
+func TestControllerSettlesOnAnswersHeldBack(t *testing.T) {
+	c := ratelimiter.NewController(1000).WithInitial(1000)
+	events := runCtl(t, c, []ctlStep{
+		{at: 10 * msec, demand: 1 << 20},
+		{at: 210 * msec, o: ok(200*msec, 10, 300)},                    // answers take 10ms
+		{at: 1120 * msec, o: ok(1110*msec, 10, 10)},                   //
+		{at: 1150 * msec, o: thr(1140*msec, 10, 10, 0, 0), want: 294}, // 0.95 * 310 (the window from 150ms)
+		{at: 2100 * msec, o: ok(1120*msec, 10, 400)},                  // held back 980ms: after the window and 10ms
+		{at: 2260 * msec, want: 674},                                  // settled at the tick: 0.95 * 710
+	})
+	want := []string{"294 throttled 1s", "674 throttled 1s"}
+	if !slices.Equal(events, want) {
+		t.Errorf("events\n got %q\nwant %q", events, want)
+	}
 }
