@@ -120,6 +120,8 @@ const (
 // queue holds one watcher's operations in a Batcher.
 type queue struct {
 	w           *Watcher
+	b           *Batcher    // whose queue it is; never changes
+	gone        bool        // b no longer holds it (see queueLocked); under b's lock
 	ops         ring[entry] // waiting for release, oldest first
 	unbatchable int         // operations in ops that cannot share a batch
 	inflight    int         // batches running
@@ -420,14 +422,32 @@ func (b *Batcher) check(op *Operation) error {
 }
 
 // queueLocked returns w's queue, making it if need be.
+//
+// The watcher remembers the last queue made for it (Watcher.home): a sweep
+// looks up the queue of each operation whose watcher differs from the one
+// before, which over many watchers is every operation, under the lock; the
+// map costs several times the pointer. The map stays the authority: a queue
+// it drops is marked gone, and a watcher shared by several Batchers falls
+// back to it.
 func (b *Batcher) queueLocked(w *Watcher) *queue {
+	if q := w.home.Load(); q != nil && q.b == b && !q.gone {
+		return q
+	}
 	q := b.mu.queues[w]
 	if q == nil {
-		q = &queue{w: w, laneAt: -1, cls: b.classLocked(w.priority, w.share)}
+		q = &queue{w: w, b: b, laneAt: -1, cls: b.classLocked(w.priority, w.share)}
 		b.sharedLaneLocked(q)
 		b.mu.queues[w] = q
 	}
+	w.home.Store(q)
 	return q
+}
+
+// dropQueueLocked forgets q.
+func (b *Batcher) dropQueueLocked(q *queue) {
+	q.gone = true
+	delete(b.mu.queues, q.w)
+	q.w.home.CompareAndSwap(q, nil)
 }
 
 // Pause stops all releases, of every watcher, for the pause time (see
@@ -674,6 +694,10 @@ func (b *Batcher) abort(cause error, fromOwner bool) {
 	}
 	b.mu.running = nil
 	idle := b.retireLocked(true)
+	for _, q := range b.mu.queues {
+		q.gone = true
+		q.w.home.CompareAndSwap(q, nil)
+	}
 	b.mu.queues = map[*Watcher]*queue{}
 	b.mu.sharedLanes = nil
 	b.resetSchedLocked()

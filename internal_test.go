@@ -726,3 +726,83 @@ func TestWaitsHoldAtExtremeCapacities(t *testing.T) {
 		}
 	}
 }
+
+func TestWatcherQueueCacheFollowsTheMap(t *testing.T) {
+	// A watcher remembers the queue a Batcher last made for it (see
+	// queueLocked), for sweeps over many watchers: the map stays the
+	// authority. Two Batchers sharing a watcher each get their own queue,
+	// and a queue the Batcher forgets (idle) is never handed out again.
+	synctest.Test(t, func(t *testing.T) {
+		var mu sync.Mutex
+		got := map[*Batcher]int{}
+		var b1, b2 *Batcher
+		w := NewWatcher(func(ctx context.Context, ops []*Operation) error {
+			mu.Lock()
+			defer mu.Unlock()
+			for _, op := range ops {
+				got[op.Payload().(*Batcher)]++
+			}
+			return nil
+		}).WithMaxBatchSize(10)
+		b1, b2 = NewBatcher(), NewBatcher()
+		for _, b := range []*Batcher{b1, b2} {
+			if err := b.Start(t.Context()); err != nil {
+				t.Fatal(err)
+			}
+		}
+		queueOf := func(b *Batcher) *queue {
+			b.mu.Lock()
+			defer b.mu.Unlock()
+			q := b.queueLocked(w)
+			if m := b.mu.queues[w]; m != q {
+				t.Fatalf("queueLocked returned %p, the map holds %p", q, m)
+			}
+			if q.b != b {
+				t.Fatalf("queueLocked returned another Batcher's queue")
+			}
+			return q
+		}
+		for range 3 {
+			for _, b := range []*Batcher{b1, b2} {
+				for range 25 {
+					if err := b.Enqueue(NewOperation(w, 1, b, true)); err != nil {
+						t.Fatal(err)
+					}
+				}
+				queueOf(b)
+			}
+		}
+		for _, b := range []*Batcher{b1, b2} {
+			if err := b.Flush(t.Context()); err != nil {
+				t.Fatal(err)
+			}
+		}
+		old := queueOf(b1) // the watcher's cached queue; nothing is left to sweep
+		// Idle through two flushes: the queue is forgotten.
+		time.Sleep(3 * DefaultFlushInterval)
+		synctest.Wait()
+		b1.mu.Lock()
+		_, kept := b1.mu.queues[w]
+		b1.mu.Unlock()
+		if kept {
+			t.Fatal("the idle watcher's queue was not forgotten; the test needs it to be")
+		}
+		if !old.gone {
+			t.Error("the forgotten queue is not marked gone")
+		}
+		if q := queueOf(b1); q == old {
+			t.Error("queueLocked handed out the queue the Batcher forgot")
+		}
+		for _, b := range []*Batcher{b1, b2} {
+			if err := b.Enqueue(NewOperation(w, 1, b, true)); err != nil {
+				t.Fatal(err)
+			}
+			if err := b.Shutdown(t.Context()); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if got[b1] != 76 || got[b2] != 76 {
+			t.Errorf("ProcessBatch saw %d and %d operations, want 76 each", got[b1], got[b2])
+		}
+	})
+}

@@ -79,6 +79,7 @@ type Watcher struct {
 	share            float64
 
 	sealed  atomic.Bool
+	home    atomic.Pointer[queue] // the queue a Batcher last made for it (see Batcher.queueLocked)
 	sealMu  sync.Mutex
 	invalid error // set once sealed
 }
