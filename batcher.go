@@ -118,43 +118,55 @@ const (
 )
 
 // queue holds one watcher's operations in a Batcher.
+//
+// A sweep (see intake) touches, for each operation, its watcher's queue,
+// and over many watchers a different one each time, under the Batcher's
+// lock: what it reads and writes is in the first two cache lines (64
+// bytes each: the first line, then the second; see
+// TestQueueSweepFieldsFirst), so that a sweep over thousands of queues
+// costs two cache misses an operation, not five.
 type queue struct {
-	w           *Watcher
-	b           *Batcher    // whose queue it is; never changes
-	gone        bool        // b no longer holds it (see queueLocked); under b's lock
-	ops         ring[entry] // waiting for release, oldest first
-	unbatchable int         // operations in ops that cannot share a batch
-	inflight    int         // batches running
-	retrying    int         // operations waiting to retry
-	lastRelease time.Time   // with eager release: when it last sent a batch
-	burst       bool        // with eager release: its last two batches went within 2*eagerGap
-	flushOwed   bool        // a flush found no slot free: its part batch goes when one frees
-	// The scheduler's (see sched.go): in its full and ready rings; the
-	// ready ring's stamp; waiting out of the rings for a slot of its own
-	// (slotWait) or for the capacity to change (capWait); when the sweeps
-	// that brought its first and its last operation waiting ran (sinceAt
-	// zero: its first are retries, or were enqueued with eager release),
-	// for fillingLocked.
+	// The first cache line: the sweep's, and the scheduler's flags.
+	w    *Watcher
+	b    *Batcher    // whose queue it is; never changes
+	ops  ring[entry] // waiting for release, oldest first
+	gone bool        // b no longer holds it (see queueLocked); under b's lock
+	// The scheduler's (see sched.go): in its full and ready rings; waiting
+	// out of the rings for a slot of its own (slotWait) or for the
+	// capacity to change (capWait).
 	inReady, inFull   bool
 	slotWait, capWait bool
-	stamp             uint64
-	sinceAt, lastAt   time.Time
-	cls               *class  // its watcher's priority class
-	credit            int     // its turn's credit, in cost units (see class)
-	rate              float64 // operations per nanosecond of the stream that filled its last batch
+	// The lane's (see below): paused, by a throttle or (held) by eager
+	// release's hold, which sends no events.
+	paused, held bool
+	touched      bool
+
+	// The second: the sweep's too. When the sweeps that brought its first
+	// and its last operation waiting ran (sinceAt zero: its first are
+	// retries, or were enqueued with eager release), for fillingLocked;
+	// the ready ring's stamp.
+	unbatchable     int // operations in ops that cannot share a batch
+	sinceAt, lastAt time.Time
+	stamp           uint64
+
+	inflight    int       // batches running
+	retrying    int       // operations waiting to retry
+	lastRelease time.Time // with eager release: when it last sent a batch
+	burst       bool      // with eager release: its last two batches went within 2*eagerGap
+	flushOwed   bool      // a flush found no slot free: its part batch goes when one frees
+	inIdle      bool
+	cls         *class  // its watcher's priority class
+	credit      int     // its turn's credit, in cost units (see class)
+	rate        float64 // operations per nanosecond of the stream that filled its last batch
 	// The lane (see lanes.go): paused by a throttle until pausedUntil, at
 	// laneAt in Batcher.mu.lanes (-1 when not paused); streak counts its
 	// throttles in a row, pauses the throttles that began or lengthened a
 	// run of its pauses.
 	shared      *laneState // its watcher's shared lane, if any (see Lane)
-	paused      bool
-	held        bool // paused by eager release's hold, not by a throttle: no events
 	pausedUntil time.Time
 	laneAt      int
 	streak      int
 	pauses      uint64
-	inIdle      bool
-	touched     bool
 }
 
 // An entry is an operation as the intake and the queues hold it: with the

@@ -533,6 +533,41 @@ func TestAnOperationIs48Bytes(t *testing.T) {
 	}
 }
 
+// A sweep touches its operations' queues under the Batcher's lock, over
+// many watchers a different queue each operation: what it reads and writes
+// is in a queue's first two cache lines (see queue), and a queue's size is a
+// multiple of 64 bytes (an allocator size class, so every queue starts on a
+// cache line).
+func TestQueueSweepFieldsFirst(t *testing.T) {
+	if strconv.IntSize < 64 {
+		t.Skip("pointers have 32 bits here")
+	}
+	var q queue
+	if n := unsafe.Sizeof(q); n%64 != 0 {
+		t.Errorf("a queue is %d bytes, want a multiple of 64", n)
+	}
+	first := map[string]uintptr{"w": unsafe.Offsetof(q.w), "b": unsafe.Offsetof(q.b), "ops": unsafe.Offsetof(q.ops) + unsafe.Sizeof(q.ops) - 1,
+		"gone": unsafe.Offsetof(q.gone), "inReady": unsafe.Offsetof(q.inReady), "inFull": unsafe.Offsetof(q.inFull),
+		"slotWait": unsafe.Offsetof(q.slotWait), "capWait": unsafe.Offsetof(q.capWait), "paused": unsafe.Offsetof(q.paused),
+		"held": unsafe.Offsetof(q.held), "touched": unsafe.Offsetof(q.touched)}
+	for name, off := range first {
+		if off >= 64 {
+			t.Errorf("queue.%s ends at byte %d, want it in the first cache line", name, off)
+		}
+	}
+	second := map[string]uintptr{"unbatchable": unsafe.Offsetof(q.unbatchable), "sinceAt": unsafe.Offsetof(q.sinceAt),
+		"lastAt": unsafe.Offsetof(q.lastAt) + unsafe.Sizeof(q.lastAt) - 1, "stamp": unsafe.Offsetof(q.stamp) + 7}
+	for name, off := range second {
+		if off >= 128 {
+			t.Errorf("queue.%s ends at byte %d, want it in the first two cache lines", name, off)
+		}
+	}
+	var w Watcher
+	if a, b := unsafe.Offsetof(w.maxBatchSize), unsafe.Offsetof(w.home); a/64 != b/64 {
+		t.Errorf("Watcher.maxBatchSize at byte %d and Watcher.home at %d: want them on one cache line", a, b)
+	}
+}
+
 // G5 through the intake: a shard whose producers are streaming is left to
 // them, and a full batch that fills in it goes once the shard has held
 // operations for intakeLinger since its last sweep (so at most that long
