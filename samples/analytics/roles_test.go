@@ -135,7 +135,9 @@ func runRole(role string) error {
 		if err := st.Open(ctx); err != nil {
 			return err
 		}
-		sp := spool.New(st, spool.JSON[analytics.Event]())
+		backend, report := profiled(role, st)
+		defer report()
+		sp := spool.New(backend, spool.JSON[analytics.Event]())
 		defer sp.Close()
 		if role == "producer" {
 			return produce(ctx, sp)
