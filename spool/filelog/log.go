@@ -126,6 +126,13 @@ type Log struct {
 	readMu sync.Mutex
 	rfile  *os.File
 	rnum   uint64
+	// the read buffer, under readMu: bytes of segment rbufSeg from offset
+	// rbufOff, held in rbufMem (one chunk, reused) unless a record was
+	// larger
+	rbuf    []byte
+	rbufSeg uint64
+	rbufOff int64
+	rbufMem []byte
 
 	dead deadLog
 
