@@ -133,6 +133,7 @@ type Log struct {
 	rbufSeg uint64
 	rbufOff int64
 	rbufMem []byte
+	frames  [][]byte // a Read's records in rbuf, reused
 
 	dead deadLog
 

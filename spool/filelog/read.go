@@ -83,7 +83,8 @@ func (l *Log) Read(ctx context.Context, max int) ([]spool.Entry, error) {
 	// record.
 	buf := l.buffered(seg, off, avail)
 	want := min(avail, readChunk)
-	var frames [][]byte
+	frames := l.frames[:0]
+	defer func() { clear(frames); l.frames = frames[:0] }()
 	var consumed int64
 	for {
 		var bad bool
