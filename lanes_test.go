@@ -265,8 +265,8 @@ func TestManyThrottledLanesStayWithinCapacity(t *testing.T) {
 		}
 		// While most lanes still have work, the lanes' pauses must not stop
 		// the others from using the capacity: the first 80% of the cost
-		// released (throttled attempts count too) goes within 1.02x its (one lane for all: 1.07x)
-		// ideal. The last few lanes to drain are left out: which of them a
+		// released (throttled attempts count too) goes within 1.02x its
+		// ideal (one lane for all 40 watchers: 1.05-1.07x). The last few lanes to drain are left out: which of them a
 		// throttle hits last, and how long its doubling pause then leaves
 		// the capacity unused, depends on the order of the calls.
 		rs := s.log.All()
