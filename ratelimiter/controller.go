@@ -134,7 +134,8 @@ const (
 //     a lane was throttled (see Throttles per lane). A throttle
 //     within the window of a cut that is not an echo waits for the
 //     window's end, and the first tick after it cuts on that throttle's
-//     window (what went out after the last cut only).
+//     window (what went out after the last cut only, at its rate over a
+//     whole window).
 //   - Hold. After a cut, L does not grow for a window, nor until the
 //     longest retry-after the datastore gave with the throttles has passed
 //     (at most MaxControllerHold): a retry-after says when the datastore's
@@ -651,12 +652,18 @@ func (c *Controller) decide(now time.Time) {
 	switch {
 	case m.pending && !now.Before(m.cutAt.Add(c.window)):
 		// On the datastore's window that throttled, but only what went out
-		// after the last cut, at the capacity being judged.
+		// after the last cut, at the capacity being judged: at its rate over
+		// a whole window (a part of a window served a part of it).
 		from := m.pendFrom
 		if echo := m.cutAt.Add(c.tick()); from.Before(echo) {
 			from = echo
 		}
-		c.cutLocked(now, from, c.servedLocked(m.served, from, minTime(now, m.pendFrom.Add(c.window))))
+		to := minTime(now, m.pendFrom.Add(c.window))
+		served := c.servedLocked(m.served, from, to)
+		if span := to.Sub(from); span > 0 && span < c.window {
+			served *= float64(c.window) / float64(span)
+		}
+		c.cutLocked(now, from, served)
 	case m.pending, now.Before(m.holdTo), c.demand.Load() < int64(m.limit), m.limit >= float64(c.ceiling):
 		// no growth
 	case !m.cutAt.IsZero() && used < ControllerUsedShare*m.limit:

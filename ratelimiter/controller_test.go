@@ -239,9 +239,10 @@ func TestControllerIgnoresANegativeRetryAfter(t *testing.T) {
 
 // Throttles of many batches and operations within a window are one cut;
 // a throttle from a batch released after the cut, within its window, cuts
-// again only once the window has passed, on what went out after the cut. A
-// probe that draws a throttle cuts to 95% of what was served, and the step
-// starts small again.
+// again only once the window has passed, on what went out after the cut,
+// at its rate over a whole window (half a window's 180 is 360 a window:
+// not a cut to 171, as before). A probe that draws a throttle cuts to 95%
+// of what was served, and the step starts small again.
 func TestControllerCutsOncePerWindow(t *testing.T) {
 	c := ratelimiter.NewController(1000).WithFloor(10).WithInitial(1000)
 	events := runCtl(t, c, []ctlStep{
@@ -255,13 +256,13 @@ func TestControllerCutsOncePerWindow(t *testing.T) {
 		{at: 800 * msec, o: ok(700*msec, 10, 80)},
 		{at: 900 * msec, o: thr(800*msec, 10, 1, 0, 0)},   // released after the cut: real, but within its window
 		{at: 1010 * msec, want: 427},                      // tick at 1s: not yet a window since the cut (150ms)
-		{at: 1260 * msec, want: 171},                      // tick at 1.25s: served 180 since the cut, K 180, L 171
-		{at: 2240 * msec, want: 171, full: true},          // held
-		{at: 2260 * msec, want: 175},                      // 171 + max(4.5, 0.45) = 175.5
+		{at: 1260 * msec, want: 342},                      // tick at 1.25s: 180 served in the 500ms from the echo (400ms) to the window's end: 360 a window, K 360, L 342
+		{at: 2240 * msec, want: 342, full: true},          // held
+		{at: 2260 * msec, want: 351},                      // 342 + max(9, 0.9)
 		{at: 2300 * msec, o: thr(2000*msec, 10, 1, 0, 0)}, // a window since the last cut: a cut at once
-		{at: 2310 * msec, want: 162},                      // the last second served 171: 162.45
+		{at: 2310 * msec, want: 324},                      // the last second served 342: 324.9
 	})
-	want := []string{"427 throttled 1s", "171 throttled 1s", "175 recovering", "162 throttled 1s"}
+	want := []string{"427 throttled 1s", "342 throttled 1s", "351 recovering", "324 throttled 1s"}
 	if !slices.Equal(events, want) {
 		t.Errorf("events\n got %q\nwant %q", events, want)
 	}
