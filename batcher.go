@@ -118,41 +118,55 @@ const (
 )
 
 // queue holds one watcher's operations in a Batcher.
+//
+// A sweep (see intake) touches, for each operation, its watcher's queue,
+// and over many watchers a different one each time, under the Batcher's
+// lock: what it reads and writes is in the first two cache lines (64
+// bytes each: the first line, then the second; see
+// TestQueueSweepFieldsFirst), so that a sweep over thousands of queues
+// costs two cache misses an operation, not five.
 type queue struct {
-	w           *Watcher
-	ops         ring[entry] // waiting for release, oldest first
-	unbatchable int         // operations in ops that cannot share a batch
-	inflight    int         // batches running
-	retrying    int         // operations waiting to retry
-	lastRelease time.Time   // with eager release: when it last sent a batch
-	burst       bool        // with eager release: its last two batches went within 2*eagerGap
-	flushOwed   bool        // a flush found no slot free: its part batch goes when one frees
-	// The scheduler's (see sched.go): in its full and ready rings; the
-	// ready ring's stamp; waiting out of the rings for a slot of its own
-	// (slotWait) or for the capacity to change (capWait); when the sweeps
-	// that brought its first and its last operation waiting ran (sinceAt
-	// zero: its first are retries, or were enqueued with eager release),
-	// for fillingLocked.
+	// The first cache line: the sweep's, and the scheduler's flags.
+	w    *Watcher
+	b    *Batcher    // whose queue it is; never changes
+	ops  ring[entry] // waiting for release, oldest first
+	gone bool        // b no longer holds it (see queueLocked); under b's lock
+	// The scheduler's (see sched.go): in its full and ready rings; waiting
+	// out of the rings for a slot of its own (slotWait) or for the
+	// capacity to change (capWait).
 	inReady, inFull   bool
 	slotWait, capWait bool
-	stamp             uint64
-	sinceAt, lastAt   time.Time
-	cls               *class  // its watcher's priority class
-	credit            int     // its turn's credit, in cost units (see class)
-	rate              float64 // operations per nanosecond of the stream that filled its last batch
+	// The lane's (see below): paused, by a throttle or (held) by eager
+	// release's hold, which sends no events.
+	paused, held bool
+	touched      bool
+
+	// The second: the sweep's too. When the sweeps that brought its first
+	// and its last operation waiting ran (sinceAt zero: its first are
+	// retries, or were enqueued with eager release), for fillingLocked;
+	// the ready ring's stamp.
+	unbatchable     int // operations in ops that cannot share a batch
+	sinceAt, lastAt time.Time
+	stamp           uint64
+
+	inflight    int       // batches running
+	retrying    int       // operations waiting to retry
+	lastRelease time.Time // with eager release: when it last sent a batch
+	burst       bool      // with eager release: its last two batches went within 2*eagerGap
+	flushOwed   bool      // a flush found no slot free: its part batch goes when one frees
+	inIdle      bool
+	cls         *class  // its watcher's priority class
+	credit      int     // its turn's credit, in cost units (see class)
+	rate        float64 // operations per nanosecond of the stream that filled its last batch
 	// The lane (see lanes.go): paused by a throttle until pausedUntil, at
 	// laneAt in Batcher.mu.lanes (-1 when not paused); streak counts its
 	// throttles in a row, pauses the throttles that began or lengthened a
 	// run of its pauses.
 	shared      *laneState // its watcher's shared lane, if any (see Lane)
-	paused      bool
-	held        bool // paused by eager release's hold, not by a throttle: no events
 	pausedUntil time.Time
 	laneAt      int
 	streak      int
 	pauses      uint64
-	inIdle      bool
-	touched     bool
 }
 
 // An entry is an operation as the intake and the queues hold it: with the
@@ -420,14 +434,32 @@ func (b *Batcher) check(op *Operation) error {
 }
 
 // queueLocked returns w's queue, making it if need be.
+//
+// The watcher remembers the last queue made for it (Watcher.home): a sweep
+// looks up the queue of each operation whose watcher differs from the one
+// before, which over many watchers is every operation, under the lock; the
+// map costs several times the pointer. The map stays the authority: a queue
+// it drops is marked gone, and a watcher shared by several Batchers falls
+// back to it.
 func (b *Batcher) queueLocked(w *Watcher) *queue {
+	if q := w.home.Load(); q != nil && q.b == b && !q.gone {
+		return q
+	}
 	q := b.mu.queues[w]
 	if q == nil {
-		q = &queue{w: w, laneAt: -1, cls: b.classLocked(w.priority, w.share)}
+		q = &queue{w: w, b: b, laneAt: -1, cls: b.classLocked(w.priority, w.share)}
 		b.sharedLaneLocked(q)
 		b.mu.queues[w] = q
 	}
+	w.home.Store(q)
 	return q
+}
+
+// dropQueueLocked forgets q.
+func (b *Batcher) dropQueueLocked(q *queue) {
+	q.gone = true
+	delete(b.mu.queues, q.w)
+	q.w.home.CompareAndSwap(q, nil)
 }
 
 // Pause stops all releases, of every watcher, for the pause time (see
@@ -674,6 +706,10 @@ func (b *Batcher) abort(cause error, fromOwner bool) {
 	}
 	b.mu.running = nil
 	idle := b.retireLocked(true)
+	for _, q := range b.mu.queues {
+		q.gone = true
+		q.w.home.CompareAndSwap(q, nil)
+	}
 	b.mu.queues = map[*Watcher]*queue{}
 	b.mu.sharedLanes = nil
 	b.resetSchedLocked()

@@ -94,9 +94,10 @@
 // batches before partial ones, and then takes turns between the two, so a
 // watcher that keeps making full batches starves no one. Under load a flush
 // does not cut a batch short while its watcher's operations stream in fast
-// enough to fill it: the partial batch waits for a later flush, at most 4
-// flush intervals after its oldest operation came (at light load, or after
-// a burst, every operation goes at the next flush, as before). A buffer
+// enough to fill it at least halfway within 4 flush intervals: the partial
+// batch waits until it is full, or for the last flush within 4 flush
+// intervals of its oldest operation (at light load, or after a burst, every
+// operation goes at the next flush, as before). A buffer
 // full of partial batches, with none running to free room, is flushed at
 // once rather than at the next interval. At most MaxConcurrentBatches
 // batches run at once, each on a worker goroutine (1024 by default, see

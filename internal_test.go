@@ -533,6 +533,41 @@ func TestAnOperationIs48Bytes(t *testing.T) {
 	}
 }
 
+// A sweep touches its operations' queues under the Batcher's lock, over
+// many watchers a different queue each operation: what it reads and writes
+// is in a queue's first two cache lines (see queue), and a queue's size is a
+// multiple of 64 bytes (an allocator size class, so every queue starts on a
+// cache line).
+func TestQueueSweepFieldsFirst(t *testing.T) {
+	if strconv.IntSize < 64 {
+		t.Skip("pointers have 32 bits here")
+	}
+	var q queue
+	if n := unsafe.Sizeof(q); n%64 != 0 {
+		t.Errorf("a queue is %d bytes, want a multiple of 64", n)
+	}
+	first := map[string]uintptr{"w": unsafe.Offsetof(q.w), "b": unsafe.Offsetof(q.b), "ops": unsafe.Offsetof(q.ops) + unsafe.Sizeof(q.ops) - 1,
+		"gone": unsafe.Offsetof(q.gone), "inReady": unsafe.Offsetof(q.inReady), "inFull": unsafe.Offsetof(q.inFull),
+		"slotWait": unsafe.Offsetof(q.slotWait), "capWait": unsafe.Offsetof(q.capWait), "paused": unsafe.Offsetof(q.paused),
+		"held": unsafe.Offsetof(q.held), "touched": unsafe.Offsetof(q.touched)}
+	for name, off := range first {
+		if off >= 64 {
+			t.Errorf("queue.%s ends at byte %d, want it in the first cache line", name, off)
+		}
+	}
+	second := map[string]uintptr{"unbatchable": unsafe.Offsetof(q.unbatchable), "sinceAt": unsafe.Offsetof(q.sinceAt),
+		"lastAt": unsafe.Offsetof(q.lastAt) + unsafe.Sizeof(q.lastAt) - 1, "stamp": unsafe.Offsetof(q.stamp) + 7}
+	for name, off := range second {
+		if off >= 128 {
+			t.Errorf("queue.%s ends at byte %d, want it in the first two cache lines", name, off)
+		}
+	}
+	var w Watcher
+	if a, b := unsafe.Offsetof(w.maxBatchSize), unsafe.Offsetof(w.home); a/64 != b/64 {
+		t.Errorf("Watcher.maxBatchSize at byte %d and Watcher.home at %d: want them on one cache line", a, b)
+	}
+}
+
 // G5 through the intake: a shard whose producers are streaming is left to
 // them, and a full batch that fills in it goes once the shard has held
 // operations for intakeLinger since its last sweep (so at most that long
@@ -725,4 +760,84 @@ func TestWaitsHoldAtExtremeCapacities(t *testing.T) {
 			}
 		}
 	}
+}
+
+func TestWatcherQueueCacheFollowsTheMap(t *testing.T) {
+	// A watcher remembers the queue a Batcher last made for it (see
+	// queueLocked), for sweeps over many watchers: the map stays the
+	// authority. Two Batchers sharing a watcher each get their own queue,
+	// and a queue the Batcher forgets (idle) is never handed out again.
+	synctest.Test(t, func(t *testing.T) {
+		var mu sync.Mutex
+		got := map[*Batcher]int{}
+		var b1, b2 *Batcher
+		w := NewWatcher(func(ctx context.Context, ops []*Operation) error {
+			mu.Lock()
+			defer mu.Unlock()
+			for _, op := range ops {
+				got[op.Payload().(*Batcher)]++
+			}
+			return nil
+		}).WithMaxBatchSize(10)
+		b1, b2 = NewBatcher(), NewBatcher()
+		for _, b := range []*Batcher{b1, b2} {
+			if err := b.Start(t.Context()); err != nil {
+				t.Fatal(err)
+			}
+		}
+		queueOf := func(b *Batcher) *queue {
+			b.mu.Lock()
+			defer b.mu.Unlock()
+			q := b.queueLocked(w)
+			if m := b.mu.queues[w]; m != q {
+				t.Fatalf("queueLocked returned %p, the map holds %p", q, m)
+			}
+			if q.b != b {
+				t.Fatalf("queueLocked returned another Batcher's queue")
+			}
+			return q
+		}
+		for range 3 {
+			for _, b := range []*Batcher{b1, b2} {
+				for range 25 {
+					if err := b.Enqueue(NewOperation(w, 1, b, true)); err != nil {
+						t.Fatal(err)
+					}
+				}
+				queueOf(b)
+			}
+		}
+		for _, b := range []*Batcher{b1, b2} {
+			if err := b.Flush(t.Context()); err != nil {
+				t.Fatal(err)
+			}
+		}
+		old := queueOf(b1) // the watcher's cached queue; nothing is left to sweep
+		// Idle through two flushes: the queue is forgotten.
+		time.Sleep(3 * DefaultFlushInterval)
+		synctest.Wait()
+		b1.mu.Lock()
+		_, kept := b1.mu.queues[w]
+		b1.mu.Unlock()
+		if kept {
+			t.Fatal("the idle watcher's queue was not forgotten; the test needs it to be")
+		}
+		if !old.gone {
+			t.Error("the forgotten queue is not marked gone")
+		}
+		if q := queueOf(b1); q == old {
+			t.Error("queueLocked handed out the queue the Batcher forgot")
+		}
+		for _, b := range []*Batcher{b1, b2} {
+			if err := b.Enqueue(NewOperation(w, 1, b, true)); err != nil {
+				t.Fatal(err)
+			}
+			if err := b.Shutdown(t.Context()); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if got[b1] != 76 || got[b2] != 76 {
+			t.Errorf("ProcessBatch saw %d and %d operations, want 76 each", got[b1], got[b2])
+		}
+	})
 }

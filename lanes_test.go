@@ -4,12 +4,14 @@ import (
 	"context"
 	"errors"
 	"math/rand/v2"
+	"slices"
 	"sync"
 	"testing"
 	"testing/synctest"
 	"time"
 
 	"github.com/ratebatch/batcher"
+	"github.com/ratebatch/batcher/internal/releases"
 	"github.com/ratebatch/batcher/ratelimiter"
 )
 
@@ -261,15 +263,27 @@ func TestManyThrottledLanesStayWithinCapacity(t *testing.T) {
 				t.Fatalf("an operation failed: %v", op.Err())
 			}
 		}
-		// Ideal: the cost released (throttled attempts count too) over the
-		// capacity; the lanes' pauses must not stop the others from using
-		// the capacity.
+		// While most lanes still have work, the lanes' pauses must not stop
+		// the others from using the capacity: the first 80% of the cost
+		// released (throttled attempts count too) goes within 1.02x its
+		// ideal (one lane for all 40 watchers: 1.05-1.07x). The last few lanes to drain are left out: which of them a
+		// throttle hits last, and how long its doubling pause then leaves
+		// the capacity unused, depends on the order of the calls.
+		rs := s.log.All()
+		slices.SortFunc(rs, func(a, b releases.Release) int { return a.At.Compare(b.At) })
 		total := 0
-		for _, r := range s.log.All() {
+		for _, r := range rs {
 			total += r.Cost
 		}
-		if d, ideal := time.Since(t0), time.Duration(total)*time.Second/capacity; d > ideal*11/10+500*time.Millisecond {
-			t.Errorf("drained in %v, ideal %v: throttled lanes held the others back", d, ideal)
+		part, at := 0, t0
+		for _, r := range rs {
+			if part += r.Cost; part >= total*8/10 {
+				at = r.At
+				break
+			}
+		}
+		if d, ideal := at.Sub(t0), time.Duration(part)*time.Second/capacity; d > ideal*102/100+100*time.Millisecond {
+			t.Errorf("released 80%% of the cost (%d) in %v, ideal %v: throttled lanes held the others back", part, d, ideal)
 		}
 	})
 }

@@ -612,7 +612,7 @@ func (b *Batcher) sweepIdleLocked() {
 	for _, q := range b.mu.idle {
 		q.inIdle = false
 		if q.isIdle() && !q.inReady && !q.inFull && !q.paused && !q.parked() && b.mu.queues[q.w] == q {
-			delete(b.mu.queues, q.w)
+			b.dropQueueLocked(q)
 			b.leaveLaneLocked(q)
 		}
 	}

@@ -455,11 +455,16 @@ func (b *Batcher) capacityChangedLocked() {
 // partial batch for a later flush: its operations come in a stream (they
 // have come over at least a quarter of a flush interval, or its last batch
 // filled from one, and the last came within the last half interval), fast
-// enough that at the stream's rate the batch is full before its oldest
-// operation has waited maxHold flush intervals, and the next flush is
-// within that. So at light load, or after a burst, every operation goes at
-// the next flush; under load batches stay full, and no operation waits more
-// than maxHold flush intervals.
+// enough that at the stream's rate the batch is at least half full before
+// its oldest operation has waited maxHold flush intervals, and the next
+// flush is within that. The batch then goes when it fills, or at the last
+// flush within maxHold intervals: cutting it short at the first flush
+// would send batches of a fraction of that (a quarter, with maxHold 4),
+// each costing a release, a ProcessBatch call and a round trip to the
+// datastore. So at light load (a stream that would not fill half a batch
+// by then), or after a burst, every operation goes at the next flush; under
+// load batches stay full, or as full as maxHold intervals of the stream
+// make them, and no operation waits more than maxHold flush intervals.
 func (b *Batcher) fillingLocked(q *queue, now time.Time) bool {
 	n := q.w.maxBatchSize
 	if n == 0 || q.sinceAt.IsZero() || q.ops.len() < 2 {
@@ -474,7 +479,7 @@ func (b *Batcher) fillingLocked(q *queue, now time.Time) bool {
 	if span := q.lastAt.Sub(q.sinceAt); span >= iv/4 {
 		rate = float64(q.ops.len()-1) / float64(span) // operations per nanosecond
 	}
-	return float64(q.ops.len())+rate*float64(deadline.Sub(now)) >= float64(n)
+	return float64(q.ops.len())+rate*float64(deadline.Sub(now)) >= float64(n)/2
 }
 
 // arrivedLocked notes that a sweep at now (zero if it did not read the

@@ -96,6 +96,75 @@ func TestBatchesStayFullUnderSteadyLoad(t *testing.T) {
 	})
 }
 
+// streamBatches sends each of n watchers (batches of 100) per ops
+// operations every 10 ms for 2 s, and returns the mean batch released
+// while the load went on and the longest any operation waited.
+func streamBatches(t *testing.T, n, per int) (mean float64, maxWait time.Duration) {
+	s := &sink{}
+	var longest atomic.Int64
+	s.handle = func(ctx context.Context, batch []*batcher.Operation) error {
+		for _, op := range batch {
+			if d := int64(time.Since(op.Payload().(time.Time))); d > longest.Load() {
+				longest.Store(d)
+			}
+		}
+		return nil
+	}
+	b := start(t, batcher.NewBatcher().WithBufferSize(100_000))
+	ws := make([]*batcher.Watcher, n)
+	for i := range ws {
+		ws[i] = s.watcher().WithMaxBatchSize(100)
+	}
+	for range 200 { // 2 s
+		for _, w := range ws {
+			for range per {
+				if err := b.Enqueue(batcher.NewOperation(w, 1, time.Now(), true)); err != nil {
+					t.Fatal(err)
+				}
+			}
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	sizes := s.batchSizes()
+	if err := shutdown(t, b); err != nil {
+		t.Fatal(err)
+	}
+	ops := 0
+	for _, k := range sizes {
+		ops += k
+	}
+	return float64(ops) / float64(len(sizes)), time.Duration(longest.Load())
+}
+
+func TestBatchesHeldWhileTheyFillHalfway(t *testing.T) {
+	// 50 watchers each get 2 operations every 10 ms, 20 a flush interval:
+	// a batch of 100 does not fill within maxHold (4) flush intervals, but
+	// reaches 60-80 operations by then. A flush does not cut it short at
+	// 20: it waits for the last flush within the 4 intervals. No operation
+	// waits longer than that.
+	synctest.Test(t, func(t *testing.T) {
+		mean, wait := streamBatches(t, 50, 2)
+		if mean < 50 {
+			t.Errorf("mean batch %.1f, want >= 50: batches that fill halfway within 4 flush intervals wait for it", mean)
+		}
+		if wait > 4*batcher.DefaultFlushInterval {
+			t.Errorf("an operation waited %v, more than 4 flush intervals", wait)
+		}
+	})
+}
+
+func TestLightStreamsGoAtTheNextFlush(t *testing.T) {
+	// 50 watchers each get 1 operation every 10 ms, 10 a flush interval: a
+	// batch of 100 would not be half full within 4 flush intervals, so each
+	// flush releases what is there; no operation waits two intervals.
+	synctest.Test(t, func(t *testing.T) {
+		_, wait := streamBatches(t, 50, 1)
+		if wait > 2*batcher.DefaultFlushInterval {
+			t.Errorf("an operation waited %v, more than 2 flush intervals", wait)
+		}
+	})
+}
+
 func TestNoWatcherStarvedAmongTenThousand(t *testing.T) {
 	// 10,000 watchers with one operation each, and a busy watcher that
 	// keeps full batches coming, on 4 slots with slow batches: every one of

@@ -69,6 +69,7 @@ type Watcher struct {
 
 	maxAttempts      int
 	maxBatchSize     int
+	home             atomic.Pointer[queue] // the queue a Batcher last made for it (see Batcher.queueLocked), on maxBatchSize's cache line: a sweep reads both
 	maxOperationTime time.Duration
 	maxConcurrent    int
 	retryBackoff     time.Duration

@@ -86,6 +86,10 @@ type config struct {
 
 	churn     int           // 7f: one-op watchers
 	churnWait time.Duration // 7f: the wait after the last op before the heap is measured
+
+	sharing        time.Duration // 8a: each run, after settle
+	sharingWindow  time.Duration // 8b: the windows the weights' ratio is measured over
+	sharingWindows int           // 8b: how many, after settle
 }
 
 func defaultConfig() config {
@@ -102,6 +106,10 @@ func defaultConfig() config {
 		latency:   30 * time.Second, // as long as the backlogs it runs beside: 3,000 samples
 		churn:     1_000_000,
 		churnWait: 10 * time.Second,
+
+		sharing:        20 * time.Second, // 4,000 interactive ops: p99 is the 40th worst
+		sharingWindow:  10 * time.Second,
+		sharingWindows: 3,
 	}
 }
 
@@ -119,6 +127,10 @@ func quickConfig() config {
 		latency:   3 * time.Second,
 		churn:     250_000,
 		churnWait: 2 * time.Second,
+
+		sharing:        5 * time.Second,
+		sharingWindow:  10 * time.Second,
+		sharingWindows: 1,
 	}
 }
 
@@ -128,7 +140,7 @@ func main() {
 		markdown = flag.Bool("markdown", false, "print the table as Markdown")
 		quick    = flag.Bool("quick", false, "shorter runs, for a smoke test (every figure still measured)")
 		runs     = flag.Int("runs", 0, "throughput repetitions (default 5, or 3 with -quick)")
-		watchers = flag.Bool("watchers", false, "measure only the release scheduler's figures (7a-7f)")
+		watchers = flag.Bool("watchers", false, "measure only the release scheduler's figures (7a-7f, 8a-8b)")
 	)
 	flag.Parse()
 	if *jsonOut && *markdown {

@@ -22,12 +22,13 @@ func TestMeasureTiny(t *testing.T) {
 	cfg.backlog, cfg.settle = 2200*time.Millisecond, time.Second
 	cfg.latency = 300 * time.Millisecond
 	cfg.churn, cfg.churnWait = 20_000, 100*time.Millisecond
+	cfg.sharing, cfg.sharingWindow, cfg.sharingWindows = 500*time.Millisecond, time.Second, 1
 
 	var log bytes.Buffer
 	r := measure(cfg, &log)
 	t.Logf("progress:\n%s", log.String())
 
-	wantIDs := []string{"1", "2", "3a", "3b", "3c", "4", "5i", "5ii", "6i", "6ii", "7a", "7b", "7c", "7d", "7e", "7f"}
+	wantIDs := []string{"1", "2", "3a", "3b", "3c", "4", "5i", "5ii", "6i", "6ii", "7a", "7b", "7c", "7d", "7e", "7f", "8a", "8b"}
 	if len(r.Figures) != len(wantIDs) {
 		t.Fatalf("%d figures, want %d", len(r.Figures), len(wantIDs))
 	}

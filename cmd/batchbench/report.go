@@ -80,6 +80,7 @@ func measure(cfg config, w io.Writer) *report {
 			"latency":    fmt.Sprintf("%v each, one op in each 10ms slot, at a random point of it", cfg.latency),
 			"watchers":   fmt.Sprintf("%d rounds of W=1 and each case, %d ops each, %d producers", cfg.runs, cfg.ops, cfg.producers),
 			"churn":      fmt.Sprintf("%d one-op watchers, then %v", cfg.churn, cfg.churnWait),
+			"sharing":    fmt.Sprintf("priority runs of %v, weights over %d windows of %v, each after %v", cfg.sharing, cfg.sharingWindows, cfg.sharingWindow, cfg.settle),
 		},
 	}
 
@@ -122,8 +123,11 @@ func measure(cfg config, w io.Writer) *report {
 	churn := measureChurn(cfg.churn, cfg.producers, cfg.churnWait)
 
 	if cfg.onlyWatchers {
+		progress(w, "priorities and weights (%v, %d x %v), concurrently", cfg.sharing, cfg.sharingWindows, cfg.sharingWindow)
+		sh := measureSharing(cfg)
 		r.Figures = append(r.Figures, watcherFigures(r.WatcherRounds, wErr)...)
 		r.Figures = append(r.Figures, churnFigure(churn))
+		r.Figures = append(r.Figures, sharingFigures(sh)...)
 		return r.finish(start)
 	}
 
@@ -134,12 +138,15 @@ func measure(cfg config, w io.Writer) *report {
 	satCap := measureSaturation(cfg.producers, 100_000, 0, 0, cfg.warmup, cfg.capacity)
 
 	// Phase 3: the time-driven scenarios, concurrently.
-	progress(w, "backlogs (%v) and latency (%v), concurrently", cfg.backlog, cfg.latency)
+	progress(w, "backlogs (%v), latency (%v), priorities and weights (%v, %d x %v), concurrently",
+		cfg.backlog, cfg.latency, cfg.sharing, cfg.sharingWindows, cfg.sharingWindow)
 	var (
 		wg               sync.WaitGroup
 		blA, blB, blC    backlogResult
 		latDef, latEager latencyResult
+		sh               sharingResult
 	)
+	wg.Go(func() { sh = measureSharing(cfg) })
 	wg.Go(func() { blA = measureBacklog(10_000, 10, 100, cfg.backlog) })
 	wg.Go(func() { blB = measureBacklog(10_000, 5_000, 100, cfg.backlog) })
 	wg.Go(func() { blC = measureBacklog(5, 1, 10, cfg.backlog) })
@@ -160,6 +167,7 @@ func measure(cfg config, w io.Writer) *report {
 	)
 	r.Figures = append(r.Figures, watcherFigures(r.WatcherRounds, wErr)...)
 	r.Figures = append(r.Figures, churnFigure(churn))
+	r.Figures = append(r.Figures, sharingFigures(sh)...)
 	return r.finish(start)
 }
 

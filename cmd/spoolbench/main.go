@@ -46,6 +46,16 @@ type Figures struct {
 	Ratios              []float64 `json:"ratios"`                 // spool / memory, per pair of rounds
 	RatioMedian         float64   `json:"ratio_median"`
 
+	// How long each round's last records waited, once enqueued to the
+	// Batcher, for ProcessBatch: a partial last batch waits for the
+	// Batcher's next flush (100 ms apart). Included in the rates above.
+	MemoryTailMs []float64 `json:"memory_tail_ms"`
+	SpoolTailMs  []float64 `json:"spool_tail_ms"`
+	// The ratios with each side's last-batch wait taken out of its time:
+	// the rates of a steady stream, which has no last batch.
+	SteadyRatios      []float64 `json:"steady_ratios"`
+	SteadyRatioMedian float64   `json:"steady_ratio_median"`
+
 	// The same with producers that micro-batch: AppendBatch of 100
 	// records, as the analytics sample does.
 	BatchedRecordsPerSec []float64 `json:"batched_records_per_sec"`
@@ -69,7 +79,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("spoolbench", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	asJSON := fs.Bool("json", false, "print the figures as JSON")
-	records := fs.Int("records", 300_000, "records per throughput round")
+	records := fs.Int("records", 1_000_000, "records per throughput round")
 	rounds := fs.Int("rounds", 5, "rounds of each side")
 	producers := fs.Int("producers", 16, "concurrent producers")
 	memRecords := fs.Int("memrecords", 10_000_000, "appends of the consumer-less memory run (0 skips it)")
@@ -116,6 +126,9 @@ func run(args []string, stdout, stderr io.Writer) int {
 	fmt.Fprintf(stdout, "in-memory Batcher:            median %.0f records/s\n", median(f.MemoryRecordsPerSec))
 	fmt.Fprintf(stdout, "local log, sync every 10 ms:  median %.0f records/s\n", median(f.SpoolRecordsPerSec))
 	fmt.Fprintf(stdout, "ratio (target >= 0.5):        median %.2f, range %.2f-%.2f\n", f.RatioMedian, lo, hi)
+	fmt.Fprintf(stdout, "last batch's wait once enqueued, ms: in-memory median %.0f (%.0f-%.0f), local log median %.0f (%.0f-%.0f)\n",
+		median(f.MemoryTailMs), slices.Min(f.MemoryTailMs), slices.Max(f.MemoryTailMs), median(f.SpoolTailMs), slices.Min(f.SpoolTailMs), slices.Max(f.SpoolTailMs))
+	fmt.Fprintf(stdout, "ratio without either side's last-batch wait: median %.2f, range %.2f-%.2f\n", f.SteadyRatioMedian, slices.Min(f.SteadyRatios), slices.Max(f.SteadyRatios))
 	fmt.Fprintf(stdout, "micro-batched (AppendBatch of 100): median %.0f records/s, ratio median %.2f, range %.2f-%.2f\n", median(f.BatchedRecordsPerSec), f.BatchedRatioMedian, slices.Min(f.BatchedRatios), slices.Max(f.BatchedRatios))
 	fmt.Fprintf(stdout, "Append latency, sync 10 ms:   p50 %.3f ms, p99 %.3f ms (target p99 <= 15 ms)\n", f.AppendP50Ms, f.AppendP99Ms)
 	fmt.Fprintf(stdout, "records per fsync, sync every append, %d producers: median %.1f, range %.1f-%.1f (target >= 10); the disk does %.0f fsyncs/s alone\n",
@@ -156,27 +169,34 @@ func measure(dir string, records, rounds, producers, memRecords int, log io.Writ
 	f := &Figures{Records: records, Producers: producers, Rounds: rounds, MemRecords: memRecords}
 	var lat []time.Duration
 	for r := range rounds {
-		m, err := memoryRound(records, producers)
+		m, mtail, err := memoryRound(records, producers)
 		if err != nil {
 			return nil, err
 		}
-		s, l, err := spoolRound(filepath.Join(dir, fmt.Sprintf("tp%d", r)), records, producers, 1)
+		s, l, stail, err := spoolRound(filepath.Join(dir, fmt.Sprintf("tp%d", r)), records, producers, 1)
 		if err != nil {
 			return nil, err
 		}
-		sb, _, err := spoolRound(filepath.Join(dir, fmt.Sprintf("tpb%d", r)), records, producers, 100)
+		sb, _, _, err := spoolRound(filepath.Join(dir, fmt.Sprintf("tpb%d", r)), records, producers, 100)
 		if err != nil {
 			return nil, err
 		}
+		f.MemoryTailMs = append(f.MemoryTailMs, float64(mtail)/1e6)
+		f.SpoolTailMs = append(f.SpoolTailMs, float64(stail)/1e6)
+		steady := func(rate float64, tail time.Duration) float64 {
+			return float64(records) / (float64(records)/rate - tail.Seconds())
+		}
+		f.SteadyRatios = append(f.SteadyRatios, steady(s, stail)/steady(m, mtail))
 		lat = append(lat, l...)
 		f.MemoryRecordsPerSec = append(f.MemoryRecordsPerSec, m)
 		f.SpoolRecordsPerSec = append(f.SpoolRecordsPerSec, s)
 		f.Ratios = append(f.Ratios, s/m)
 		f.BatchedRecordsPerSec = append(f.BatchedRecordsPerSec, sb)
 		f.BatchedRatios = append(f.BatchedRatios, sb/m)
-		fmt.Fprintf(log, "round %d: memory %.0f/s, local log %.0f/s (ratio %.2f), micro-batched %.0f/s (ratio %.2f)\n", r+1, m, s, s/m, sb, sb/m)
+		fmt.Fprintf(log, "round %d: memory %.0f/s (last batch waited %v), local log %.0f/s (ratio %.2f; last batch waited %v), micro-batched %.0f/s (ratio %.2f)\n", r+1, m, mtail.Round(time.Millisecond), s, s/m, stail.Round(time.Millisecond), sb, sb/m)
 	}
 	f.RatioMedian = median(f.Ratios)
+	f.SteadyRatioMedian = median(f.SteadyRatios)
 	f.BatchedRatioMedian = median(f.BatchedRatios)
 	slices.Sort(lat)
 	f.AppendP50Ms = float64(lat[len(lat)/2]) / 1e6
@@ -209,17 +229,20 @@ func measure(dir string, records, rounds, producers, memRecords int, log io.Writ
 }
 
 // memoryRound enqueues records to an in-memory Batcher and returns the
-// records per second until ProcessBatch has seen them all.
-func memoryRound(records, producers int) (float64, error) {
+// records per second until ProcessBatch has seen them all, and how long the
+// last ones waited after the last Enqueue returned.
+func memoryRound(records, producers int) (float64, time.Duration, error) {
 	b := batcher.NewBatcher()
 	if err := b.Start(context.Background()); err != nil {
-		return 0, err
+		return 0, 0, err
 	}
 	defer b.Shutdown(context.Background())
 	var done atomic.Int64
 	all := make(chan struct{})
+	var end time.Time
 	w := batcher.NewWatcher(func(ctx context.Context, ops []*batcher.Operation) error {
 		if done.Add(int64(len(ops))) == int64(records) {
+			end = time.Now()
 			close(all)
 		}
 		return nil
@@ -238,33 +261,43 @@ func memoryRound(records, producers int) (float64, error) {
 		})
 	}
 	wg.Wait()
+	enqueued := time.Now()
 	if err, _ := ferr.Load().(error); err != nil {
-		return 0, err
+		return 0, 0, err
 	}
 	<-all
-	return float64(records) / time.Since(start).Seconds(), nil
+	return float64(records) / end.Sub(start).Seconds(), max(end.Sub(enqueued), 0), nil
 }
 
 // spoolRound appends records to a local log whose consumer enqueues them to
 // a Batcher, and returns the records per second until every record was
-// processed and removed, and the latencies of the Appends.
-func spoolRound(dir string, records, producers, batch int) (float64, []time.Duration, error) {
+// processed and removed, the latencies of the Appends, and how long the
+// last records waited for ProcessBatch once the consumer had enqueued them.
+func spoolRound(dir string, records, producers, batch int) (float64, []time.Duration, time.Duration, error) {
 	l := filelog.New(dir).WithSync(filelog.SyncEvery(10 * time.Millisecond))
 	if err := l.Open(); err != nil {
-		return 0, nil, err
+		return 0, nil, 0, err
 	}
 	sp := spool.New[[]byte](l, spool.Bytes())
 	defer sp.Close()
 	b := batcher.NewBatcher()
 	if err := b.Start(context.Background()); err != nil {
-		return 0, nil, err
+		return 0, nil, 0, err
 	}
 	defer b.Shutdown(context.Background())
-	w := spool.NewWatcher(func(ctx context.Context, batch []*spool.Record[[]byte]) error { return nil }).WithMaxBatchSize(batchSize)
+	var seen atomic.Int64
+	var last atomic.Int64 // when ProcessBatch saw the last record, in ns since start
+	var start time.Time
+	w := spool.NewWatcher(func(ctx context.Context, batch []*spool.Record[[]byte]) error {
+		if seen.Add(int64(len(batch))) == int64(records) {
+			last.Store(int64(time.Since(start)))
+		}
+		return nil
+	}).WithMaxBatchSize(batchSize)
 	c := sp.Consumer(b, w)
 	ctx, cancel := context.WithCancel(context.Background())
 	runErr := make(chan error, 1)
-	start := time.Now()
+	start = time.Now()
 	go func() { runErr <- c.Run(ctx) }()
 	var lat []time.Duration
 	var err error
@@ -275,17 +308,25 @@ func spoolRound(dir string, records, producers, batch int) (float64, []time.Dura
 	}
 	if err != nil {
 		cancel()
-		return 0, nil, err
+		return 0, nil, 0, err
 	}
-	for c.Stats().Acked < int64(records) {
+	var enqueued time.Duration
+	for {
+		st := c.Stats()
+		if enqueued == 0 && st.Enqueued == int64(records) {
+			enqueued = time.Since(start)
+		}
+		if st.Acked >= int64(records) {
+			break
+		}
 		time.Sleep(200 * time.Microsecond)
 	}
 	el := time.Since(start)
 	cancel()
 	if err := <-runErr; err != nil {
-		return 0, nil, err
+		return 0, nil, 0, err
 	}
-	return float64(records) / el.Seconds(), lat, nil
+	return float64(records) / el.Seconds(), lat, max(time.Duration(last.Load())-enqueued, 0), nil
 }
 
 // produce appends n records from producers goroutines; with timed set it

@@ -11,6 +11,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
@@ -255,6 +256,11 @@ func (s *Sessions) Apply(ctx context.Context, events []Event) ([]Event, error) {
 	return rows, nil
 }
 
+// observe, when set (by the package's tests), is called after each batch
+// the Watcher processed: its events, the rows it inserted, the time in the
+// session logic and the time inserting.
+var observe atomic.Pointer[func(events, rows int, apply, insert time.Duration)]
+
 var tableName = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)?$`)
 
 // CreateTable creates the events table if it does not exist: a MergeTree
@@ -318,12 +324,17 @@ func NewWatcher(conn driver.Conn, sessions *Sessions, table string) *spool.Watch
 		slices.SortFunc(events, func(a, b Event) int {
 			return cmp.Or(cmp.Compare(a.TimeMs, b.TimeMs), cmp.Compare(a.Seq, b.Seq))
 		})
+		start := time.Now()
 		rows, err := sessions.Apply(ctx, events)
 		if err != nil {
 			return batcher.Retry(fmt.Errorf("analytics: session logic: %w", err))
 		}
+		applied := time.Now()
 		if err := Insert(ctx, conn, table, rows, 1000); err != nil {
 			return batcher.Retry(fmt.Errorf("analytics: insert: %w", err))
+		}
+		if fn := observe.Load(); fn != nil {
+			(*fn)(len(events), len(rows), applied.Sub(start), time.Since(applied))
 		}
 		return nil
 	}).WithMaxBatchSize(4000).WithMaxAttempts(1000).WithRetryBackoff(100*time.Millisecond, 10*time.Second).WithMaxConcurrentBatches(2)

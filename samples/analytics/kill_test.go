@@ -45,19 +45,16 @@ func killCount(def int) int {
 	return envInt("KILLS")
 }
 
-// baseline inserts the run's n events straight into a table of their own
-// with clickhouse-go, in chunks of 1,000 as the pipeline does, and returns
-// the events per second.
-func baseline(t *testing.T, conn driver.Conn, n int) float64 {
-	table := createTable(t, conn)
-	table = strings.TrimSuffix(table, ".events") + ".direct"
-	if err := createTableIn(t, conn, table); err != nil {
-		t.Fatal(err)
-	}
+// direct inserts the n events of a run straight into table with
+// clickhouse-go, in batches of 4,000 and chunks of 1,000 as the pipeline
+// does, and returns the events per second.
+func direct(t *testing.T, conn driver.Conn, table string, n int) float64 {
 	events := make([]analytics.Event, 0, n)
 	for s := range n / eventsPerSession {
 		for seq := 1; seq <= eventsPerSession; seq++ {
-			events = append(events, eventOf(s, seq))
+			e := eventOf(s, seq)
+			e.DurationMs = wantDuration(uint32(seq)) // the rows as the pipeline inserts them
+			events = append(events, e)
 		}
 	}
 	start := time.Now()
@@ -77,6 +74,20 @@ type run struct {
 	mu     sync.Mutex
 	kills  int
 	starts int
+	cpu    map[string]time.Duration // CPU time of the exited processes, by role
+}
+
+// exited adds the CPU time of an exited process of role.
+func (r *run) exited(role string, cmd *exec.Cmd) {
+	if cmd.ProcessState == nil {
+		return
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.cpu == nil {
+		r.cpu = map[string]time.Duration{}
+	}
+	r.cpu[role] += cmd.ProcessState.UserTime() + cmd.ProcessState.SystemTime()
 }
 
 func (r *run) start(role string, extra ...string) *exec.Cmd {
@@ -94,7 +105,7 @@ func (r *run) start(role string, extra ...string) *exec.Cmd {
 	return cmd
 }
 
-func openCH(t *testing.T) (driver.Conn, string) {
+func openCH(t *testing.T) (driver.Conn, string, string) {
 	addr := servicetest.Need(t, servicetest.ClickHouse)
 	conn, err := ch.Open(&ch.Options{Addr: []string{addr}, DialTimeout: 2 * time.Second})
 	if err != nil {
@@ -106,17 +117,17 @@ func openCH(t *testing.T) (driver.Conn, string) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { conn.Exec(context.Background(), "DROP DATABASE IF EXISTS "+db) })
-	return conn, addr
+	return conn, addr, db
 }
 
 // TestKillLocalLog runs the pipeline through the local log in one process
 // (the log admits one), killed with SIGKILL at random moments and started
 // again, into ClickHouse.
 func TestKillLocalLog(t *testing.T) {
-	conn, chAddr := openCH(t)
+	conn, chAddr, db := openCH(t)
 	rsrv := servicetest.StartRedis(t)
 	n := killEvents()
-	table := createTable(t, conn)
+	table := createTable(t, conn, db, "events")
 	bin, _ := os.Executable()
 	dir := t.TempDir()
 	r := &run{t: t, bin: bin, dir: dir, env: []string{
@@ -166,14 +177,24 @@ func TestKillLocalLog(t *testing.T) {
 // Redis Streams, killing one of them with SIGKILL at random moments and
 // starting it again, into ClickHouse.
 func TestKillRedisStreams(t *testing.T) {
-	conn, chAddr := openCH(t)
+	conn, chAddr, db := openCH(t)
 	rsrv := servicetest.StartRedis(t)
 	n := killEvents()
-	table := createTable(t, conn)
+	table := createTable(t, conn, db, "events")
+	el, r, acked := runRedisStreams(t, rsrv.Addr(), chAddr, conn, table, n, killCount(8))
+	check(t, conn, table, n, acked, r, el)
+}
+
+// runRedisStreams runs 4 producer and 2 consumer processes through Redis
+// Streams at redisAddr into table, killing one of them with SIGKILL at
+// random moments kills times and starting it again. It returns the time
+// from the first start until the table held n distinct events, the run, and
+// the files in which the producers listed the events acknowledged to them.
+func runRedisStreams(t *testing.T, redisAddr, chAddr string, conn driver.Conn, table string, n, kills int) (time.Duration, *run, []string) {
 	bin, _ := os.Executable()
 	dir := t.TempDir()
 	r := &run{t: t, bin: bin, dir: dir, env: []string{
-		"ANALYTICS_REDIS=" + rsrv.Addr(), "ANALYTICS_CLICKHOUSE=" + chAddr, "ANALYTICS_TABLE=" + table,
+		"ANALYTICS_REDIS=" + redisAddr, "ANALYTICS_CLICKHOUSE=" + chAddr, "ANALYTICS_TABLE=" + table,
 	}}
 	sessions := n / eventsPerSession
 	var acked []string
@@ -187,8 +208,13 @@ func TestKillRedisStreams(t *testing.T) {
 	launch := func(p *proc) {
 		p.cmd = r.start(p.role, p.extra...)
 		p.done = make(chan error, 1)
-		go func(c *exec.Cmd, d chan error) { d <- c.Wait() }(p.cmd, p.done)
+		go func(c *exec.Cmd, d chan error, role string) {
+			err := c.Wait()
+			r.exited(role, c)
+			d <- err
+		}(p.cmd, p.done, p.role)
 	}
+	start := time.Now()
 	for i := range 4 {
 		f := filepath.Join(dir, fmt.Sprintf("acked%d", i))
 		acked = append(acked, f)
@@ -203,9 +229,8 @@ func TestKillRedisStreams(t *testing.T) {
 		launch(p)
 		procs = append(procs, p)
 	}
-	start := time.Now()
 	finished := make([]bool, len(procs))
-	for range killCount(8) {
+	for range kills {
 		time.Sleep(time.Duration(300+rand.IntN(1500)) * time.Millisecond)
 		i := rand.IntN(len(procs))
 		if finished[i] {
@@ -242,7 +267,7 @@ func TestKillRedisStreams(t *testing.T) {
 	}
 	deadline := time.Now().Add(10 * time.Minute)
 	for distinct(t, conn, table) < uint64(n) && time.Now().Before(deadline) {
-		time.Sleep(200 * time.Millisecond)
+		time.Sleep(100 * time.Millisecond)
 	}
 	el := time.Since(start)
 	for _, p := range procs[4:] {
@@ -253,19 +278,11 @@ func TestKillRedisStreams(t *testing.T) {
 			p.cmd.Process.Kill()
 		}
 	}
-	check(t, conn, table, n, acked, r, el)
-	if env("BASELINE") != "" {
-		direct := baseline(t, conn, n)
-		t.Logf("clickhouse-go straight into a table: %.0f events/s; the pipeline's / that = %.2f", direct, float64(n)/el.Seconds()/direct)
-	}
+	return el, r, acked
 }
 
-func createTable(t *testing.T, conn driver.Conn) string {
-	var db string
-	if err := conn.QueryRow(t.Context(), "SELECT name FROM system.databases WHERE name LIKE 'spool_kill_%' ORDER BY name DESC LIMIT 1").Scan(&db); err != nil {
-		t.Fatal(err)
-	}
-	table := db + ".events"
+func createTable(t *testing.T, conn driver.Conn, db, name string) string {
+	table := db + "." + name
 	if err := createTableIn(t, conn, table); err != nil {
 		t.Fatal(err)
 	}

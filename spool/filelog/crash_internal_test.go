@@ -34,6 +34,12 @@ func (l *Log) crash() {
 		a.f.Close()
 		a.closed = true
 	}
+	for _, a := range l.detached { // cut to their records, not yet fsynced
+		if !a.closed {
+			a.f.Close()
+			a.closed = true
+		}
+	}
 	l.syncMu.Unlock()
 	l.ackF.Close()
 	l.dead.close()

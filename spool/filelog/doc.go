@@ -3,11 +3,17 @@
 //
 // A Log keeps records in a directory of segment files (8 MiB by default).
 // Each record is framed with its length and a CRC-32C of the length and
-// the data. Appends are written by one writer goroutine in rounds: all the
-// records handed to it since the last round go out in one write call (group
-// commit), and with SyncEveryAppend in one fsync, which the writer holds
-// back for a moment to let the Appends it just released join. Append
-// returns when its round is written (and, by the SyncPolicy, fsynced).
+// the data. The segment being written is reserved on disk and mapped:
+// Append copies its frames into the mapping under a mutex, so that once it
+// returns they are in the operating system's page cache (a kill -9 does
+// not lose them). With SyncEvery and SyncNever it returns then; with
+// SyncEveryAppend it waits for the syncer goroutine's next fsync, which
+// covers every Append since the last (group commit) and which the syncer
+// holds back for a moment to let the Appends it just released join. A
+// full segment is cut to its records and the next one begun under the
+// mutex; its fsync and close are left to the syncer, which runs them at
+// once, and every fsync the policy promises (a SyncEveryAppend round, a
+// SyncEvery tick, Close) covers such segments too.
 //
 // The consumer reads the segments in order; records that ended move a
 // watermark (saved in the file "ack", not fsynced: a lost watermark only

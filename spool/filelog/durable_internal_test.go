@@ -54,11 +54,90 @@ func TestSealBetweenRoundAndFsyncStillFsyncs(t *testing.T) {
 				t.Fatal(err)
 			}
 			<-rolled
-			mu.Lock()
-			defer mu.Unlock()
-			if !slices.Contains(synced, first) {
-				t.Fatalf("the segment holding an appended record (%s) was never fsynced; fsynced: %v", first, synced)
+			// The roll leaves the fsync to the syncer, which runs it at
+			// once (here, right after the hook): wait for it.
+			for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(time.Millisecond) {
+				mu.Lock()
+				ok := slices.Contains(synced, first)
+				mu.Unlock()
+				if ok {
+					break
+				}
+				if time.Now().After(deadline) {
+					mu.Lock()
+					defer mu.Unlock()
+					t.Fatalf("the segment holding an appended record (%s) was never fsynced; fsynced: %v", first, synced)
+				}
 			}
 		})
+	}
+}
+
+// A roll must not hold every Append while the full segment is fsynced: the
+// fsync of 8 MiB takes tens of milliseconds on a busy disk, and producers
+// waited through it once a segment (in the benchmark, a third of their
+// time). Appends into the next segment go on while the old one's fsync
+// runs, and the old segment is still fsynced, soon and before Close
+// returns.
+func TestRollDoesNotHoldAppendsForTheFsync(t *testing.T) {
+	l := New(t.TempDir()).WithSync(SyncEvery(time.Hour)).WithMaxBytes(1 << 20).WithSegmentSize(4096).WithMaxRecordSize(100)
+	first := l.segPath(1)
+	held := make(chan struct{})
+	release := make(chan struct{})
+	var once sync.Once
+	var mu sync.Mutex
+	var synced []string
+	l.testBeforeSealSync = func(path string) {
+		if path == first {
+			once.Do(func() { close(held) })
+			<-release
+		}
+	}
+	l.testSynced = func(path string) {
+		mu.Lock()
+		synced = append(synced, path)
+		mu.Unlock()
+	}
+	if err := l.Open(); err != nil {
+		t.Fatal(err)
+	}
+	var releaseOnce sync.Once
+	unblock := func() { releaseOnce.Do(func() { close(release) }) }
+	defer l.Close()
+	defer unblock()
+	rec := make([]byte, 100)
+	perSegment := 4096 / (100 + frameHeader)
+	done := make(chan error, 1)
+	go func() {
+		// Fill the first segment, roll, and go on into the next one.
+		for range perSegment + perSegment/2 {
+			if err := l.Append(t.Context(), [][]byte{rec}); err != nil {
+				done <- err
+				return
+			}
+		}
+		done <- nil
+	}()
+	select {
+	case <-held:
+	case <-time.After(time.Minute):
+		t.Fatal("the full segment's fsync never began")
+	}
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("Appends into the next segment waited for the full segment's fsync")
+	}
+	unblock()
+	if err := l.Close(); err != nil {
+		t.Fatal(err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if !slices.Contains(synced, first) {
+		t.Fatalf("the full segment %s was never fsynced; fsynced: %v", first, synced)
 	}
 }

@@ -126,6 +126,14 @@ type Log struct {
 	readMu sync.Mutex
 	rfile  *os.File
 	rnum   uint64
+	// the read buffer, under readMu: bytes of segment rbufSeg from offset
+	// rbufOff, held in rbufMem (one chunk, reused) unless a record was
+	// larger
+	rbuf    []byte
+	rbufSeg uint64
+	rbufOff int64
+	rbufMem []byte
+	frames  [][]byte // a Read's records in rbuf, reused
 
 	dead deadLog
 
@@ -134,6 +142,10 @@ type Log struct {
 	activeSize int64
 	broken     error      // a roll failed: the log refuses appends
 	syncMu     sync.Mutex // held while a file is fsynced or sealed
+	// segments a roll detached (unmapped and cut to their records) that
+	// the syncer has yet to fsync and close; under mu
+	detached []*mapped
+	sealKick chan struct{} // wakes the syncer to seal the detached segments
 
 	nRecords, nWrites, nSyncs atomic.Int64
 
@@ -141,6 +153,7 @@ type Log struct {
 	testBeforeRoundSync func() // in the syncer, between taking a group and its fsync
 	testBeforeTickSync  func() // in the syncer, between taking the dirty flag and the tick's fsync
 	testSynced          func(path string)
+	testBeforeSealSync  func(path string) // before a full segment's fsync
 }
 
 type segment struct {
@@ -311,6 +324,7 @@ func (l *Log) Open() error {
 	l.roomCh = make(chan struct{})
 	l.dataCh = make(chan struct{})
 	l.kick = make(chan struct{}, 1)
+	l.sealKick = make(chan struct{}, 1)
 	l.group = &group{done: make(chan struct{})}
 	for _, c := range l.cuts {
 		if l.onCut != nil {
@@ -344,8 +358,9 @@ func (l *Log) Close() error {
 		l.rfile = nil
 	}
 	l.readMu.Unlock()
+	err := l.sealDetached()
 	l.mu.Lock()
-	err := l.saveMarkLocked(true)
+	err = errors.Join(err, l.saveMarkLocked(true))
 	err = errors.Join(err, l.sealLocked())
 	l.mu.Unlock()
 	err = errors.Join(err, l.ackF.Close(), l.dead.close())

@@ -78,36 +78,45 @@ func (l *Log) Read(ctx context.Context, max int) ([]spool.Entry, error) {
 		}
 		l.rfile, l.rnum = f, seg
 	}
-	size := min(avail, readChunk)
-	var entries []spool.Entry
+	// Parse what the read buffer holds from off; read more (a chunk, or
+	// one record larger than a chunk, whole) when it holds no whole
+	// record.
+	buf := l.buffered(seg, off, avail)
+	want := min(avail, readChunk)
+	frames := l.frames[:0]
+	defer func() { clear(frames); l.frames = frames[:0] }()
 	var consumed int64
 	for {
-		buf := make([]byte, size)
-		if _, err := l.rfile.ReadAt(buf, off); err != nil && err != io.EOF {
-			return nil, fmt.Errorf("filelog: read %s: %w", l.rfile.Name(), err)
-		}
-		for len(entries) < max {
-			data, n, ok := parseFrame(buf[consumed:], l.maxRecordSize)
-			if !ok {
-				if len(entries) > 0 {
-					break
-				}
-				return nil, &CorruptError{File: l.rfile.Name(), Offset: off + consumed}
-			}
-			if n == 0 {
-				break
-			}
-			entries = append(entries, spool.Entry{ID: spool.ID{Hi: seg, Lo: uint64(off + consumed)}, Data: data[:len(data):len(data)]})
-			consumed += int64(n)
-		}
-		if len(entries) > 0 || size == avail {
+		var bad bool
+		frames, consumed, bad = parseFrames(buf, max, l.maxRecordSize, frames[:0])
+		if len(frames) > 0 {
 			break
 		}
-		// One record larger than the chunk: read it whole.
-		size = min(avail, int64(l.maxRecordSize)+frameHeader)
+		if bad || int64(len(buf)) >= avail || int64(len(buf)) >= int64(l.maxRecordSize)+frameHeader {
+			return nil, &CorruptError{File: l.rfile.Name(), Offset: off}
+		}
+		if int64(len(buf)) >= want {
+			want = min(avail, int64(l.maxRecordSize)+frameHeader)
+		}
+		var err error
+		if buf, err = l.fill(seg, off, want); err != nil {
+			return nil, err
+		}
 	}
-	if len(entries) == 0 {
-		return nil, &CorruptError{File: l.rfile.Name(), Offset: off}
+	// The entries' data belong to the caller: copy them out of the read
+	// buffer, into one allocation.
+	var total int
+	for _, f := range frames {
+		total += len(f)
+	}
+	arena := make([]byte, 0, total)
+	entries := make([]spool.Entry, len(frames))
+	at := off
+	for i, f := range frames {
+		start := len(arena)
+		arena = append(arena, f...)
+		entries[i] = spool.Entry{ID: spool.ID{Hi: seg, Lo: uint64(at)}, Data: arena[start:len(arena):len(arena)]}
+		at += int64(len(f)) + frameHeader
 	}
 	l.mu.Lock()
 	for _, e := range entries {
@@ -116,6 +125,55 @@ func (l *Log) Read(ctx context.Context, max int) ([]spool.Entry, error) {
 	l.roff = off + consumed
 	l.mu.Unlock()
 	return entries, nil
+}
+
+// buffered returns the bytes of segment seg from off that the read buffer
+// holds, at most avail; nil if it holds none. The records before a
+// segment's size never change, so what was read stays valid.
+func (l *Log) buffered(seg uint64, off, avail int64) []byte {
+	if l.rbufSeg != seg || off < l.rbufOff || off >= l.rbufOff+int64(len(l.rbuf)) {
+		return nil
+	}
+	b := l.rbuf[off-l.rbufOff:]
+	return b[:min(int64(len(b)), avail)]
+}
+
+// fill reads n bytes of segment seg from off into the read buffer (a
+// buffer of its own if n is more than a chunk) and returns them.
+func (l *Log) fill(seg uint64, off, n int64) ([]byte, error) {
+	var buf []byte
+	if n <= readChunk {
+		if l.rbufMem == nil {
+			l.rbufMem = make([]byte, readChunk)
+		}
+		buf = l.rbufMem[:n]
+	} else {
+		buf = make([]byte, n)
+	}
+	l.rbuf = nil
+	if _, err := l.rfile.ReadAt(buf, off); err != nil && err != io.EOF {
+		return nil, fmt.Errorf("filelog: read %s: %w", l.rfile.Name(), err)
+	}
+	l.rbuf, l.rbufSeg, l.rbufOff = buf, seg, off
+	return buf, nil
+}
+
+// parseFrames appends to frames the data of the whole frames at the start
+// of b, at most max of them, and returns them with the bytes they take. bad
+// reports that parsing stopped at a bad frame.
+func parseFrames(b []byte, max, maxRecordSize int, frames [][]byte) (_ [][]byte, consumed int64, bad bool) {
+	for len(frames) < max {
+		data, n, ok := parseFrame(b[consumed:], maxRecordSize)
+		if !ok {
+			return frames, consumed, true
+		}
+		if n == 0 {
+			break
+		}
+		frames = append(frames, data)
+		consumed += int64(n)
+	}
+	return frames, consumed, false
 }
 
 func (l *Log) findLocked(num uint64) *segment {

@@ -1,8 +1,10 @@
 package filelog
 
 import (
+	"errors"
 	"fmt"
 	"os"
+	"slices"
 	"time"
 )
 
@@ -22,6 +24,7 @@ type mapped struct {
 	// sealErr is the seal's fsync error, for the Appends whose round was
 	// to fsync the segment when the seal did it instead.
 	sealErr error
+	size    int64 // the records' bytes, once detached by a roll
 }
 
 // createSegment creates segment num, of size bytes reserved on disk, and
@@ -43,16 +46,20 @@ func (l *Log) createSegment(num uint64, size int64) (*mapped, error) {
 	return &mapped{f: f, data: data}, nil
 }
 
-// rollLocked seals the active segment and begins the next, large enough
-// for n bytes.
+// rollLocked detaches the active segment and begins the next, large enough
+// for n bytes. The detached segment is cut to its records here; its fsync
+// and close are left to the syncer (sealDetached), so that Appends do not
+// wait for the fsync of a whole segment: its records are in the page cache
+// already, and every fsync the policy promises covers the detached
+// segments too.
 func (l *Log) rollLocked(n int64) error {
 	num := l.segs[len(l.segs)-1].num + 1
 	reserved := int64(len(l.active.data))
-	if err := l.sealLocked(); err != nil {
+	if err := l.detachLocked(); err != nil {
 		l.broken = fmt.Errorf("filelog: the log is broken since a segment could not be sealed; reopen it: %w", err)
 		return l.broken
 	}
-	l.used -= reserved - l.activeSize // sealLocked cut it
+	l.used -= reserved - l.activeSize // detachLocked cut it
 	size := max(l.segmentSize, n)
 	m, err := l.createSegment(num, size)
 	if err != nil {
@@ -62,7 +69,76 @@ func (l *Log) rollLocked(n int64) error {
 	l.used += size
 	l.active, l.activeSize = m, 0
 	l.segs = append(l.segs, &segment{num: num})
+	select {
+	case l.sealKick <- struct{}{}:
+	default:
+	}
 	return nil
+}
+
+// detachLocked unmaps the active segment, cuts its file to its records and
+// puts it on the list of segments the syncer fsyncs and closes.
+func (l *Log) detachLocked() error {
+	a := l.active
+	err := unmap(a.data)
+	a.data = nil
+	if terr := a.f.Truncate(l.activeSize); err == nil {
+		err = terr
+	}
+	a.size = l.activeSize
+	l.detached = append(l.detached, a)
+	return err
+}
+
+// sealDetached fsyncs (unless the policy is SyncNever and no Append that
+// must be fsynced wrote to it) and closes every segment detached by a roll
+// before the call, and returns the first fsync error, which also breaks the
+// log. A segment that another call is sealing is waited for.
+func (l *Log) sealDetached() error {
+	l.mu.Lock()
+	ds := slices.Clone(l.detached)
+	l.mu.Unlock()
+	if len(ds) == 0 {
+		return nil
+	}
+	var err error
+	for _, a := range ds {
+		if serr := l.sealOne(a); err == nil {
+			err = serr
+		}
+	}
+	l.mu.Lock()
+	l.detached = slices.DeleteFunc(l.detached, func(a *mapped) bool { return slices.Contains(ds, a) })
+	if err != nil && l.broken == nil {
+		l.broken = fmt.Errorf("filelog: the log is broken since a segment could not be sealed; reopen it: %w", err)
+	}
+	l.mu.Unlock()
+	return err
+}
+
+// sealOne fsyncs and closes a detached segment, once.
+func (l *Log) sealOne(a *mapped) error {
+	l.syncMu.Lock()
+	defer l.syncMu.Unlock()
+	if a.closed {
+		return a.sealErr
+	}
+	if (l.sync != SyncNever || a.forced) && a.size > 0 {
+		if l.testBeforeSealSync != nil {
+			l.testBeforeSealSync(a.f.Name())
+		}
+		l.nSyncs.Add(1)
+		if err := a.f.Sync(); err != nil {
+			a.sealErr = fmt.Errorf("filelog: fsync %s: %w", a.f.Name(), err)
+		} else if l.testSynced != nil {
+			l.testSynced(a.f.Name())
+		}
+	}
+	if err := a.f.Close(); err != nil && a.sealErr == nil {
+		a.sealErr = fmt.Errorf("filelog: close %s: %w", a.f.Name(), err)
+	}
+	a.closed = true
+	return a.sealErr
 }
 
 // sealLocked fsyncs the active segment (unless the policy is SyncNever and
@@ -81,6 +157,9 @@ func (l *Log) sealLocked() error {
 	// have fsynced it yet; it relies on this fsync once the segment is
 	// sealed.
 	if (l.sync != SyncNever || a.forced) && l.activeSize > 0 {
+		if l.testBeforeSealSync != nil {
+			l.testBeforeSealSync(a.f.Name())
+		}
 		l.nSyncs.Add(1)
 		err = a.f.Sync()
 		if err != nil {
@@ -159,7 +238,9 @@ func (l *Log) syncer() {
 			l.testBeforeRoundSync()
 		}
 		t0 := time.Now()
-		g.err = l.syncFile(a)
+		// The group's records are in a, or in segments detached before
+		// a was taken: fsync those first.
+		g.err = errors.Join(l.sealDetached(), l.syncFile(a))
 		lastSync = time.Since(t0)
 		l.mu.Lock()
 		target = g.n + l.group.n
@@ -171,11 +252,14 @@ func (l *Log) syncer() {
 		case <-l.kick:
 			gather()
 			round()
+		case <-l.sealKick:
+			l.sealDetached()
 		case <-tick:
 			l.mu.Lock()
 			dirty, a := l.dirty, l.active
 			l.dirty = false
 			l.mu.Unlock()
+			l.sealDetached()
 			if dirty {
 				if l.testBeforeTickSync != nil {
 					l.testBeforeTickSync()
@@ -190,7 +274,8 @@ func (l *Log) syncer() {
 }
 
 // syncFile fsyncs a, unless it was sealed meanwhile: the seal fsynced it,
-// and syncFile returns the seal's fsync error.
+// and syncFile returns the seal's fsync error. a may have been detached
+// by a roll since it was taken, and not yet sealed: it is fsynced then.
 func (l *Log) syncFile(a *mapped) error {
 	l.syncMu.Lock()
 	defer l.syncMu.Unlock()

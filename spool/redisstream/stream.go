@@ -377,7 +377,7 @@ func (s *Stream) readOnce(ctx context.Context, max int) ([]spool.Entry, error) {
 		}
 	}
 	res, err := s.rdb.XReadGroup(ctx, &redis.XReadGroupArgs{
-		Group: s.group, Consumer: s.consumer, Streams: []string{s.stream, ">"}, Count: int64(max), Block: DefaultBlock,
+		Group: s.group, Consumer: s.consumer, Streams: []string{s.stream, ">"}, Count: int64(max), Block: s.block,
 	}).Result()
 	if err == redis.Nil {
 		return nil, nil
