@@ -71,10 +71,11 @@ const (
 	ControllerInitialShare = 32
 	// ControllerLaneShare is the share of what the datastore's window
 	// served that the lanes throttled in it must have carried for their
-	// throttles to cut the capacity: more than half. A throttle that only
-	// a lane or two see (a hot partition, with its own budget) is left to
-	// their own pauses; one that the lanes carrying most of the work see
-	// is the datastore's as a whole. Throttles of watchers without a
+	// throttles to cut the capacity: more than half; and they must be more
+	// than half of the lanes that served in it. A throttle that only a lane
+	// or two see (a hot partition, with its own budget) is left to their
+	// own pauses; one that most lanes, carrying most of the work, see is
+	// the datastore's as a whole. Throttles of watchers without a
 	// [batcher.Lane] always count as the whole datastore's.
 	ControllerLaneShare = 0.5
 	// MaxControllerHold bounds how long a retry-after holds growth back
@@ -129,9 +130,10 @@ const (
 //     settled cut is never deeper than the first).
 //     One cut per window, however many operations, batches or watchers
 //     throttled in it: one burst of throttles is one signal. And only
-//     when the lanes throttled in the window carried more than
-//     ControllerLaneShare (half) of what it served, or a watcher without
-//     a lane was throttled (see Throttles per lane). A throttle
+//     when the lanes throttled in the window are more than half of those
+//     that served in it and carried more than ControllerLaneShare (half)
+//     of what it served, or a watcher without a lane was throttled (see
+//     Throttles per lane). A throttle
 //     within the window of a cut that is not an echo waits for the
 //     window's end, and the first tick after it cuts on that throttle's
 //     window (what went out after the last cut only, at its rate over a
@@ -191,12 +193,13 @@ const (
 // A throttle that only some lanes see does not cut the capacity of all: it
 // cuts only when the lanes throttled in the datastore's window (each
 // [batcher.Watcher.Lane], counted once however many of its watchers were
-// throttled) carried more than ControllerLaneShare of what the window
-// served. So the Loader's lanes, one per physical partition of a Cosmos DB
-// container, keep the whole capacity while one hot partition waits out its
-// own 429s, and the cold partitions use it; when every partition (or the
-// only one) throttles, or the hot one is all that is left to write, the
-// capacity is cut as before. Watchers without a lane are taken as one
+// throttled) are more than half of the lanes that served in it, and
+// carried more than ControllerLaneShare of what it served. So the Loader's
+// lanes, one per physical partition of a Cosmos DB container, keep the
+// whole capacity while one hot partition waits out its own 429s, and the
+// cold partitions use it, even while the hot one carries most of the work;
+// when most partitions (or the only one) throttle, or the hot one is all
+// that is left to write, the capacity is cut as before. Watchers without a lane are taken as one
 // budget: their throttles cut as the rule says.
 //
 // # Events
@@ -495,23 +498,30 @@ type laneMeasure struct {
 	seen      time.Time // the last outcome's return
 }
 
-// wideLocked reports whether the lanes throttled since from carried more
-// than ControllerLaneShare of what the batches released since then served
-// (or nothing was served): whether their throttles are the datastore's as
-// a whole rather than a lane's own budget.
+// wideLocked reports whether the lanes throttled since from are more than
+// half of the lanes that served or were throttled since then, and carried
+// more than ControllerLaneShare of what the batches released since then
+// served (or nothing was served): whether their throttles are the
+// datastore's as a whole rather than a lane's own budget.
 func (c *Controller) wideLocked(from, now time.Time) bool {
 	m := &c.mu
 	all := c.servedLocked(m.served, from, now)
 	if all <= 0 {
 		return true
 	}
-	throttled := 0.0
+	throttled, lanes, active := 0.0, 0, 0
 	for _, lm := range m.lanes {
-		if !lm.throttled.Before(from) {
-			throttled += c.servedLocked(lm.served, from, now)
+		served := c.servedLocked(lm.served, from, now)
+		switch {
+		case !lm.throttled.Before(from):
+			throttled += served
+			lanes++
+			active++
+		case served > 0:
+			active++
 		}
 	}
-	return throttled > ControllerLaneShare*all
+	return throttled > ControllerLaneShare*all && 2*lanes > active
 }
 
 func (c *Controller) tick() time.Duration { return c.window / ControllerTicksPerWindow }

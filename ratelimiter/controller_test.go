@@ -371,11 +371,12 @@ func TestControllerSettings(t *testing.T) {
 	}()
 }
 
-// A throttle that only the lanes carrying a small share of what the
-// datastore's window served see (a hot partition with its own budget) does
-// not cut the capacity: the lane's pause is its control. Once the lanes
-// throttled in the window carried more than half of it, the capacity is
-// cut. A watcher without a lane is taken as the whole datastore's budget.
+// A throttle that only some lanes see (a hot partition with its own
+// budget) does not cut the capacity: the lane's pause is its control. Once
+// the lanes throttled in the window are more than half of those that
+// served in it and carried more than half of what it served, the capacity
+// is cut. A watcher without a lane is taken as the whole datastore's
+// budget.
 func TestControllerCutsOnlyOnThrottlesOfMostLanes(t *testing.T) {
 	hot, cold1, cold2 := batcher.NewLane(), batcher.NewLane(), batcher.NewLane()
 	in := func(l *batcher.Lane, o *batcher.BatchOutcome) *batcher.BatchOutcome {
@@ -394,8 +395,14 @@ func TestControllerCutsOnlyOnThrottlesOfMostLanes(t *testing.T) {
 		{at: 2500 * msec, o: in(hot, ok(2450*msec, 10, 100))},
 		{at: 2510 * msec, o: in(cold1, ok(2460*msec, 10, 300))},
 		{at: 2600 * msec, o: thr(2550*msec, 10, 10, 0, 0), want: 380}, // a watcher of no lane: 0.95 * 400
+		{at: 3910 * msec, o: in(hot, ok(3900*msec, 10, 600))},
+		{at: 3920 * msec, o: in(cold1, ok(3905*msec, 10, 100))},
+		{at: 3930 * msec, o: in(cold2, ok(3910*msec, 10, 100))},
+		{at: 4010 * msec, want: 390},                                             // recovering: 380 + (400-380)/2
+		{at: 4110 * msec, o: in(hot, thr(4050*msec, 10, 10, 0, 0)), want: 390},   // 600 of 800, but one lane of three
+		{at: 4160 * msec, o: in(cold1, thr(4100*msec, 10, 10, 0, 0)), want: 370}, // two of three, 700 of 800: 0.95 * 390
 	})
-	want := []string{"760 throttled 1s", "380 throttled 1s"}
+	want := []string{"760 throttled 1s", "380 throttled 1s", "390 recovering", "370 throttled 1s"}
 	if !slices.Equal(events, want) {
 		t.Errorf("events\n got %q\nwant %q", events, want)
 	}
