@@ -239,9 +239,10 @@ func TestControllerIgnoresANegativeRetryAfter(t *testing.T) {
 
 // Throttles of many batches and operations within a window are one cut;
 // a throttle from a batch released after the cut, within its window, cuts
-// again only once the window has passed, on what went out after the cut. A
-// probe that draws a throttle cuts to 95% of what was served, and the step
-// starts small again.
+// again only once the window has passed, on what went out after the cut,
+// at its rate over a whole window (half a window's 180 is 360 a window:
+// not a cut to 171, as before). A probe that draws a throttle cuts to 95%
+// of what was served, and the step starts small again.
 func TestControllerCutsOncePerWindow(t *testing.T) {
 	c := ratelimiter.NewController(1000).WithFloor(10).WithInitial(1000)
 	events := runCtl(t, c, []ctlStep{
@@ -255,13 +256,13 @@ func TestControllerCutsOncePerWindow(t *testing.T) {
 		{at: 800 * msec, o: ok(700*msec, 10, 80)},
 		{at: 900 * msec, o: thr(800*msec, 10, 1, 0, 0)},   // released after the cut: real, but within its window
 		{at: 1010 * msec, want: 427},                      // tick at 1s: not yet a window since the cut (150ms)
-		{at: 1260 * msec, want: 171},                      // tick at 1.25s: served 180 since the cut, K 180, L 171
-		{at: 2240 * msec, want: 171, full: true},          // held
-		{at: 2260 * msec, want: 175},                      // 171 + max(4.5, 0.45) = 175.5
+		{at: 1260 * msec, want: 342},                      // tick at 1.25s: 180 served in the 500ms from the echo (400ms) to the window's end: 360 a window, K 360, L 342
+		{at: 2240 * msec, want: 342, full: true},          // held
+		{at: 2260 * msec, want: 351},                      // 342 + max(9, 0.9)
 		{at: 2300 * msec, o: thr(2000*msec, 10, 1, 0, 0)}, // a window since the last cut: a cut at once
-		{at: 2310 * msec, want: 162},                      // the last second served 171: 162.45
+		{at: 2310 * msec, want: 324},                      // the last second served 342: 324.9
 	})
-	want := []string{"427 throttled 1s", "171 throttled 1s", "175 recovering", "162 throttled 1s"}
+	want := []string{"427 throttled 1s", "342 throttled 1s", "351 recovering", "324 throttled 1s"}
 	if !slices.Equal(events, want) {
 		t.Errorf("events\n got %q\nwant %q", events, want)
 	}
@@ -370,11 +371,12 @@ func TestControllerSettings(t *testing.T) {
 	}()
 }
 
-// A throttle that only the lanes carrying a small share of what the
-// datastore's window served see (a hot partition with its own budget) does
-// not cut the capacity: the lane's pause is its control. Once the lanes
-// throttled in the window carried more than half of it, the capacity is
-// cut. A watcher without a lane is taken as the whole datastore's budget.
+// A throttle that only some lanes see (a hot partition with its own
+// budget) does not cut the capacity: the lane's pause is its control. Once
+// the lanes throttled in the window are more than half of those that
+// served in it and carried more than half of what it served, the capacity
+// is cut. A watcher without a lane is taken as the whole datastore's
+// budget.
 func TestControllerCutsOnlyOnThrottlesOfMostLanes(t *testing.T) {
 	hot, cold1, cold2 := batcher.NewLane(), batcher.NewLane(), batcher.NewLane()
 	in := func(l *batcher.Lane, o *batcher.BatchOutcome) *batcher.BatchOutcome {
@@ -393,8 +395,14 @@ func TestControllerCutsOnlyOnThrottlesOfMostLanes(t *testing.T) {
 		{at: 2500 * msec, o: in(hot, ok(2450*msec, 10, 100))},
 		{at: 2510 * msec, o: in(cold1, ok(2460*msec, 10, 300))},
 		{at: 2600 * msec, o: thr(2550*msec, 10, 10, 0, 0), want: 380}, // a watcher of no lane: 0.95 * 400
+		{at: 3910 * msec, o: in(hot, ok(3900*msec, 10, 600))},
+		{at: 3920 * msec, o: in(cold1, ok(3905*msec, 10, 100))},
+		{at: 3930 * msec, o: in(cold2, ok(3910*msec, 10, 100))},
+		{at: 4010 * msec, want: 390},                                             // recovering: 380 + (400-380)/2
+		{at: 4110 * msec, o: in(hot, thr(4050*msec, 10, 10, 0, 0)), want: 390},   // 600 of 800, but one lane of three
+		{at: 4160 * msec, o: in(cold1, thr(4100*msec, 10, 10, 0, 0)), want: 370}, // two of three, 700 of 800: 0.95 * 390
 	})
-	want := []string{"760 throttled 1s", "380 throttled 1s"}
+	want := []string{"760 throttled 1s", "380 throttled 1s", "390 recovering", "370 throttled 1s"}
 	if !slices.Equal(events, want) {
 		t.Errorf("events\n got %q\nwant %q", events, want)
 	}
