@@ -112,7 +112,7 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	fs.IntVar(&c.capacity, "capacity", 0, "the Batcher's rate limit, in RU/s (rows/s with -clickhouse); 0 means -ru less -other-ru (50,000 rows/s with -clickhouse)")
 	fs.IntVar(&c.otherRU, "other-ru", -1, "another workload writing to the same container at this many RU/s while each loader runs, to show who the throttling hurts; the default -1 means 1,000 RU/s for the embedded model and none for a real endpoint")
 	fs.StringVar(&c.limiter, "limiter", limiterController, "the Batcher's rate limiter: controller finds the throughput the service really gives, up to -capacity (cutting on 429s, probing back up), so a -capacity above it still loads at its pace; fixed grants -capacity whatever happens, as if it were right")
-	fs.Float64Var(&c.margin, "margin", cosmos.DefaultMargin, "how much more than its RU charge each write counts for against the Batcher's capacity, for network delays (0.1: about 91% of the capacity is used)")
+	fs.Float64Var(&c.margin, "margin", cosmos.DefaultMargin, "how much more than its RU charge each write counts for against the Batcher's capacity, for network delays (0.02: about 98% of the capacity is used)")
 	fs.StringVar(&c.cosmosEndpoint, "cosmos-endpoint", "", "a real Cosmos DB endpoint, such as https://myaccount.documents.azure.com:443/ or https://127.0.0.1:8081/ (default: the embedded model)")
 	fs.StringVar(&c.cosmosKey, "cosmos-key", "", "the account key for -cosmos-endpoint (default: $COSMOS_KEY, else the emulator's well-known key)")
 	fs.StringVar(&c.database, "database", "bulkload", "the database to load into (created if missing)")

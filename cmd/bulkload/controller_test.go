@@ -32,9 +32,13 @@ func TestCapacityTwentyTimesTheModel(t *testing.T) {
 	share := float64(p.throttle) / float64(max(p.requests, 1))
 	// Bounds for a loaded 2-core machine: the exact check (3,000 items)
 	// asks for 1.3x and 5%; on a load of 8 s the Controller's start (from
-	// 1/32 of the limit, doubling) and a stalled second weigh more.
-	if p.elapsed > 2*ideal || share > 0.10 {
-		t.Errorf("%v against an ideal of %v (%.2fx), %d 429s of %d requests (%.1f%%); want at most 2x and 10%%",
+	// half the limit, doubling) and a stalled second weigh more. The 429s
+	// are bounded in number, not as a share: they come from the first
+	// burst, before the first answers (18-23 of 119-157 requests in runs
+	// of this test, at a quarter and at half the limit), whatever the
+	// run's length; with a fixed limit every second's burst is throttled.
+	if p.elapsed > 2*ideal || p.throttle > 30 {
+		t.Errorf("%v against an ideal of %v (%.2fx), %d 429s of %d requests (%.1f%%); want at most 2x and 30 429s",
 			p.elapsed, ideal, p.elapsed.Seconds()/ideal.Seconds(), p.throttle, p.requests, 100*share)
 	}
 	checkSummary(t, rep, out.String())

@@ -59,15 +59,16 @@ func newLimiter(ctx context.Context, cfg config, prog *progress) (batcher.RateLi
 }
 
 // newController returns the Controller of -limiter controller, which
-// starts at a quarter of its ceiling rather than the Controller's default
-// 1/32: with -capacity right (the default run) it reaches it in two
-// doublings, half a second, rather than five (the run took 8.1 s instead
-// of 6.9 with a fixed limit; 7.35 s from a quarter); with -capacity 20
-// times too high the first burst costs a few 429s more, since the Batcher
-// pauses the lane at the first (issue 14's check: 12 429s of 713 requests
-// from a quarter, 12 of 797 from 1/32, 10 of 738 from the ceiling).
+// starts at half its ceiling rather than the Controller's default 1/32:
+// with -capacity right (the default run) it reaches it in one doubling, a
+// quarter of a second. Measured alternated with a start at a quarter
+// (2026-12-07, 2 runs each, 2% margin): the default run took 6.66-6.73 s
+// against 6.83-6.92 s (ideal 6.34 s); issue 14's check (-capacity 20 times
+// too high) took 35.6-36.4 s with 23-24 429s of 525-543 requests against
+// 39.8 s with 13-14 of 592-607 (ideal 34.3 s). A start at the ceiling
+// took 6.54 s and 38.8 s with 31 429s of 599 (5.2%).
 func newController(ceiling int) *ratelimiter.Controller {
-	return ratelimiter.NewController(ceiling).WithInitial(max(ceiling/4, 1))
+	return ratelimiter.NewController(ceiling).WithInitial(max(ceiling/2, 1))
 }
 
 // The -limiter values.

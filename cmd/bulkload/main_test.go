@@ -215,7 +215,7 @@ func TestFlagErrors(t *testing.T) {
 		{[]string{"-lease-store", "redis://127.0.0.1:6379", "-capacity", "1500", "-reserved", "-1"}, []string{"-reserved -1", "-capacity 1500: must be a multiple of -factor (1000)"}},
 		{[]string{"-lease-store", "redis://127.0.0.1:6379", "-factor", "0", "-lease-prefix", ""}, []string{"-factor 0", `-lease-prefix "": must not be empty`}},
 		{[]string{"-reserved", "100"}, []string{"-reserved (given): needs -lease-store"}},
-		{[]string{"-items", "3", "-size", "1000000", "-capacity", "100"}, []string{"-capacity 100: the largest document (1,000,000 B) counts for 479 RU"}},
+		{[]string{"-items", "3", "-size", "1000000", "-capacity", "100"}, []string{"-capacity 100: the largest document (1,000,000 B) counts for 444 RU"}},
 	}
 	for _, tt := range tests {
 		_, err := run(context.Background(), tt.args, io.Discard, io.Discard)

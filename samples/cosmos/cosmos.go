@@ -76,10 +76,9 @@ const (
 	DefaultMaxAttempts         = cosmosbulk.DefaultMaxAttempts
 )
 
-// DefaultMargin is the margin this sample's Loader had, 10%, which
-// cmd/bulkload's -margin flag still defaults to; cosmosbulk's own default
-// is [cosmosbulk.DefaultMargin] (5%).
-const DefaultMargin = 0.1
+// DefaultMargin is [cosmosbulk.DefaultMargin] (2%), which cmd/bulkload's
+// -margin flag defaults to.
+const DefaultMargin = cosmosbulk.DefaultMargin
 
 // NewLoader is [cosmosbulk.NewLoader].
 func NewLoader(container *azcosmos.ContainerClient, b *batcher.Batcher) *Loader {
