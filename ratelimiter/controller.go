@@ -43,15 +43,20 @@ const (
 	// window of growing steps, 18% by the second, 96% by the third.
 	ControllerProbeGrowth = 1.5
 	// ControllerProbeFlat is how many ticks past the knee the growth steps
-	// stay ControllerProbeStep of the knee before they grow: 12, three
+	// stay ControllerProbeStep of the knee before they grow: 8, two
 	// windows, in which the capacity gains 1% of the knee a window. A cut's
 	// knee is what the datastore served in the window that throttled,
 	// which may fall short of what it serves by a batch or so (a batch
 	// that no longer fits in its window is throttled whole); near the knee
 	// the probe goes slowly, so that it finds the datastore's limit a
 	// percent or so over, not 10-25% over as a growing step does in the
-	// second or so an answer takes to tell.
-	ControllerProbeFlat = 12
+	// second or so an answer takes to tell. Not longer: with 12 flat ticks
+	// a throughput that came back from 40% to 100% was found so slowly
+	// that 0.84-0.98 of it (median 0.90) was used from 5s after its
+	// return, against 0.91-0.98 (median 0.98) with 8, for about one 429
+	// more in a steady datastore's 30s (cmd/cosmosbench S2-S4,
+	// docs/throughput.md).
+	ControllerProbeFlat = 8
 	// ControllerLooseCut is how many times the knee the capacity must have
 	// been at the last cut for the probe to skip its flat steps: twice. A
 	// capacity far over what the datastore's window served (a slow start
@@ -150,16 +155,16 @@ const (
 //     below the knee, by half the way to it (at least
 //     ControllerProbeStep*K), up to K; from K on, by steps of
 //     ControllerProbeStep*K (of the floor if K is less), 1% of K a window,
-//     for ControllerProbeFlat ticks (three windows; none if L was more
+//     for ControllerProbeFlat ticks (two windows; none if L was more
 //     than ControllerLooseCut times K when the cut came), and then by steps
 //     that grow ControllerProbeGrowth times each tick: from 0.95 K back to
-//     K in about 1.5s, then 1%, 2%, 3% over K at the end of the three
-//     windows that follow, then 6%, 21% and 99% at the end of the next
-//     three, and more than twice K early in the seventh, up to the
-//     ceiling. So a steady datastore is probed
-//     gently (an overshoot of a percent or two, for about a window, every
-//     four to six seconds, though its knee measures a batch or so short),
-//     and a throughput that doubles is found within about seven seconds.
+//     K in about 1.5s, then 1%, 2% over K at the end of the two windows
+//     that follow, then 5%, 20% and 99% at the end of the next three, and
+//     more than twice K early in the sixth, up to the ceiling. So a
+//     steady datastore is probed gently (an overshoot of a percent or two,
+//     for about a window, every four to six seconds, though its knee
+//     measures a batch or so short), and a throughput that doubles is
+//     found within about six seconds.
 //
 // While the capacity is not used (the work needs less, or the Batcher or a
 // lane waits out a pause) L does not grow: what is not used proves nothing.
@@ -170,12 +175,12 @@ const (
 // so over R. Written to as the cosmosbulk Loader writes (16 watchers in one
 // lane, transactional batches of 5% of R, answers in 100ms), 95-96% of R
 // is used, the capacity peaks at most 6% over R (10-22% with steps that
-// grow at once) and 0.9-1.1% of the requests are throttled. When R drops
+// grow at once) and 0.8-0.9% of the requests are throttled. When R drops
 // to 40%, the next window's throttles cut L under it at once (98% of the
 // new R used from 5s after the change); when it comes back, L finds it
 // within about seven seconds (93% of R used from 5s after the change). With
 // four partitions whose lanes throttle apart and a hot one, the cold ones
-// finish at 1.25 times their ideal (1.6-1.9 times when every throttle cut
+// finish at 1.27 times their ideal (1.6-1.9 times when every throttle cut
 // the capacity).
 //
 // # Throttles per lane

@@ -270,7 +270,7 @@ func TestControllerCutsOncePerWindow(t *testing.T) {
 
 // Growth waits for the retry-after (at most MaxControllerHold), for demand
 // at least the capacity, for the capacity to be used, and stops at the
-// ceiling; past the knee, its steps stay 0.25% of the knee for 12 ticks,
+// ceiling; past the knee, its steps stay 0.25% of the knee for 8 ticks,
 // then grow 1.5 times a tick (at once after a cut from more than twice the
 // knee).
 func TestControllerHoldsAndStopsAtTheCeiling(t *testing.T) {
@@ -292,10 +292,10 @@ func TestControllerHoldsAndStopsAtTheCeiling(t *testing.T) {
 		{at: 5260 * msec, want: 99, full: true},  // 99.9375 (least step 0.25)
 		{at: 5510 * msec, want: 100, full: true}, // the knee
 		{at: 6510 * msec, want: 101, full: true}, // probing, flat: 0.25 a tick (0.0025 of the knee)
-		{at: 7510 * msec, want: 102, full: true}, //
-		{at: 8510 * msec, want: 103, full: true}, // 12 flat steps
-		{at: 9510 * msec, want: 106, full: true}, // then growing: 103.375, 103.94, 104.78, 106.05
-		{at: 10010 * msec, want: 110},            // 107.95, 110.8: the ceiling
+		{at: 7510 * msec, want: 102, full: true}, // 8 flat steps
+		{at: 8510 * msec, want: 105, full: true}, // then growing: 102.375, 102.94, 103.78, 105.05
+		{at: 9010 * msec, want: 109, full: true}, // 106.95, 109.8
+		{at: 9260 * msec, want: 110},             // 114.1: the ceiling
 		{at: 11000 * msec, want: 110},            // and stays there
 		{at: 11100 * msec, o: thr(11000*msec, 10, 10, 0, 2*time.Hour)},
 		{at: 11260 * msec, want: 50},             // the floor: nothing served in the last second
