@@ -58,10 +58,3 @@ type BatchOutcome struct {
 	// bound what it makes of an absurd one.
 	RetryAfter time.Duration // the longest retry-after the datastore gave with a throttle; 0 if none
 }
-
-// Lane returns the lane the watcher was put in with WithLane, or nil if it
-// is a lane of its own (the default). A [Learner] may use it to tell a
-// throttle of one lane's budget (a hot partition) from one of the budget
-// every lane shares. It is safe for concurrent use once the watcher's first
-// operation was enqueued (its settings are sealed then).
-func (w *Watcher) Lane() *Lane { return w.lane }

@@ -175,6 +175,13 @@ func (w *Watcher) WithLane(l *Lane) *Watcher {
 	return w
 }
 
+// Lane returns the lane the watcher was put in with WithLane, or nil if it
+// is a lane of its own (the default). A [Learner] may use it to tell a
+// throttle of one lane's budget (a hot partition) from one of the budget
+// every lane shares. It is safe for concurrent use once the watcher's first
+// operation was enqueued (its settings are sealed then).
+func (w *Watcher) Lane() *Lane { return w.lane }
+
 // WithPriority sets the watcher's priority class. While capacity or
 // concurrency slots are short, a Batcher releases the batches of a higher
 // class before any of a lower one (a full batch, or a partial one a flush
