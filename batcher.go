@@ -707,10 +707,8 @@ func (b *Batcher) abort(cause error, fromOwner bool) {
 	b.mu.running = nil
 	idle := b.retireLocked(true)
 	for _, q := range b.mu.queues {
-		q.gone = true
-		q.w.home.CompareAndSwap(q, nil)
+		b.dropQueueLocked(q)
 	}
-	b.mu.queues = map[*Watcher]*queue{}
 	b.mu.sharedLanes = nil
 	b.resetSchedLocked()
 	b.mu.idle = nil
